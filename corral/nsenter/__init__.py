@@ -1,0 +1,153 @@
+"""Thin Python face of the C namespace stage (``nsenter.c``) and the few syscalls Python lacks.
+
+Every wrapper raises ``OSError`` with the kernel's errno, like the ``os`` module does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from corral.nsenter._nsenter import ffi, lib
+
+# Namespace type flags (linux/sched.h).
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080
+
+# mount(2) flags.
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_SYNCHRONOUS = 16
+MS_REMOUNT = 32
+MS_MANDLOCK = 64
+MS_DIRSYNC = 128
+MS_NOSYMFOLLOW = 256
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_SILENT = 32768
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MS_LAZYTIME = 1 << 25
+MNT_DETACH = 2
+
+AF_UNIX = 1
+SOCK_STREAM = 1
+SOCK_CLOEXEC = 0o2000000
+
+
+def _check(rc: int, what: str) -> None:
+    if rc < 0:
+        err = ffi.errno
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    src = source.encode() if source is not None else ffi.NULL
+    fs = fstype.encode() if fstype is not None else ffi.NULL
+    dat = data.encode() if data else ffi.NULL
+    _check(lib.mount(src, target.encode(), fs, flags, dat), f"mount {source} on {target}")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(lib.umount2(target.encode(), flags), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(lib.corral_pivot_root(new_root.encode(), put_old.encode()), "pivot_root")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(lib.sethostname(raw, len(raw)), "sethostname")
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(lib.setdomainname(raw, len(raw)), "setdomainname")
+
+
+def loopback_up() -> None:
+    _check(lib.corral_loopback_up(), "bring up loopback")
+
+
+def socketpair() -> tuple[int, int]:
+    """A close-on-exec AF_UNIX stream pair, without importing ``socket`` (5 ms)."""
+    sv = ffi.new("int[2]")
+    _check(lib.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), "socketpair")
+    return sv[0], sv[1]
+
+
+def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> int:
+    rc = lib.prctl(option, a2, a3, a4, a5)
+    _check(rc, f"prctl({option})")
+    return rc
+
+
+def enter_namespaces(sync_fd: int, unshare_flags: int, new_user: bool,
+                     join: Sequence[tuple[int, str]]) -> None:
+    """Runs the C stage.  Returns only in the container's init (inside every namespace);
+    on failure the C side has already reported the error to the parent, so exit at once."""
+    keep = []
+    paths = ffi.new("const char *[]", [keep.append(ffi.new("char[]", p.encode())) or keep[-1]
+                                        for _, p in join] or [ffi.NULL])
+    types = ffi.new("int[]", [t for t, _ in join] or [0])
+    cfg = ffi.new("struct nsenter_config *")
+    cfg.sync_fd = sync_fd
+    cfg.unshare_flags = unshare_flags
+    cfg.new_user = int(new_user)
+    cfg.njoin = len(join)
+    cfg.join_paths = paths
+    cfg.join_types = types
+    if lib.corral_nsenter(cfg) != 0:
+        os._exit(1)
+
+
+def finalize_and_exec(*, sync_fd: int, uid: int, gid: int, groups: Sequence[int] | None,
+                      caps: tuple[int, int, int, int, int] | None, no_new_privs: bool,
+                      first_cloexec_fd: int, fifo_fd: int, path: str,
+                      argv: Sequence[str], env: Sequence[str]) -> None:
+    """The last steps before exec, in C.  Never returns: on failure the error was sent to
+    the parent and the process exits."""
+    keep = []
+
+    def cstrs(items: Sequence[str]):
+        arr = [ffi.new("char[]", s.encode()) for s in items]
+        keep.extend(arr)
+        return ffi.new("char *[]", arr + [ffi.NULL])
+
+    cfg = ffi.new("struct finalize_config *")
+    cfg.sync_fd = sync_fd
+    cfg.uid, cfg.gid = uid, gid
+    gids = ffi.new("gid_t[]", list(groups or []) or [0])
+    cfg.set_groups = int(groups is not None)
+    cfg.ngroups = len(groups or [])
+    cfg.groups = gids
+    if caps is not None:
+        cfg.set_caps = 1
+        (cfg.cap_bounding, cfg.cap_effective, cfg.cap_permitted, cfg.cap_inheritable,
+         cfg.cap_ambient) = caps
+    cfg.no_new_privs = int(no_new_privs)
+    cfg.first_cloexec_fd = first_cloexec_fd
+    cfg.fifo_fd = fifo_fd
+    cpath = ffi.new("char[]", path.encode())
+    cfg.path = cpath
+    cfg.argv = cstrs(argv)
+    cfg.envp = cstrs(env)
+    lib.corral_finalize(cfg)
+    os._exit(1)

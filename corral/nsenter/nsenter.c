@@ -1,0 +1,476 @@
+/*
+ * corral's namespace stage: the steps that a Python interpreter cannot do safely.
+ *
+ * Joining a user or mount namespace needs a single-threaded process, entering a new pid
+ * namespace needs a fork after the unshare, the process must stay non-dumpable while it can be
+ * seen from inside the container, and the last steps (drop capabilities, change user, close
+ * descriptors, wait on the exec fifo, exec) must run with no interpreter between them.
+ *
+ * Two entry points, each a named sequence of stages:
+ *
+ *   corral_nsenter():   stage_join -> stage_userns -> stage_unshare -> stage_clone
+ *                       returns 0 in the container's init (the grandchild); the intermediate
+ *                       process reports the init's pid and exits.
+ *   corral_finalize():  stage_bounding -> stage_user -> stage_caps -> stage_nnp ->
+ *                       stage_check_exec -> stage_close_fds -> (report "waiting") ->
+ *                       stage_fifo -> execve
+ *
+ * Every syscall is checked.  Errors go to the parent over the sync socket as one frame:
+ * 4-byte big-endian length, then a JSON object {"type":"error","stage":..,"message":..,"errno":..},
+ * the same framing corral/supervisor/protocol.py speaks.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <linux/capability.h>
+
+#include "nsenter.h"
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef PR_CAP_AMBIENT
+#define PR_CAP_AMBIENT 47
+#define PR_CAP_AMBIENT_RAISE 2
+#define PR_CAP_AMBIENT_CLEAR_ALL 4
+#endif
+
+/* ---- framing ------------------------------------------------------------------------ */
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int read_all(int fd, void *buf, size_t len)
+{
+    char *p = buf;
+    while (len > 0) {
+        ssize_t n = read(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        if (n == 0) {
+            errno = EPIPE;
+            return -1;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int send_frame(int fd, const char *json)
+{
+    size_t len = strlen(json);
+    unsigned char hdr[4] = {len >> 24, len >> 16, len >> 8, len};
+    if (write_all(fd, hdr, 4) < 0)
+        return -1;
+    return write_all(fd, json, len);
+}
+
+/* Reads one frame and checks that it is exactly `expected` (the parent encodes compactly). */
+static int expect_frame(int fd, const char *expected)
+{
+    unsigned char hdr[4];
+    char buf[256];
+    if (read_all(fd, hdr, 4) < 0)
+        return -1;
+    size_t len = ((size_t)hdr[0] << 24) | (hdr[1] << 16) | (hdr[2] << 8) | hdr[3];
+    if (len >= sizeof(buf) || read_all(fd, buf, len) < 0) {
+        errno = EPROTO;
+        return -1;
+    }
+    buf[len] = '\0';
+    if (strcmp(buf, expected) != 0) {
+        errno = EPROTO;
+        return -1;
+    }
+    return 0;
+}
+
+/* JSON-escapes src into dst (always NUL-terminated). */
+static void json_escape(char *dst, size_t cap, const char *src)
+{
+    size_t o = 0;
+    for (; *src && o + 7 < cap; src++) {
+        unsigned char c = (unsigned char)*src;
+        if (c == '"' || c == '\\') {
+            dst[o++] = '\\';
+            dst[o++] = (char)c;
+        } else if (c < 0x20) {
+            o += (size_t)snprintf(dst + o, cap - o, "\\u%04x", c);
+        } else {
+            dst[o++] = (char)c;
+        }
+    }
+    dst[o] = '\0';
+}
+
+/* Sends an error frame: "<what>: <strerror(errno)>".  Keeps errno. */
+static void send_error(int fd, const char *stage, int err, const char *fmt, ...)
+{
+    char what[1024], esc[2200], frame[2600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof(what), fmt, ap);
+    va_end(ap);
+    if (err) {
+        size_t l = strlen(what);
+        snprintf(what + l, sizeof(what) - l, ": %s", strerror(err));
+    }
+    json_escape(esc, sizeof(esc), what);
+    snprintf(frame, sizeof(frame),
+             "{\"type\":\"error\",\"stage\":\"%s\",\"message\":\"%s\",\"errno\":%d}", stage, esc,
+             err);
+    send_frame(fd, frame);
+    errno = err;
+}
+
+/* ---- corral_nsenter ----------------------------------------------------------------- */
+
+static const char *ns_name(int type)
+{
+    switch (type) {
+    case CLONE_NEWUSER: return "user";
+    case CLONE_NEWNS: return "mount";
+    case CLONE_NEWUTS: return "uts";
+    case CLONE_NEWIPC: return "ipc";
+    case CLONE_NEWNET: return "network";
+    case CLONE_NEWPID: return "pid";
+    case CLONE_NEWCGROUP: return "cgroup";
+#ifdef CLONE_NEWTIME
+    case CLONE_NEWTIME: return "time";
+#endif
+    default: return "unknown";
+    }
+}
+
+/* Opens every path first (later setns calls change what paths mean), then joins the user
+ * namespace before the others, as the kernel needs for the others to be permitted. */
+static int stage_join(const struct nsenter_config *cfg)
+{
+    int fds[16];
+    if (cfg->njoin > 16) {
+        send_error(cfg->sync_fd, "join", EINVAL, "too many namespace paths");
+        return -1;
+    }
+    for (int i = 0; i < cfg->njoin; i++) {
+        fds[i] = open(cfg->join_paths[i], O_RDONLY | O_CLOEXEC);
+        if (fds[i] < 0) {
+            send_error(cfg->sync_fd, "join", errno, "open %s namespace %s",
+                       ns_name(cfg->join_types[i]), cfg->join_paths[i]);
+            return -1;
+        }
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < cfg->njoin; i++) {
+            int is_user = cfg->join_types[i] == CLONE_NEWUSER;
+            if (is_user != (pass == 0))
+                continue;
+            if (setns(fds[i], cfg->join_types[i]) < 0) {
+                int err = errno;
+                send_error(cfg->sync_fd, "join", err,
+                           err == EINVAL ? "setns %s: not a %s namespace" : "setns %s (%s)",
+                           cfg->join_paths[i], ns_name(cfg->join_types[i]));
+                return -1;
+            }
+            close(fds[i]);
+        }
+    }
+    return 0;
+}
+
+/* A new user namespace: the parent writes uid_map/gid_map (it has the privilege to write
+ * mappings we cannot), then we become the namespace's root. */
+static int stage_userns(const struct nsenter_config *cfg)
+{
+    char frame[96];
+    if (!cfg->new_user)
+        return 0;
+    if (unshare(CLONE_NEWUSER) < 0) {
+        send_error(cfg->sync_fd, "userns", errno, "unshare user namespace");
+        return -1;
+    }
+    snprintf(frame, sizeof(frame), "{\"type\":\"usermap_request\",\"pid\":%d}", (int)getpid());
+    if (send_frame(cfg->sync_fd, frame) < 0)
+        return -1;
+    if (expect_frame(cfg->sync_fd, "{\"type\":\"usermap_done\"}") < 0) {
+        send_error(cfg->sync_fd, "userns", errno, "waiting for the id maps");
+        return -1;
+    }
+    if (setresgid(0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "userns", errno, "setresgid(0) in the new user namespace");
+        return -1;
+    }
+    if (setresuid(0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "userns", errno, "setresuid(0) in the new user namespace");
+        return -1;
+    }
+    return 0;
+}
+
+static int stage_unshare(const struct nsenter_config *cfg)
+{
+    if (cfg->unshare_flags && unshare(cfg->unshare_flags) < 0) {
+        send_error(cfg->sync_fd, "unshare", errno, "unshare namespaces 0x%x", cfg->unshare_flags);
+        return -1;
+    }
+    return 0;
+}
+
+/* The fork that puts init into the new (or joined) pid namespace.  The intermediate reports
+ * the init's host pid, then lets init go on (so that init's frames never interleave with the
+ * Pid frame) and exits. */
+static int stage_clone(const struct nsenter_config *cfg)
+{
+    int gate[2];
+    char frame[64], byte = 0;
+    if (pipe2(gate, O_CLOEXEC) < 0) {
+        send_error(cfg->sync_fd, "clone", errno, "pipe");
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        send_error(cfg->sync_fd, "clone", errno, "fork into the pid namespace");
+        return -1;
+    }
+    if (pid == 0) {
+        close(gate[1]);
+        if (read_all(gate[0], &byte, 1) < 0)
+            _exit(1); /* the intermediate died: the parent has seen its error */
+        close(gate[0]);
+        return 0;
+    }
+    close(gate[0]);
+    snprintf(frame, sizeof(frame), "{\"type\":\"pid\",\"pid\":%d}", (int)pid);
+    if (send_frame(cfg->sync_fd, frame) < 0) {
+        kill(pid, SIGKILL);
+        _exit(1);
+    }
+    if (write_all(gate[1], &byte, 1) < 0)
+        _exit(1);
+    _exit(0);
+}
+
+int corral_nsenter(const struct nsenter_config *cfg)
+{
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "start", errno, "prctl(PR_SET_DUMPABLE)");
+        return -1;
+    }
+    if (stage_join(cfg) < 0 || stage_userns(cfg) < 0 || stage_unshare(cfg) < 0)
+        return -1;
+    return stage_clone(cfg);
+}
+
+/* ---- corral_finalize ---------------------------------------------------------------- */
+
+static int last_cap(void)
+{
+    char buf[16] = {0};
+    int fd = open("/proc/sys/kernel/cap_last_cap", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return CAP_LAST_CAP;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    return n > 0 ? atoi(buf) : CAP_LAST_CAP;
+}
+
+static int stage_bounding(const struct finalize_config *cfg, int last)
+{
+    if (!cfg->set_caps)
+        return 0;
+    for (int c = 0; c <= last; c++) {
+        if (cfg->cap_bounding & (1ULL << c))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL) {
+            send_error(cfg->sync_fd, "capabilities", errno, "drop capability %d from the bounding set", c);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Changes user keeping the permitted set, so that stage_caps can set exactly what the config
+ * asks for the new user. */
+static int stage_user(const struct finalize_config *cfg)
+{
+    if (cfg->set_groups && setgroups((size_t)cfg->ngroups, cfg->groups) < 0) {
+        send_error(cfg->sync_fd, "user", errno, "setgroups");
+        return -1;
+    }
+    if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "user", errno, "prctl(PR_SET_KEEPCAPS)");
+        return -1;
+    }
+    if (setresgid(cfg->gid, cfg->gid, cfg->gid) < 0) {
+        send_error(cfg->sync_fd, "user", errno, "setresgid(%u)", cfg->gid);
+        return -1;
+    }
+    if (setresuid(cfg->uid, cfg->uid, cfg->uid) < 0) {
+        send_error(cfg->sync_fd, "user", errno, "setresuid(%u)", cfg->uid);
+        return -1;
+    }
+    if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "user", errno, "prctl(PR_SET_KEEPCAPS)");
+        return -1;
+    }
+    return 0;
+}
+
+static int stage_caps(const struct finalize_config *cfg, int last)
+{
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    if (!cfg->set_caps)
+        return 0;
+    for (int i = 0; i < 2; i++) {
+        data[i].effective = (uint32_t)(cfg->cap_effective >> (32 * i));
+        data[i].permitted = (uint32_t)(cfg->cap_permitted >> (32 * i));
+        data[i].inheritable = (uint32_t)(cfg->cap_inheritable >> (32 * i));
+    }
+    if (syscall(SYS_capset, &hdr, data) < 0) {
+        send_error(cfg->sync_fd, "capabilities", errno, "capset");
+        return -1;
+    }
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) {
+        send_error(cfg->sync_fd, "capabilities", errno, "clear ambient capabilities");
+        return -1;
+    }
+    for (int c = 0; c <= last; c++) {
+        if (!(cfg->cap_ambient & (1ULL << c)))
+            continue;
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0) < 0) {
+            send_error(cfg->sync_fd, "capabilities", errno,
+                       "raise ambient capability %d (it must also be permitted and inheritable)", c);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int stage_nnp(const struct finalize_config *cfg)
+{
+    if (cfg->no_new_privs && prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "no_new_privs", errno, "prctl(PR_SET_NO_NEW_PRIVS)");
+        return -1;
+    }
+    return 0;
+}
+
+/* Checked as the final user, so that `create` fails rather than `start`. */
+static int stage_check_exec(const struct finalize_config *cfg)
+{
+    if (access(cfg->path, X_OK) < 0) {
+        send_error(cfg->sync_fd, "exec", errno, "exec %s", cfg->path);
+        return -1;
+    }
+    return 0;
+}
+
+/* No descriptor of the runtime crosses exec: everything from first_cloexec_fd up (the sync
+ * socket and the fifo's O_PATH descriptor included) is marked close-on-exec. */
+static int stage_close_fds(const struct finalize_config *cfg)
+{
+    if (syscall(SYS_close_range, (unsigned)cfg->first_cloexec_fd, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
+        send_error(cfg->sync_fd, "close_fds", errno, "close_range");
+        return -1;
+    }
+    return 0;
+}
+
+/* Blocks until `start` opens the fifo for reading. */
+static int stage_fifo(const struct finalize_config *cfg)
+{
+    char path[64];
+    if (cfg->fifo_fd < 0)
+        return 0;
+    snprintf(path, sizeof(path), "/proc/self/fd/%d", cfg->fifo_fd);
+    int fd;
+    do {
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return -1;
+    if (write_all(fd, "0", 1) < 0 && errno != EPIPE)
+        return -1;
+    close(fd);
+    return 0;
+}
+
+int corral_finalize(const struct finalize_config *cfg)
+{
+    int last = last_cap();
+    if (stage_bounding(cfg, last) < 0 || stage_user(cfg) < 0 || stage_caps(cfg, last) < 0 ||
+        stage_nnp(cfg) < 0 || stage_check_exec(cfg) < 0 || stage_close_fds(cfg) < 0)
+        return -1;
+    /* Everything that can fail before exec has passed: create may return. */
+    if (send_frame(cfg->sync_fd, "{\"type\":\"waiting\"}") < 0)
+        return -1;
+    close(cfg->sync_fd);
+    if (stage_fifo(cfg) < 0) {
+        dprintf(2, "corral: exec fifo: %s\n", strerror(errno));
+        _exit(127);
+    }
+    execve(cfg->path, cfg->argv, cfg->envp);
+    dprintf(2, "corral: exec %s: %s\n", cfg->path, strerror(errno));
+    _exit(127);
+}
+
+/* ---- small syscalls Python lacks ---------------------------------------------------- */
+
+int corral_pivot_root(const char *new_root, const char *put_old)
+{
+    return (int)syscall(SYS_pivot_root, new_root, put_old);
+}
+
+/* Loopback up with one ioctl: an interface flag does not justify importing a netlink
+ * library into every container's init (pyroute2's import alone costs ~120 ms). */
+int corral_loopback_up(void)
+{
+    struct ifreq ifr;
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0)
+        return -1;
+    memset(&ifr, 0, sizeof(ifr));
+    strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    int rc = ioctl(s, SIOCGIFFLAGS, &ifr);
+    if (rc == 0 && !(ifr.ifr_flags & IFF_UP)) {
+        ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+        rc = ioctl(s, SIOCSIFFLAGS, &ifr);
+    }
+    int err = errno;
+    close(s);
+    errno = err;
+    return rc;
+}

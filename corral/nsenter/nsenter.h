@@ -1,0 +1,33 @@
+/* Shared between nsenter.c and the cffi cdef in build.py: keep the two in step. */
+#include <stdint.h>
+#include <sys/types.h>
+
+struct nsenter_config {
+    int sync_fd;               /* socket to the parent: frames as in protocol.py */
+    int unshare_flags;         /* CLONE_NEW* to create, the user namespace excluded */
+    int new_user;              /* create a user namespace; the parent writes its id maps */
+    int njoin;                 /* namespaces to join by path */
+    const char *const *join_paths;
+    const int *join_types;     /* CLONE_NEW* of each path */
+};
+
+struct finalize_config {
+    int sync_fd;
+    uint32_t uid, gid;
+    int set_groups;
+    int ngroups;
+    const gid_t *groups;
+    int set_caps;              /* 0: process.capabilities absent, leave them as they are */
+    uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
+    int no_new_privs;
+    int first_cloexec_fd;      /* 3 + preserved fds: every fd from here is closed on exec */
+    int fifo_fd;               /* O_PATH descriptor of the exec fifo, or -1 */
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+};
+
+int corral_nsenter(const struct nsenter_config *cfg);
+int corral_finalize(const struct finalize_config *cfg);
+int corral_pivot_root(const char *new_root, const char *put_old);
+int corral_loopback_up(void);
