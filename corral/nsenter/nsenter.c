@@ -248,7 +248,10 @@ static int stage_unshare(const struct nsenter_config *cfg)
     return 0;
 }
 
-/* The fork that puts init into the new (or joined) pid namespace.  The intermediate reports
+/* The fork that puts init into the new (or joined) pid namespace.  CLONE_PARENT makes init a
+ * sibling of the intermediate: a direct child of the runtime (the CLI, or the zygote that keeps
+ * the containers), which can wait for it without being a subreaper; once the runtime exits,
+ * init goes to the caller's subreaper (conmon, the containerd shim).  The intermediate reports
  * the init's host pid, then lets init go on (so that init's frames never interleave with the
  * Pid frame) and exits. */
 static int stage_clone(const struct nsenter_config *cfg)
@@ -259,7 +262,7 @@ static int stage_clone(const struct nsenter_config *cfg)
         send_error(cfg->sync_fd, "clone", errno, "pipe");
         return -1;
     }
-    pid_t pid = fork();
+    pid_t pid = (pid_t)syscall(SYS_clone, CLONE_PARENT | SIGCHLD, 0, 0, 0, 0);
     if (pid < 0) {
         send_error(cfg->sync_fd, "clone", errno, "fork into the pid namespace");
         return -1;

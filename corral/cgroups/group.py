@@ -1,0 +1,319 @@
+"""One container's cgroup across every hierarchy the host mounts (v1, hybrid or v2)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from ..errors import CgroupError, ConfigError, NotSupportedError
+from .hierarchy import UNIFIED, Layout, resolve, split_path
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ..oci.config import DeviceRule
+
+SIGKILL = 9  # os/signal constants without importing signal (enum) on the CLI path
+_MKDIR_ATTEMPTS = 20
+_KILL_TIMEOUT = 5.0
+_RMDIR_TIMEOUT = 2.0
+
+
+def _fail(op: str, path: str, e: OSError) -> CgroupError:
+    return CgroupError(f"{op} {path}: {os.strerror(e.errno) if e.errno else e}")
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as e:
+        raise _fail("read", path, e) from None
+
+
+def _write(path: str, data: str) -> None:
+    """One write(2) per value: cgroup files parse each write as one whole value."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, data.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise _fail("write", path, e) from None
+
+
+def _mkdirs(top: str, parts: list[str]) -> list[str]:
+    """mkdir -p ``top/parts...``; returns the directories this call made, outermost first.
+
+    A concurrent destroy of a sibling may rmdir an (empty) shared parent between our EEXIST
+    on it and our mkdir below it; that shows up as ENOENT and we redo the walk.
+    """
+    made: list[str] = []
+    for attempt in range(_MKDIR_ATTEMPTS):
+        path = top
+        try:
+            for part in parts:
+                path += "/" + part
+                try:
+                    os.mkdir(path, 0o755)
+                    made.append(path)
+                except FileExistsError:
+                    pass
+            return list(dict.fromkeys(made))
+        except OSError as e:
+            if e.errno != errno.ENOENT or path == top + "/" + parts[0] \
+                    or attempt == _MKDIR_ATTEMPTS - 1:
+                raise _fail("mkdir", path, e) from None
+    raise AssertionError("unreachable")
+
+
+def _rmdir(path: str, patient: bool) -> None:
+    """rmdir that ignores a missing dir; if ``patient``, waits out EBUSY while the last
+    tasks exit (cgroupfs also says EBUSY, not ENOTEMPTY, for a dir with child cgroups)."""
+    deadline = time.monotonic() + _RMDIR_TIMEOUT
+    delay = 0.001
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno in (errno.EBUSY, errno.ENOTEMPTY) and not patient:
+                return
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise _fail("rmdir", path, e) from None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _subdirs(path: str) -> list[str]:
+    """Child cgroups of ``path``, deepest first (the order rmdir needs)."""
+    found = []
+    try:
+        with os.scandir(path) as it:
+            entries = [e.path for e in it if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for entry in entries:
+        found += _subdirs(entry)
+        found.append(entry)
+    return found
+
+
+def _procs(path: str) -> list[int]:
+    """Pids in ``path`` and below; v1 cgroup.procs may repeat or disorder entries."""
+    pids = set()
+    for d in [path] + _subdirs(path):
+        try:
+            with open(d + "/cgroup.procs") as f:
+                pids.update(int(line) for line in f.read().split())
+        except FileNotFoundError:
+            if d == path:
+                return []
+        except OSError as e:
+            raise _fail("read", d + "/cgroup.procs", e) from None
+    return sorted(pids)
+
+
+def device_rule_line(rule: DeviceRule) -> str:
+    """A ``DeviceRule`` as one v1 devices.allow/deny line, e.g. ``c 1:3 rwm``."""
+    if rule.type not in ("a", "c", "b"):
+        raise ConfigError("linux.resources.devices", f"type {rule.type!r} is not a, b or c")
+    if not rule.access or rule.access.strip("rwm"):
+        raise ConfigError("linux.resources.devices",
+                          f"access {rule.access!r} is not a combination of r, w, m")
+    major = "*" if rule.major is None or rule.major < 0 else str(rule.major)
+    minor = "*" if rule.minor is None or rule.minor < 0 else str(rule.minor)
+    return f"{rule.type} {major}:{minor} {rule.access}"
+
+
+class Cgroup:
+    """A container's cgroup: its directory in each hierarchy, and what to remove later.
+
+    ``prune`` lists, per hierarchy, ancestor directories to rmdir when they are empty at
+    destroy time: those create() made, and the default parent (shared by every container
+    that gave no cgroupsPath, so the last one out removes it whoever made it).
+    """
+
+    __slots__ = ("mode", "path", "paths", "mounts", "prune")
+
+    def __init__(self, mode: str, path: str, paths: dict[str, str], mounts: dict[str, str],
+                 prune: dict[str, list[str]] | None = None) -> None:
+        self.mode = mode
+        self.path = path
+        self.paths = paths
+        self.mounts = mounts
+        self.prune = prune or {k: [] for k in paths}
+
+    @classmethod
+    def for_container(cls, layout: Layout, cgroups_path: str | None, container_id: str,
+                      default_parent: str = "corral", *,
+                      proc_self_cgroup: str = "/proc/self/cgroup") -> Cgroup:
+        parent = split_path(default_parent, "default cgroup parent")
+        if not parent:
+            raise ConfigError("default cgroup parent", "must not be empty")
+        paths = resolve(layout, cgroups_path, container_id, "/".join(parent),
+                        proc_self_cgroup)
+        mounts = layout.hierarchies()
+        prune: dict[str, list[str]] = {k: [] for k in paths}
+        if not cgroups_path:
+            for key, point in mounts.items():
+                top = point.rstrip("/")
+                prune[key] = [top + "/" + "/".join(parent[:i + 1])
+                              for i in range(len(parent))]
+        shown = cgroups_path or f"/{'/'.join(parent)}/{container_id}"
+        return cls(layout.mode, shown, paths, mounts, prune)
+
+    # -- state file ----------------------------------------------------------------------
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "path": self.path, "paths": dict(self.paths),
+                "mounts": dict(self.mounts),
+                "prune": {k: list(v) for k, v in self.prune.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Cgroup:
+        return cls(data["mode"], data["path"], dict(data["paths"]), dict(data["mounts"]),
+                   {k: list(v) for k, v in data.get("prune", {}).items()})
+
+    def __repr__(self) -> str:
+        return f"Cgroup({self.mode}, {self.path!r})"
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Make the directories; on failure remove what was made so nothing leaks."""
+        try:
+            for key, path in self.paths.items():
+                top = self.mounts[key].rstrip("/")
+                made = _mkdirs(top, split_path(path[len(top):]))
+                leafless = [d for d in made if d != path]
+                have = self.prune.setdefault(key, [])
+                have += [d for d in leafless if d not in have]
+                if "cpuset" in key.split(","):
+                    self._fill_cpuset(top, path)
+        except BaseException:
+            try:
+                self.destroy()
+            except CgroupError:
+                pass
+            raise
+
+    @staticmethod
+    def _fill_cpuset(top: str, leaf: str) -> None:
+        """v1 cpuset starts empty, and a task can't join a cpuset with no cpus or mems
+        (ENOSPC): copy them down from the parent into every empty level, like runc. Only
+        empty values are written, so racing sibling creates write the same thing."""
+        parent = top
+        for part in split_path(leaf[len(top):]):
+            here = parent + "/" + part
+            for name in ("cpuset.cpus", "cpuset.mems"):
+                value = _read(f"{parent}/{name}").strip()
+                if value and not _read(f"{here}/{name}").strip():
+                    _write(f"{here}/{name}", value)
+            parent = here
+
+    def add(self, pid: int) -> None:
+        for key, path in self.paths.items():
+            _write(path + "/cgroup.procs", str(pid))
+
+    def _primary(self) -> str:
+        """The directory whose cgroup.procs tells who is in the container: the unified
+        one when mounted (every task is in exactly one cgroup2 cgroup), else pids or
+        freezer, which always exist with the container."""
+        if UNIFIED in self.paths:
+            return self.paths[UNIFIED]
+        for want in ("pids", "freezer"):
+            for key in self.paths:
+                if want in key.split(","):
+                    return self.paths[key]
+        return next(iter(self.paths.values()))
+
+    def pids(self) -> list[int]:
+        return _procs(self._primary())
+
+    def populated(self) -> bool:
+        """Whether any task is left; cgroup.events says so without listing (v2)."""
+        if UNIFIED in self.paths:
+            try:
+                with open(self.paths[UNIFIED] + "/cgroup.events") as f:
+                    for line in f:
+                        if line.startswith("populated "):
+                            return line.split()[1] != "0"
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise _fail("read", self.paths[UNIFIED] + "/cgroup.events", e) from None
+        return bool(self.pids())
+
+    def kill_all(self, sig: int, timeout: float = _KILL_TIMEOUT) -> bool:
+        """Signal every task. For SIGKILL, keep killing (tasks may fork meanwhile) until the
+        cgroup is empty or ``timeout`` passes; returns whether it emptied. Zombies don't
+        count: the kernel drops tasks from the cgroup when they exit, not when reaped."""
+        kill_file = self.paths.get(UNIFIED, "") + "/cgroup.kill"
+        use_kill_file = sig == SIGKILL and UNIFIED in self.paths and os.path.exists(kill_file)
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while True:
+            if use_kill_file:
+                try:
+                    _write(kill_file, "1")
+                except CgroupError:
+                    if os.path.isdir(self.paths[UNIFIED]):
+                        raise
+            else:
+                for pid in self.pids():
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            if sig != SIGKILL:
+                return True
+            time.sleep(delay)
+            if not self.populated():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            delay = min(delay * 2, 0.05)
+
+    def set_devices(self, rules: Iterable[DeviceRule]) -> None:
+        """Apply ``linux.resources.devices`` in order (runc lists start with a deny-all).
+        cgroup v2 has no devices files (it needs a BPF program), so refuse there."""
+        rules = list(rules)
+        if not rules:
+            return
+        key = next((k for k in self.paths if "devices" in k.split(",")), None)
+        if key is None:
+            raise NotSupportedError("linux.resources.devices on cgroup v2")
+        for rule in rules:
+            name = "devices.allow" if rule.allow else "devices.deny"
+            _write(f"{self.paths[key]}/{name}", device_rule_line(rule))
+
+    def destroy(self) -> None:
+        """Remove child cgroups, the container's dirs, then the prunable parents that are
+        empty. Tries every hierarchy and raises the first failure afterwards."""
+        first: CgroupError | None = None
+        for key, path in self.paths.items():
+            try:
+                for d in _subdirs(path) + [path]:
+                    _rmdir(d, patient=True)
+                for d in sorted(self.prune.get(key, ()), key=len, reverse=True):
+                    _rmdir(d, patient=False)
+            except CgroupError as e:
+                first = first or e
+        if first is not None:
+            raise first
+
+    # -- the container's own /sys/fs/cgroup ---------------------------------------------
+
+    def mount_sources(self) -> list[tuple[str, str]]:
+        """(name under the container's /sys/fs/cgroup, host dir to bind there). Comounts
+        keep the host's mount name ("cpu,cpuacct"); the symlinks to it are the caller's."""
+        if self.mode == "v2":
+            return [("", self.paths[UNIFIED])]
+        return [(os.path.basename(self.mounts[k].rstrip("/")), p)
+                for k, p in self.paths.items()]

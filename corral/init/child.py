@@ -1,0 +1,165 @@
+"""The child side of creation, from the forked process to exec, as one sequence of steps.
+
+    child_main:  read Bootstrap -> C stage (namespaces, clone into the pid namespace)
+    init:        parse config -> fifo handle -> oom score -> loopback -> rootfs and pivot
+                 -> hostname -> rlimits -> cwd -> find the executable -> Ready
+                 ... wait for Run ... -> umask -> C finalize (user, caps, no_new_privs,
+                 close fds, Waiting, exec fifo, exec)
+
+Any failure is sent to the parent as one ``Error`` message and the process exits.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from typing import NoReturn
+
+from corral import nsenter
+from corral.errors import ChildError, CorralError
+from corral.supervisor import protocol as p
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def child_main(sync_fd: int) -> NoReturn:
+    """Entry of the forked child; never returns to the caller's code."""
+    try:
+        boot = _expect(sync_fd, p.Bootstrap)
+        nsenter.enter_namespaces(sync_fd, boot.unshare_flags, boot.new_user,
+                                 [(t, path) for t, path in boot.join])
+        _init(sync_fd, boot)  # only the container's init gets here
+    except BaseException as exc:  # noqa: BLE001 - everything goes to the parent
+        _report(sync_fd, exc)
+    os._exit(1)
+
+
+def _init(sync_fd: int, boot: p.Bootstrap) -> NoReturn:
+    from corral.init.rootfs import setup_rootfs
+    from corral.oci.capabilities import caps_mask
+    from corral.oci.config import parse_config
+
+    config = parse_config(boot.config)
+    proc = config.process
+    os.chdir(boot.bundle)  # relative bind-mount sources are relative to the bundle
+    fifo_fd = os.open(boot.fifo_path, os.O_PATH | os.O_CLOEXEC)
+    if proc.oom_score_adj is not None:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(proc.oom_score_adj))
+    own_netns = config.linux.namespace("network")
+    if own_netns is not None and own_netns.path is None:
+        nsenter.loopback_up()
+    setup_rootfs(config, boot.rootfs, no_pivot=boot.no_pivot,
+                 cgroup_mounts=[tuple(m) for m in boot.cgroup_mounts],
+                 in_userns=config.linux.namespace("user") is not None)
+    if config.hostname is not None:
+        nsenter.sethostname(config.hostname)
+    if config.domainname is not None:
+        nsenter.setdomainname(config.domainname)
+    _set_rlimits(proc.rlimits)
+    _enter_cwd(proc.cwd)
+    env = list(proc.env) + list(boot.extra_env)
+    path = find_executable(proc.args[0], env)
+    env = _with_home(env, proc.user.uid)
+
+    p.write_message(sync_fd, p.Ready())
+    _expect(sync_fd, p.Run)
+
+    if proc.user.umask is not None:
+        os.umask(proc.user.umask)
+    caps = proc.capabilities
+    nsenter.finalize_and_exec(
+        sync_fd=sync_fd, uid=proc.user.uid, gid=proc.user.gid,
+        groups=list(proc.user.additional_gids),
+        caps=None if caps is None else (
+            caps_mask(caps.bounding), caps_mask(caps.effective), caps_mask(caps.permitted),
+            caps_mask(caps.inheritable), caps_mask(caps.ambient)),
+        no_new_privs=proc.no_new_privileges,
+        first_cloexec_fd=3 + boot.preserve_fds, fifo_fd=fifo_fd,
+        path=path, argv=proc.args, env=env)
+
+
+def _expect(sync_fd: int, cls: type) -> p.Message:
+    msg = p.read_message(sync_fd)
+    if msg is None:
+        os._exit(1)  # the parent went away: nothing to report to
+    if not isinstance(msg, cls):
+        raise ChildError(f"protocol: expected {cls.type}, got {msg.type}")
+    return msg
+
+
+def _report(sync_fd: int, exc: BaseException) -> None:
+    if isinstance(exc, SystemExit):
+        return
+    if isinstance(exc, CorralError):
+        err = p.Error(str(exc), getattr(exc, "errno", 0) or 0, getattr(exc, "stage", ""))
+    elif isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+        if exc.filename and exc.filename not in text:
+            text = f"{exc.filename}: {text}"
+        err = p.Error(text, exc.errno or 0)
+    else:
+        err = p.Error(f"container init failed: {type(exc).__name__}: {exc}")
+    try:
+        p.write_message(sync_fd, err)
+    except OSError:
+        pass
+
+
+_RLIMITS = {name: getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")}
+
+
+def _set_rlimits(rlimits) -> None:
+    for rl in rlimits:
+        try:
+            resource.setrlimit(_RLIMITS[rl.type], (rl.soft, rl.hard))
+        except (KeyError, ValueError, OSError) as exc:
+            raise ChildError(f"process.rlimits: setrlimit {rl.type}: {exc}") from None
+
+
+def _enter_cwd(cwd: str) -> None:
+    """After pivot_root `/` is the rootfs, so the path cannot lead out of it."""
+    os.makedirs(cwd, 0o755, exist_ok=True)
+    os.chdir(cwd)
+
+
+def find_executable(arg0: str, env: list[str]) -> str:
+    """PATH lookup inside the container; the messages are the ones runc prints (podman maps
+    'executable file not found' and 'no such file or directory' to exit 127)."""
+    if "/" in arg0:
+        try:
+            os.stat(arg0)
+        except OSError as exc:
+            raise ChildError(f'exec: "{arg0}": stat {arg0}: {exc.strerror.lower()}',
+                             exc.errno, "exec") from None
+        return arg0
+    search = DEFAULT_PATH
+    for item in env:
+        if item.startswith("PATH="):
+            search = item[5:]
+    for directory in search.split(":"):
+        candidate = os.path.join(directory or ".", arg0)
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if st.st_mode & 0o170000 == 0o100000 and st.st_mode & 0o111:
+            return candidate
+    raise ChildError(f'exec: "{arg0}": executable file not found in $PATH', 2, "exec")
+
+
+def _with_home(env: list[str], uid: int) -> list[str]:
+    """HOME from the container's /etc/passwd when the config does not set it, as runc does."""
+    if any(item.startswith("HOME=") for item in env):
+        return env
+    home = "/"
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(":")
+                if len(parts) >= 6 and parts[2] == str(uid):
+                    home = parts[5] or "/"
+                    break
+    except OSError:
+        pass
+    return env + [f"HOME={home}"]

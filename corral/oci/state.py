@@ -1,0 +1,100 @@
+"""The on-disk state of containers under ``--root``: one directory per container.
+
+Shared by the command line and the supervisor, so each sees the other's containers.
+``<root>/<id>/state.json`` holds the record; ``<root>/<id>/exec.fifo`` exists from create until
+start.  Cheap imports only: every CLI command reads this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from corral.errors import ConfigError, ContainerExists, ContainerNotFound
+
+DEFAULT_ROOT = "/run/corral"
+STATE_FILE = "state.json"
+FIFO_NAME = "exec.fifo"
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def validate_id(container_id: str) -> str:
+    if not container_id:
+        raise ConfigError("container id", "must not be empty")
+    if container_id in (".", "..") or not set(container_id) <= _ID_CHARS:
+        raise ConfigError("container id",
+                          f"invalid id {container_id!r}: use only [A-Za-z0-9_.-]")
+    if len(container_id) > 1024:
+        raise ConfigError("container id", "longer than 1024 characters")
+    return container_id
+
+
+def rfc3339_now() -> str:
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+
+
+class StateDir:
+    def __init__(self, root: str, container_id: str) -> None:
+        self.root = root
+        self.id = container_id
+        self.path = os.path.join(root, container_id)
+        self.state_file = os.path.join(self.path, STATE_FILE)
+        self.fifo = os.path.join(self.path, FIFO_NAME)
+
+    def create(self) -> None:
+        """Claims the id: exclusive, so two creates of one id never both succeed."""
+        os.makedirs(self.root, 0o711, exist_ok=True)
+        try:
+            os.mkdir(self.path, 0o711)
+        except FileExistsError:
+            raise ContainerExists(self.id) from None
+
+    def make_fifo(self) -> None:
+        os.mkfifo(self.fifo, 0o622)
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.path)
+
+    def read(self) -> dict:
+        try:
+            with open(self.state_file, "rb") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            raise ContainerNotFound(self.id) from None
+        except ValueError:
+            raise ContainerNotFound(self.id) from None
+
+    def write(self, record: dict) -> None:
+        """Atomic (rename) and durable: the record must survive a crash of whoever wrote it."""
+        tmp = self.state_file + ".tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(record).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.state_file)
+
+    def remove(self) -> None:
+        try:
+            names = os.listdir(self.path)
+        except FileNotFoundError:
+            return
+        for name in names:
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def list_ids(root: str) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(root) if os.path.isfile(os.path.join(root, n, STATE_FILE)))
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,105 @@
+"""The blocking driver of the creation machine, for the one-shot command line.
+
+The command line is single-threaded, so it forks the child itself (the supervisor forks
+through its zygote instead).  No trio here: ``import trio`` alone costs more than runc's
+whole ``create``.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+
+from corral import nsenter
+from corral.errors import CorralError
+from corral.supervisor import creation as c
+from corral.supervisor import protocol as p
+from corral.supervisor.prepare import PreparedContainer
+
+DEFAULT_DEADLINE = 60.0
+
+
+def create_container(prepared: PreparedContainer, deadline: float = DEFAULT_DEADLINE) -> int:
+    """Runs creation to the exec-fifo wait and returns the init's pid.  On any failure
+    (including KeyboardInterrupt) kills what was started, undoes the host side and raises."""
+    from corral.init.child import child_main  # imported before fork: the child must not pay
+
+    machine = c.CreationMachine(prepared.bootstrap)
+    parent_fd, child_fd = nsenter.socketpair()
+    try:
+        child = os.fork()
+    except OSError:
+        os.close(parent_fd)
+        os.close(child_fd)
+        prepared.undo()
+        raise
+    if child == 0:
+        os.close(parent_fd)
+        child_main(child_fd)
+    os.close(child_fd)
+    try:
+        _drive(machine, prepared, parent_fd, child, time.monotonic() + deadline)
+        return machine.init_pid
+    except BaseException:
+        for pid in (machine.init_pid, child):
+            _kill(pid)
+        prepared.undo()
+        raise
+    finally:
+        os.close(parent_fd)
+        _reap(child)
+        if machine.state is not c.State.DONE and machine.init_pid:
+            _reap(machine.init_pid)
+
+
+def _drive(machine: c.CreationMachine, prepared: PreparedContainer, fd: int, child: int,
+           deadline: float) -> None:
+    decoder = p.FrameDecoder()
+    actions = machine.start(child)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        for action in actions:
+            _carry_out(action, prepared, fd)
+            if isinstance(action, c.Done):
+                return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            actions = machine.fail(CorralError(
+                f"container creation timed out while {machine.state.value}"))
+            continue
+        if not poller.poll(remaining * 1000):
+            continue
+        data = os.read(fd, 65536)
+        if not data:
+            actions = machine.child_gone()
+            continue
+        actions = []
+        for msg in decoder.feed(data):
+            actions += machine.receive(msg)
+
+
+def _carry_out(action: c.Action, prepared: PreparedContainer, fd: int) -> None:
+    if isinstance(action, c.Send):
+        p.write_message(fd, action.message)
+    elif isinstance(action, c.Fail):
+        raise action.error
+    elif not isinstance(action, c.Done):
+        prepared.carry_out(action)
+
+
+def _kill(pid: int | None) -> None:
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass

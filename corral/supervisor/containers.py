@@ -1,0 +1,162 @@
+"""Operations on existing containers through their state directories: state, start, kill,
+delete.  Shared by the command line and the supervisor; no trio, few imports."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+
+from corral.errors import ContainerNotFound, ContainerStateError
+from corral.oci.state import StateDir, list_ids, validate_id
+from corral.procfs import is_alive
+
+CREATING, CREATED, RUNNING, STOPPED = "creating", "created", "running", "stopped"
+
+
+class Container:
+    def __init__(self, state_dir: StateDir, record: dict) -> None:
+        self.state_dir = state_dir
+        self.record = record
+
+    @classmethod
+    def load(cls, root: str, container_id: str) -> Container:
+        validate_id(container_id)
+        state_dir = StateDir(root, container_id)
+        return cls(state_dir, state_dir.read())
+
+    @property
+    def id(self) -> str:
+        return self.record["id"]
+
+    @property
+    def pid(self) -> int:
+        return self.record.get("pid") or 0
+
+    def status(self) -> str:
+        if not self.pid:
+            return CREATING
+        if not is_alive(self.pid, self.record.get("pid_start")):
+            return STOPPED
+        # The exec fifo lives from create until start has opened it.
+        return CREATED if os.path.exists(self.state_dir.fifo) else RUNNING
+
+    def oci_state(self) -> dict:
+        """The OCI state, with runc's extra fields, in runc's key order."""
+        status = self.status()
+        state = {
+            "ociVersion": self.record["ociVersion"],
+            "id": self.id,
+            "pid": self.pid if status in (CREATED, RUNNING) else 0,
+            "status": status,
+            "bundle": self.record["bundle"],
+            "rootfs": self.record["rootfs"],
+            "created": self.record["created"],
+        }
+        if self.record.get("annotations"):
+            state["annotations"] = self.record["annotations"]
+        state["owner"] = self.record.get("owner", "")
+        return state
+
+    def _cgroup(self):
+        from corral.cgroups import Cgroup
+
+        return Cgroup.from_json(self.record["cgroup"])
+
+    # ---- start ----
+
+    def start(self, timeout: float | None = None) -> None:
+        """Lets init exec: opening the fifo for reading releases its blocked write."""
+        status = self.status()
+        if status == STOPPED:
+            raise ContainerStateError("cannot start a container that has stopped")
+        if status != CREATED:
+            raise ContainerStateError(f"cannot start a container in the {status} state")
+        try:
+            fd = os.open(self.state_dir.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ContainerStateError("cannot start an already running container") from None
+        try:
+            self._await_fifo(fd, timeout)
+        finally:
+            os.close(fd)
+        try:
+            os.unlink(self.state_dir.fifo)
+        except FileNotFoundError:
+            pass
+
+    def _await_fifo(self, fd: int, timeout: float | None) -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if poller.poll(100) and os.read(fd, 1):
+                return
+            if not is_alive(self.pid, self.record.get("pid_start")):
+                raise ContainerStateError("cannot start a container that has stopped")
+            if end is not None and time.monotonic() > end:
+                raise ContainerStateError("timed out waiting for the container to start")
+
+    # ---- kill ----
+
+    def kill(self, sig: int, all_processes: bool = False) -> None:
+        status = self.status()
+        if all_processes:
+            self._cgroup().kill_all(sig)
+            return
+        if status not in (CREATED, RUNNING):
+            raise ContainerStateError("container not running")
+        self._signal_init(sig)
+
+    def _signal_init(self, sig: int) -> None:
+        """Through a pidfd checked against the start time: never signals a reused pid."""
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            raise ContainerStateError("container not running") from None
+        try:
+            if not is_alive(self.pid, self.record.get("pid_start")):
+                raise ContainerStateError("container not running")
+            signal.pidfd_send_signal(pidfd, sig)
+        except ProcessLookupError:
+            raise ContainerStateError("container not running") from None
+        finally:
+            os.close(pidfd)
+
+    # ---- delete ----
+
+    def delete(self, force: bool = False) -> None:
+        status = self.status()
+        if status != STOPPED and not force:
+            raise ContainerStateError(
+                f"cannot delete container {self.id} that is not stopped: {status}")
+        cgroup = self._cgroup()
+        # Leftovers (a container without its own pid namespace keeps them after init exits).
+        cgroup.kill_all(signal.SIGKILL)
+        if status in (CREATED, RUNNING):
+            self._wait_gone(5.0)
+        cgroup.destroy()
+        self.state_dir.remove()
+
+    def _wait_gone(self, timeout: float) -> None:
+        try:
+            pidfd = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return
+        try:
+            if is_alive(self.pid, self.record.get("pid_start")):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                select.select([pidfd], [], [], timeout)
+        finally:
+            os.close(pidfd)
+
+
+def list_containers(root: str) -> list[Container]:
+    out = []
+    for cid in list_ids(root):
+        try:
+            out.append(Container.load(root, cid))
+        except ContainerNotFound:
+            continue  # deleted while we listed
+    return out

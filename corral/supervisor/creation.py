@@ -1,0 +1,152 @@
+"""The parent side of container creation as a sans-I/O state machine.
+
+It takes what the child sent and answers with the actions to take next; it does no I/O itself,
+so one machine serves the blocking driver of the command line (``blocking.py``) and the trio
+driver of the supervisor (``trio_driver.py``), and is tested without any process.
+
+    START --start(child)--> [AWAIT_USERMAP_REQUEST] --> AWAIT_PID --> AWAIT_READY
+          --> AWAIT_WAITING --> DONE
+
+Each state names the one message it accepts; an ``Error`` from the child fails any state;
+anything else is a ``ProtocolError``.  Once DONE or FAILED the machine accepts nothing more.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from corral.errors import ChildError, CorralError, ProtocolError
+from corral.supervisor import protocol as p
+
+
+class State(enum.Enum):
+    START = "start"
+    AWAIT_USERMAP_REQUEST = "waiting for the user namespace"
+    AWAIT_PID = "waiting for the init pid"
+    AWAIT_READY = "waiting for the container setup"
+    AWAIT_WAITING = "waiting for the final process setup"
+    DONE = "done"
+    FAILED = "failed"
+
+
+# ---- actions: what the driver must do, in order ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    message: p.Message
+
+
+@dataclass(frozen=True)
+class JoinCgroup:
+    """Put the child in the container's cgroup before it unshares anything, so every
+    process of the container (and its cgroup namespace root) is in it from the start."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class WriteIdMaps:
+    pid: int
+
+
+@dataclass(frozen=True)
+class RecordPid:
+    pid: int
+
+
+@dataclass(frozen=True)
+class ApplyResources:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Done:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Fail:
+    error: CorralError
+
+
+Action = Send | JoinCgroup | WriteIdMaps | RecordPid | ApplyResources | Done | Fail
+
+
+class CreationMachine:
+    def __init__(self, bootstrap: p.Bootstrap) -> None:
+        self.bootstrap = bootstrap
+        self.state = State.START
+        self.child_pid: int | None = None
+        self.init_pid: int | None = None
+        self.error: CorralError | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (State.DONE, State.FAILED)
+
+    def start(self, child_pid: int) -> list[Action]:
+        """The child process exists (forked by the driver or by the zygote)."""
+        if self.state is not State.START:
+            return self._fail(ProtocolError(f"start() while {self.state.value}"))
+        self.child_pid = child_pid
+        self.state = (State.AWAIT_USERMAP_REQUEST if self.bootstrap.new_user
+                      else State.AWAIT_PID)
+        return [JoinCgroup(child_pid), Send(self.bootstrap)]
+
+    def receive(self, msg: p.Message) -> list[Action]:
+        if self.finished or self.state is State.START:
+            return self._fail(ProtocolError(f"unexpected {msg.type!r} message while "
+                                            f"{self.state.value}"))
+        if isinstance(msg, p.Error):
+            return self._fail(ChildError(msg.message, msg.errno, msg.stage))
+        handler = self._HANDLERS[self.state]
+        if not isinstance(msg, handler[0]):
+            return self._fail(ProtocolError(
+                f"unexpected {msg.type!r} message while {self.state.value}"))
+        return handler[1](self, msg)
+
+    def child_gone(self) -> list[Action]:
+        """The connection closed (EOF) or the child died before DONE."""
+        if self.state is State.DONE or self.state is State.FAILED:
+            return []
+        return self._fail(ProtocolError(f"container process exited while {self.state.value}"))
+
+    def fail(self, error: CorralError) -> list[Action]:
+        """The driver could not carry out an action (or its deadline passed)."""
+        if self.finished:
+            return []
+        return self._fail(error)
+
+    # ---- one handler per state ----
+
+    def _on_usermap_request(self, msg: p.UsermapRequest) -> list[Action]:
+        self.state = State.AWAIT_PID
+        return [WriteIdMaps(msg.pid), Send(p.UsermapDone())]
+
+    def _on_pid(self, msg: p.Pid) -> list[Action]:
+        self.init_pid = msg.pid
+        self.state = State.AWAIT_READY
+        return [RecordPid(msg.pid)]
+
+    def _on_ready(self, msg: p.Ready) -> list[Action]:
+        self.state = State.AWAIT_WAITING
+        return [ApplyResources(self.init_pid), Send(p.Run())]
+
+    def _on_waiting(self, msg: p.Waiting) -> list[Action]:
+        self.state = State.DONE
+        return [Done(self.init_pid)]
+
+    _HANDLERS = {
+        State.AWAIT_USERMAP_REQUEST: (p.UsermapRequest, _on_usermap_request),
+        State.AWAIT_PID: (p.Pid, _on_pid),
+        State.AWAIT_READY: (p.Ready, _on_ready),
+        State.AWAIT_WAITING: (p.Waiting, _on_waiting),
+    }
+
+    def _fail(self, error: CorralError) -> list[Action]:
+        if self.state is not State.FAILED:
+            self.state = State.FAILED
+            self.error = error
+        return [Fail(self.error)]

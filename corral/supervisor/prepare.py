@@ -1,0 +1,176 @@
+"""What the parent makes on the host for a container before its child exists, and its undoing.
+
+``PreparedContainer`` owns the state directory, the exec fifo and the cgroup from the moment
+they are made until creation succeeds; on any failure ``undo()`` removes all of them (and
+every process in the cgroup).  Both creation drivers carry out the machine's host-side actions
+(join cgroup, id maps, record pid, resources) through its methods.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from corral import nsenter
+from corral.cgroups import Cgroup, detect
+from corral.errors import ConfigError, CorralError
+from corral.oci.config import Config, IdMapping, load_bundle
+from corral.oci.state import StateDir, rfc3339_now, validate_id
+from corral.procfs import start_time
+from corral.supervisor.protocol import Bootstrap
+
+NS_FLAGS = {
+    "pid": nsenter.CLONE_NEWPID,
+    "network": nsenter.CLONE_NEWNET,
+    "mount": nsenter.CLONE_NEWNS,
+    "ipc": nsenter.CLONE_NEWIPC,
+    "uts": nsenter.CLONE_NEWUTS,
+    "user": nsenter.CLONE_NEWUSER,
+    "cgroup": nsenter.CLONE_NEWCGROUP,
+}
+
+
+class PreparedContainer:
+    def __init__(self, state_dir: StateDir, config: Config, record: dict, cgroup: Cgroup,
+                 bootstrap: Bootstrap) -> None:
+        self.state_dir = state_dir
+        self.config = config
+        self.record = record
+        self.cgroup = cgroup
+        self.bootstrap = bootstrap
+
+    @property
+    def id(self) -> str:
+        return self.state_dir.id
+
+    # ---- the machine's host-side actions ----
+
+    def carry_out(self, action) -> None:
+        """Does one host-side action of the creation machine (Send, Done and Fail are the
+        driver's own, since they are I/O or control flow)."""
+        from corral.supervisor import creation as c
+
+        if isinstance(action, c.JoinCgroup):
+            self.join_cgroup(action.pid)
+        elif isinstance(action, c.WriteIdMaps):
+            self.write_id_maps(action.pid)
+        elif isinstance(action, c.RecordPid):
+            self.record_pid(action.pid)
+        elif isinstance(action, c.ApplyResources):
+            self.apply_resources(action.pid)
+        else:
+            raise TypeError(f"not a host-side action: {action!r}")
+
+    def join_cgroup(self, pid: int) -> None:
+        self.cgroup.add(pid)
+
+    def write_id_maps(self, pid: int) -> None:
+        linux = self.config.linux
+        _write_map(f"/proc/{pid}/gid_map", linux.gid_mappings, "linux.gidMappings")
+        _write_map(f"/proc/{pid}/uid_map", linux.uid_mappings, "linux.uidMappings")
+
+    def record_pid(self, pid: int) -> None:
+        self.record["pid"] = pid
+        self.record["pid_start"] = start_time(pid)
+        self.state_dir.write(self.record)
+
+    def apply_resources(self, pid: int) -> None:
+        if self.config.linux.device_rules:
+            self.cgroup.set_devices(self.config.linux.device_rules)
+
+    # ---- failure ----
+
+    def undo(self) -> None:
+        """Removes everything made for this container; safe to call on any partial state."""
+        try:
+            self.cgroup.kill_all(signal.SIGKILL)
+        finally:
+            try:
+                self.cgroup.destroy()
+            finally:
+                self.state_dir.remove()
+
+
+def _write_map(path: str, mappings: tuple[IdMapping, ...], field: str) -> None:
+    text = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as exc:
+        raise ConfigError(field, f"writing {path}: {exc.strerror}") from None
+
+
+def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False,
+            preserve_fds: int = 0) -> PreparedContainer:
+    """Validates everything that can be validated before touching the host, then makes the
+    state dir (claiming the id), the exec fifo and the cgroup."""
+    validate_id(container_id)
+    bundle = os.path.abspath(bundle)
+    config, raw = load_bundle(bundle)
+    rootfs = os.path.join(bundle, config.root_path)
+    bootstrap_ns = _namespaces(config)
+    listen = _listen_fds()
+    if preserve_fds < 0:
+        raise ConfigError("--preserve-fds", "must not be negative")
+    layout = detect()
+    cgroup = Cgroup.for_container(layout, config.linux.cgroups_path, container_id)
+
+    state_dir = StateDir(root, container_id)
+    state_dir.create()
+    record = {
+        "ociVersion": config.oci_version,
+        "id": container_id,
+        "pid": 0,
+        "pid_start": None,
+        "bundle": bundle,
+        "rootfs": rootfs,
+        "created": rfc3339_now(),
+        "annotations": dict(config.annotations),
+        "owner": "",
+        "pid_ns": config.linux.namespace("pid") is not None,
+        "cgroup": cgroup.to_json(),
+    }
+    prepared = PreparedContainer(state_dir, config, record, cgroup, Bootstrap(
+        unshare_flags=bootstrap_ns[0], new_user=bootstrap_ns[1], join=bootstrap_ns[2],
+        config=raw, rootfs=rootfs, bundle=bundle, fifo_path=state_dir.fifo, no_pivot=no_pivot,
+        preserve_fds=preserve_fds + listen,
+        extra_env=[f"LISTEN_FDS={listen}"] if listen else [],
+        cgroup_mounts=[[name, path] for name, path in cgroup.mount_sources()]))
+    try:
+        state_dir.make_fifo()
+        state_dir.write(record)
+        cgroup.create()
+        record["cgroup"] = cgroup.to_json()
+        state_dir.write(record)
+    except BaseException:
+        prepared.undo()
+        raise
+    return prepared
+
+
+def _namespaces(config: Config) -> tuple[int, bool, list[list]]:
+    """(flags to unshare, new user namespace?, [[flag, path] to join])."""
+    unshare, new_user, join = 0, False, []
+    for ns in config.linux.namespaces:
+        flag = NS_FLAGS.get(ns.type)
+        if flag is None:
+            raise CorralError(f"linux.namespaces: {ns.type} namespace: not supported yet")
+        if ns.path:
+            join.append([flag, ns.path])
+        elif flag == nsenter.CLONE_NEWUSER:
+            new_user = True
+        else:
+            unshare |= flag
+    if config.linux.namespace("mount") is None:
+        raise ConfigError("linux.namespaces", "a mount namespace is required")
+    return unshare, new_user, join
+
+
+def _listen_fds() -> int:
+    """Socket-activation fds given to us (systemd's LISTEN_FDS for our own pid) pass on."""
+    try:
+        if int(os.environ.get("LISTEN_PID", "0")) != os.getpid():
+            return 0
+        return max(0, int(os.environ.get("LISTEN_FDS", "0")))
+    except ValueError:
+        return 0

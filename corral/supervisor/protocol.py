@@ -1,0 +1,178 @@
+"""The messages between the parent (runtime) and the child (container init) during creation.
+
+One set of typed messages, one framing, used by both sides and by the C stage (nsenter.c
+writes ``usermap_request``, ``pid``, ``waiting`` and ``error`` itself and reads
+``usermap_done``, so their encodings must stay exactly what ``encode`` produces).
+
+Framing: a 4-byte big-endian length, then a compact JSON object whose ``type`` names the message.
+
+    parent -> child   Bootstrap, UsermapDone, Run
+    child  -> parent  UsermapRequest, Pid, Ready, Waiting, Error
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+
+from corral.errors import ProtocolError
+
+MAX_FRAME = 16 << 20
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """Everything the child needs: which namespaces, and the config its init applies."""
+
+    type = "bootstrap"
+    unshare_flags: int
+    new_user: bool
+    join: list[list]  # [[CLONE_NEW* flag, path], ...]
+    config: dict  # the raw config.json, validated again by the child (cheap, one code path)
+    rootfs: str
+    bundle: str
+    fifo_path: str
+    no_pivot: bool = False
+    preserve_fds: int = 0  # fds 3.. passed through: --preserve-fds plus LISTEN_FDS
+    extra_env: list[str] = field(default_factory=list)
+    cgroup_mounts: list[list[str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class UsermapRequest:
+    """The child unshared its user namespace; the parent must write its id maps."""
+
+    type = "usermap_request"
+    pid: int
+
+
+@dataclass(frozen=True)
+class UsermapDone:
+    type = "usermap_done"
+
+
+@dataclass(frozen=True)
+class Pid:
+    """The host pid of the container's init (the intermediate process has exited)."""
+
+    type = "pid"
+    pid: int
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Rootfs, mounts and process setup are done; the child waits for Run."""
+
+    type = "ready"
+
+
+@dataclass(frozen=True)
+class Run:
+    type = "run"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Everything before exec succeeded; init now blocks on the exec fifo until `start`."""
+
+    type = "waiting"
+
+
+@dataclass(frozen=True)
+class Error:
+    type = "error"
+    message: str
+    errno: int = 0
+    stage: str = ""
+
+
+Message = Bootstrap | UsermapRequest | UsermapDone | Pid | Ready | Run | Waiting | Error
+MESSAGE_TYPES: dict[str, type] = {
+    cls.type: cls
+    for cls in (Bootstrap, UsermapRequest, UsermapDone, Pid, Ready, Run, Waiting, Error)
+}
+
+
+def encode(msg: Message) -> bytes:
+    body = {"type": msg.type, **asdict(msg)}
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    return len(payload).to_bytes(4, "big") + payload
+
+
+def decode(payload: bytes) -> Message:
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise ProtocolError(f"undecodable frame: {exc}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        raise ProtocolError("frame is not a typed message")
+    cls = MESSAGE_TYPES.get(body.pop("type"))
+    if cls is None:
+        raise ProtocolError("unknown message type")
+    names = {f.name for f in fields(cls)}
+    if set(body) - names:
+        raise ProtocolError(f"{cls.type}: unexpected fields {sorted(set(body) - names)}")
+    try:
+        return cls(**body)
+    except TypeError as exc:
+        raise ProtocolError(f"{cls.type}: {exc}") from None
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes as they arrive, get whole messages back."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Message]:
+        self._buf += data
+        out = []
+        while len(self._buf) >= 4:
+            size = int.from_bytes(self._buf[:4], "big")
+            if size > MAX_FRAME:
+                raise ProtocolError(f"frame of {size} bytes exceeds the limit")
+            if len(self._buf) < 4 + size:
+                break
+            payload = bytes(self._buf[4 : 4 + size])
+            del self._buf[: 4 + size]
+            out.append(decode(payload))
+        return out
+
+    @property
+    def pending(self) -> bool:
+        """True when a partial frame is buffered (EOF now means a torn message)."""
+        return bool(self._buf)
+
+
+def read_message(fd: int) -> Message | None:
+    """Blocking read of one message from fd; None on a clean EOF between messages."""
+    header = _read_exact(fd, 4)
+    if not header:
+        return None
+    if len(header) < 4:
+        raise ProtocolError("connection closed in the middle of a message")
+    size = int.from_bytes(header, "big")
+    if size > MAX_FRAME:
+        raise ProtocolError(f"frame of {size} bytes exceeds the limit")
+    payload = _read_exact(fd, size)
+    if len(payload) < size:
+        raise ProtocolError("connection closed in the middle of a message")
+    return decode(payload)
+
+
+def write_message(fd: int, msg: Message) -> None:
+    data = memoryview(encode(msg))
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _read_exact(fd: int, size: int) -> bytes:
+    """Up to size bytes: fewer only at EOF."""
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = os.read(fd, size - len(buf))
+        if not chunk:
+            break
+        buf += chunk
+    return bytes(buf)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs corral and everything it needs on Debian 12, as root, into ./.venv.
+#   scripts/setup.sh          what running containers needs
+#   scripts/setup.sh --test   also what the test suite needs
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(busybox-static libseccomp2 python3 python3-venv python3-dev gcc libc6-dev util-linux)
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(runc)
+fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's own interpreter: the one python3-dev and python3-venv belong to.
+python=/usr/bin/python3
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+extra=""
+[[ "${1:-}" == "--test" ]] && extra="[test]"
+# compat mode: a plain path entry, not an import hook that every CLI start would pay for.
+.venv/bin/pip install -q --disable-pip-version-check -e ".${extra}" \
+  --config-settings editable_mode=compat
+# Byte-compile now: each `corral` call is a new interpreter, and hosts may set
+# PYTHONDONTWRITEBYTECODE, which would make every call compile corral again.
+.venv/bin/python -m compileall -q corral

@@ -1,0 +1,184 @@
+"""Fixtures for tests against the real kernel: a busybox rootfs, bundles, the corral command,
+and a leak check that fails any test leaving a process, cgroup, mount or state directory."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.busybox import build_rootfs
+
+PR_SET_CHILD_SUBREAPER = 36
+CGROUP_PARENT = f"corral-test-{os.getpid()}"
+CORRAL = [os.path.join(os.path.dirname(sys.executable), "corral")]
+
+
+def _become_subreaper() -> None:
+    """Container inits are reparented to us when `corral create` exits, as they are to
+    conmon or the containerd shim: we reap them like those do."""
+    from corral import nsenter
+
+    nsenter.prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+_become_subreaper()
+
+
+def cgroup_dirs(parent: str = CGROUP_PARENT) -> list[str]:
+    """Every directory under our test parent, in every mounted hierarchy."""
+    found = []
+    for hierarchy in sorted(os.listdir("/sys/fs/cgroup")):
+        base = os.path.join("/sys/fs/cgroup", hierarchy, parent)
+        for dirpath, _dirs, _files in os.walk(base):
+            if dirpath != base:
+                found.append(dirpath)
+    return found
+
+
+def host_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return sorted(" ".join(line.split()[3:5]) for line in f)
+
+
+def our_children() -> list[tuple[int, str]]:
+    """(pid, state) of every process whose parent is this test process."""
+    me = str(os.getpid())
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if fields[1] == me:
+            out.append((int(name), fields[0]))
+    return out
+
+
+def reap_exited() -> None:
+    for pid, state in our_children():
+        if state == "Z":
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def rootfs_template(tmp_path_factory) -> str:
+    return build_rootfs(str(tmp_path_factory.mktemp("template") / "rootfs"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cgroup_parent():
+    yield
+    for hierarchy in os.listdir("/sys/fs/cgroup"):
+        path = os.path.join("/sys/fs/cgroup", hierarchy, CGROUP_PARENT)
+        if os.path.isdir(path):
+            os.rmdir(path)
+
+
+class Corral:
+    """Runs the `corral` command line with a private --root."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def __call__(self, *args: str, check: bool = True, timeout: float = 60,
+                 **kwargs) -> subprocess.CompletedProcess:
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        proc = subprocess.run([*CORRAL, "--root", self.root, *args], timeout=timeout, **kwargs)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"corral {' '.join(args)} exited {proc.returncode}: "
+                                 f"{proc.stderr.strip()}")
+        return proc
+
+    def state(self, cid: str) -> dict:
+        return json.loads(self("state", cid).stdout)
+
+    def cleanup(self) -> None:
+        for cid in os.listdir(self.root) if os.path.isdir(self.root) else []:
+            self("delete", "--force", cid, check=False)
+
+
+@pytest.fixture
+def corral(tmp_path, _no_leaks) -> Corral:
+    c = Corral(str(tmp_path / "state"))
+    yield c
+    c.cleanup()
+
+
+@pytest.fixture
+def _no_leaks(tmp_path):
+    """Fails a test that leaves anything behind (checked after the test's own cleanup)."""
+    mounts_before = host_mounts()
+    yield
+    reap_exited()
+    leftovers = []
+    alive = [pid for pid, state in our_children() if state != "Z"]
+    if alive:
+        leftovers.append(f"processes {alive}")
+        for pid in alive:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    dirs = cgroup_dirs()
+    if dirs:
+        leftovers.append(f"cgroups {dirs}")
+    if host_mounts() != mounts_before:
+        leftovers.append(f"mounts {sorted(set(host_mounts()) ^ set(mounts_before))}")
+    state_root = tmp_path / "state"
+    if state_root.is_dir() and os.listdir(state_root):
+        leftovers.append(f"state dirs {os.listdir(state_root)}")
+    assert not leftovers, "test left behind: " + "; ".join(leftovers)
+
+
+def base_config(args: list[str], cid: str) -> dict:
+    from corral.oci.spec import default_spec
+
+    config = default_spec()
+    config["process"]["terminal"] = False
+    config["process"]["args"] = args
+    config["root"] = {"path": "rootfs", "readonly": False}
+    config["linux"]["cgroupsPath"] = f"/{CGROUP_PARENT}/{cid}"
+    return config
+
+
+class Bundle:
+    def __init__(self, path: str, cid: str, config: dict) -> None:
+        self.path = path
+        self.id = cid
+        self.config = config
+        self.rootfs = os.path.join(path, "rootfs")
+
+    def write(self) -> Bundle:
+        with open(os.path.join(self.path, "config.json"), "w") as f:
+            json.dump(self.config, f)
+        return self
+
+
+@pytest.fixture
+def make_bundle(tmp_path, rootfs_template):
+    """make_bundle(args, **process_overrides) -> Bundle with a fresh rootfs and a unique id."""
+    count = [0]
+
+    def make(args: list[str] = ("true",), config: dict | None = None) -> Bundle:
+        count[0] += 1
+        cid = f"t{uuid.uuid4().hex[:10]}"
+        path = tmp_path / f"bundle{count[0]}"
+        path.mkdir()
+        shutil.copytree(rootfs_template, path / "rootfs", symlinks=True)
+        cfg = copy.deepcopy(config) if config is not None else base_config(list(args), cid)
+        return Bundle(str(path), cid, cfg).write()
+
+    return make
