@@ -64,7 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("-v", "--version", action="store_true")
     parser.add_argument("--systemd-cgroup", action="store_true")
-    parser.add_argument("--rootless", default=None)
+    parser.add_argument("--rootless", dest="global_rootless", default=None)
     parser.add_argument("--criu", default=None)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.systemd_cgroup:
             raise NotSupportedError("--systemd-cgroup")
-        if args.rootless not in (None, "false", "auto"):
+        if args.global_rootless not in (None, "false", "auto"):
             raise NotSupportedError("--rootless")
         if args.command not in COMMANDS:
             raise NotSupportedError(f"corral {args.command}")

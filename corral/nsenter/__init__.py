@@ -103,9 +103,8 @@ def enter_namespaces(sync_fd: int, unshare_flags: int, new_user: bool,
                      join: Sequence[tuple[int, str]]) -> None:
     """Runs the C stage.  Returns only in the container's init (inside every namespace);
     on failure the C side has already reported the error to the parent, so exit at once."""
-    keep = []
-    paths = ffi.new("const char *[]", [keep.append(ffi.new("char[]", p.encode())) or keep[-1]
-                                        for _, p in join] or [ffi.NULL])
+    keep = [ffi.new("char[]", path.encode()) for _, path in join]
+    paths = ffi.new("const char *[]", keep or [ffi.NULL])
     types = ffi.new("int[]", [t for t, _ in join] or [0])
     cfg = ffi.new("struct nsenter_config *")
     cfg.sync_fd = sync_fd
@@ -147,7 +146,9 @@ def finalize_and_exec(*, sync_fd: int, uid: int, gid: int, groups: Sequence[int]
     cfg.fifo_fd = fifo_fd
     cpath = ffi.new("char[]", path.encode())
     cfg.path = cpath
-    cfg.argv = cstrs(argv)
-    cfg.envp = cstrs(env)
+    # cdata assigned to a struct field is not kept alive by it: hold the arrays here.
+    argv_arr, env_arr = cstrs(argv), cstrs(env)
+    cfg.argv = argv_arr
+    cfg.envp = env_arr
     lib.corral_finalize(cfg)
     os._exit(1)

@@ -11,7 +11,7 @@
  *   corral_nsenter():   stage_join -> stage_userns -> stage_unshare -> stage_clone
  *                       returns 0 in the container's init (the grandchild); the intermediate
  *                       process reports the init's pid and exits.
- *   corral_finalize():  stage_bounding -> stage_user -> stage_caps -> stage_nnp ->
+ *   corral_finalize():  stage_bounding -> stage_user -> stage_caps -> stage_signals -> stage_nnp ->
  *                       stage_check_exec -> stage_close_fds -> (report "waiting") ->
  *                       stage_fifo -> execve
  *
@@ -57,7 +57,7 @@ static int write_all(int fd, const void *buf, size_t len)
 {
     const char *p = buf;
     while (len > 0) {
-        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        ssize_t n = write(fd, p, len); /* SIGPIPE is ignored (inherited from Python) */
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -373,11 +373,29 @@ static int stage_caps(const struct finalize_config *cfg, int last)
     for (int c = 0; c <= last; c++) {
         if (!(cfg->cap_ambient & (1ULL << c)))
             continue;
-        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0) < 0) {
-            send_error(cfg->sync_fd, "capabilities", errno,
-                       "raise ambient capability %d (it must also be permitted and inheritable)", c);
+        /* EPERM: the capability is not also inheritable and permitted, so it cannot be
+         * ambient.  runc and crun skip it too (runc's own default spec asks for this). */
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0) < 0 && errno != EPERM) {
+            send_error(cfg->sync_fd, "capabilities", errno, "raise ambient capability %d", c);
             return -1;
         }
+    }
+    return 0;
+}
+
+/* Python ignores SIGPIPE (and may block or catch others); ignored dispositions and the
+ * mask survive execve, so the container would inherit them.  Start it with defaults. */
+static int stage_signals(const struct finalize_config *cfg)
+{
+    sigset_t all;
+    for (int sig = 1; sig < NSIG; sig++) {
+        if (sig != SIGKILL && sig != SIGSTOP)
+            signal(sig, SIG_DFL); /* fails only for the reserved and uncatchable ones */
+    }
+    sigemptyset(&all);
+    if (sigprocmask(SIG_SETMASK, &all, NULL) < 0) {
+        send_error(cfg->sync_fd, "signals", errno, "sigprocmask");
+        return -1;
     }
     return 0;
 }
@@ -435,7 +453,7 @@ int corral_finalize(const struct finalize_config *cfg)
 {
     int last = last_cap();
     if (stage_bounding(cfg, last) < 0 || stage_user(cfg) < 0 || stage_caps(cfg, last) < 0 ||
-        stage_nnp(cfg) < 0 || stage_check_exec(cfg) < 0 || stage_close_fds(cfg) < 0)
+        stage_signals(cfg) < 0 || stage_nnp(cfg) < 0 || stage_check_exec(cfg) < 0 || stage_close_fds(cfg) < 0)
         return -1;
     /* Everything that can fail before exec has passed: create may return. */
     if (send_frame(cfg->sync_fd, "{\"type\":\"waiting\"}") < 0)

@@ -8,7 +8,12 @@ Only stdlib imports: this module is on the CLI's ``create`` path.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
+
+from corral.errors import ConfigError, NotSupportedError
+from corral.oci.capabilities import cap_number
 
 
 @dataclass(frozen=True)
@@ -121,3 +126,455 @@ class Config:
     mounts: tuple[Mount, ...] = ()
     linux: Linux = field(default_factory=Linux)
     annotations: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing and validation
+# ---------------------------------------------------------------------------------------------
+
+_U32 = (1 << 32) - 1
+_U64 = (1 << 64) - 1
+
+#: setrlimit(2) resource numbers on Linux (the same on every architecture).
+RLIMITS: dict[str, int] = {
+    "RLIMIT_CPU": 0,
+    "RLIMIT_FSIZE": 1,
+    "RLIMIT_DATA": 2,
+    "RLIMIT_STACK": 3,
+    "RLIMIT_CORE": 4,
+    "RLIMIT_RSS": 5,
+    "RLIMIT_NPROC": 6,
+    "RLIMIT_NOFILE": 7,
+    "RLIMIT_MEMLOCK": 8,
+    "RLIMIT_AS": 9,
+    "RLIMIT_LOCKS": 10,
+    "RLIMIT_SIGPENDING": 11,
+    "RLIMIT_MSGQUEUE": 12,
+    "RLIMIT_NICE": 13,
+    "RLIMIT_RTPRIO": 14,
+    "RLIMIT_RTTIME": 15,
+}
+
+NAMESPACE_TYPES = frozenset({"pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time"})
+_PROPAGATIONS = frozenset(
+    {"shared", "slave", "private", "unbindable", "rshared", "rslave", "rprivate", "runbindable"}
+)
+_CAP_SETS = ("bounding", "effective", "inheritable", "permitted", "ambient")
+_HOOKS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+
+# Spec fields corral does not implement yet.  Refused when set, so a container never runs
+# with less isolation than its config asked for; empty values are fine (tools write ``{}``).
+_PROCESS_UNSUPPORTED = (
+    "consoleSize",
+    "commandLine",
+    "apparmorProfile",
+    "selinuxLabel",
+    "scheduler",
+    "ioPriority",
+    "execCPUAffinity",
+)
+_LINUX_UNSUPPORTED = (
+    "sysctl",
+    "seccomp",
+    "intelRdt",
+    "personality",
+    "timeOffsets",
+    "mountLabel",
+    "memoryPolicy",
+    "netDevices",
+    "rdma",
+)
+_RESOURCES_UNSUPPORTED = (
+    "memory",
+    "cpu",
+    "blockIO",
+    "hugepageLimits",
+    "network",
+    "pids",
+    "rdma",
+    "unified",
+)
+
+_KINDS = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+}
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check(value: object, path: str, kind: type) -> object:
+    """Type-check one JSON value.  Strings must survive the trip to a C string and back."""
+    # JSON true is not the integer 1, whatever Python thinks.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(path, f"expected {_KINDS[kind]}, got {_describe(value)}")
+    if kind is str:
+        if "\0" in value:
+            raise ConfigError(path, "must not contain a NUL character")
+        try:
+            value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise ConfigError(path, "is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+def _opt(obj: dict, key: str, path: str, kind: type, default: object = None) -> object:
+    """JSON null counts as absent, as in Go's decoder that every other runtime uses."""
+    value = obj.get(key)
+    return default if value is None else _check(value, _join(path, key), kind)
+
+
+def _req(obj: dict, key: str, path: str, kind: type) -> object:
+    value = _opt(obj, key, path, kind)
+    if value is None:
+        raise ConfigError(_join(path, key), "is required")
+    return value
+
+
+def _in_range(value: object, path: str, lo: int, hi: int) -> int:
+    _check(value, path, int)
+    if not lo <= value <= hi:
+        raise ConfigError(path, f"must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _int(obj: dict, key: str, path: str, lo: int, hi: int, required: bool = False) -> int | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(_join(path, key), "is required")
+        return None
+    return _in_range(value, _join(path, key), lo, hi)
+
+
+def _items(obj: dict, key: str, path: str) -> list[tuple[str, object]]:
+    """An optional array as (element path, element) pairs, so errors can name the index."""
+    array = _opt(obj, key, path, list, ())
+    where = _join(path, key)
+    return [(f"{where}[{i}]", item) for i, item in enumerate(array)]
+
+
+def _strs(obj: dict, key: str, path: str) -> tuple[str, ...]:
+    return tuple(_check(item, where, str) for where, item in _items(obj, key, path))
+
+
+def _absolute(value: object, path: str) -> str:
+    _check(value, path, str)
+    if not value.startswith("/"):
+        raise ConfigError(path, f"must be an absolute path, got {value!r}")
+    return value
+
+
+def _unsupported(obj: dict, keys: tuple[str, ...], path: str) -> None:
+    for key in keys:
+        if obj.get(key):
+            raise NotSupportedError(_join(path, key))
+
+
+def parse_config(data: object) -> Config:
+    """Validate everything up front: the child side must never meet a bad value mid-setup."""
+    if not isinstance(data, dict):
+        raise ConfigError("", f"config.json must hold a JSON object, got {_describe(data)}")
+    version = _req(data, "ociVersion", "", str)
+    if version.split(".")[0] != "1":
+        raise ConfigError("ociVersion", f"unsupported version {version!r} (corral implements 1.x)")
+    _hooks(data)
+    root = _req(data, "root", "", dict)
+    root_path = _req(root, "path", "root", str)
+    if not root_path:
+        raise ConfigError("root.path", "must not be empty")
+    process = _process(_req(data, "process", "", dict), "process")
+    linux = _linux(_opt(data, "linux", "", dict, {}), "linux")
+    return Config(
+        oci_version=version,
+        root_path=root_path,
+        process=process,
+        root_readonly=_opt(root, "readonly", "root", bool, False),
+        hostname=_uts_name(data, "hostname", linux),
+        domainname=_uts_name(data, "domainname", linux),
+        mounts=tuple(_mount(item, where) for where, item in _items(data, "mounts", "")),
+        linux=linux,
+        annotations=_annotations(data),
+    )
+
+
+def _hooks(data: dict) -> None:
+    hooks = _opt(data, "hooks", "", dict, {})
+    _unsupported(hooks, _HOOKS, "hooks")
+
+
+def _process(obj: dict, path: str) -> Process:
+    _unsupported(obj, _PROCESS_UNSUPPORTED, path)
+    if _opt(obj, "terminal", path, bool, False):
+        raise NotSupportedError(f"{path}.terminal")
+    args = _strs(obj, "args", path)
+    if not args:
+        raise ConfigError(f"{path}.args", "is required and must name a program")
+    if not args[0]:
+        raise ConfigError(f"{path}.args[0]", "must not be empty")
+    user = _opt(obj, "user", path, dict)
+    caps = _opt(obj, "capabilities", path, dict)
+    return Process(
+        args=args,
+        cwd=_absolute(_req(obj, "cwd", path, str), f"{path}.cwd"),
+        user=User() if user is None else _user(user, f"{path}.user"),
+        env=tuple(_env(item, where) for where, item in _items(obj, "env", path)),
+        terminal=False,
+        capabilities=None if caps is None else _capabilities(caps, f"{path}.capabilities"),
+        rlimits=_rlimits(obj, path),
+        no_new_privileges=_opt(obj, "noNewPrivileges", path, bool, False),
+        oom_score_adj=_int(obj, "oomScoreAdj", path, -1000, 1000),
+    )
+
+
+def _user(obj: dict, path: str) -> User:
+    return User(
+        uid=_int(obj, "uid", path, 0, _U32, required=True),
+        gid=_int(obj, "gid", path, 0, _U32, required=True),
+        umask=_int(obj, "umask", path, 0, 0o777),
+        additional_gids=tuple(
+            _in_range(gid, where, 0, _U32) for where, gid in _items(obj, "additionalGids", path)
+        ),
+    )
+
+
+def _env(value: object, path: str) -> str:
+    name, eq, _ = _check(value, path, str).partition("=")
+    if not eq or not name:
+        raise ConfigError(path, f"{value!r} is not of the form NAME=value")
+    return value
+
+
+def _capabilities(obj: dict, path: str) -> Capabilities:
+    sets = {}
+    for key in _CAP_SETS:
+        names = _strs(obj, key, path)
+        for i, name in enumerate(names):
+            try:
+                cap_number(name)
+            except ValueError as err:
+                raise ConfigError(f"{path}.{key}[{i}]", str(err)) from None
+        sets[key] = names
+    return Capabilities(**sets)
+
+
+def _rlimits(obj: dict, path: str) -> tuple[Rlimit, ...]:
+    limits: dict[str, Rlimit] = {}
+    for where, item in _items(obj, "rlimits", path):
+        limit = _rlimit(_check(item, where, dict), where)
+        if limit.type in limits:
+            raise ConfigError(f"{where}.type", f"duplicate resource limit {limit.type}")
+        limits[limit.type] = limit
+    return tuple(limits.values())
+
+
+def _rlimit(obj: dict, path: str) -> Rlimit:
+    kind = _req(obj, "type", path, str)
+    if kind not in RLIMITS:
+        raise ConfigError(f"{path}.type", f"unknown resource limit {kind!r}")
+    hard = _int(obj, "hard", path, 0, _U64, required=True)
+    soft = _int(obj, "soft", path, 0, _U64, required=True)
+    if soft > hard:
+        raise ConfigError(f"{path}.soft", f"soft limit {soft} is above the hard limit {hard}")
+    return Rlimit(type=kind, hard=hard, soft=soft)
+
+
+def _mount(obj: object, path: str) -> Mount:
+    _check(obj, path, dict)
+    # Idmapped mounts (runtime-spec 1.1) are not implemented yet.
+    _unsupported(obj, ("uidMappings", "gidMappings"), path)
+    return Mount(
+        destination=_absolute(_req(obj, "destination", path, str), f"{path}.destination"),
+        type=_opt(obj, "type", path, str) or None,
+        source=_opt(obj, "source", path, str) or None,
+        options=_strs(obj, "options", path),
+    )
+
+
+def _uts_name(data: dict, key: str, linux: Linux) -> str | None:
+    name = _opt(data, key, "", str) or None
+    if name is None:
+        return None
+    # Like runc, any uts entry counts: without one we would rename the host.
+    if linux.namespace("uts") is None:
+        raise ConfigError(key, f"unable to set {key} without a private UTS namespace")
+    if len(name.encode("utf-8", "surrogateescape")) > 64:
+        raise ConfigError(key, "must be at most 64 bytes long")
+    return name
+
+
+def _annotations(data: dict) -> dict[str, str]:
+    annotations = _opt(data, "annotations", "", dict, {})
+    for key, value in annotations.items():
+        if not isinstance(key, str):
+            raise ConfigError("annotations", f"keys must be strings, got {_describe(key)}")
+        if not isinstance(value, str):
+            # Keys are free text (dots, quotes, newlines): quote them to keep one line.
+            where = f"annotations[{json.dumps(key)}]"
+            raise ConfigError(where, f"expected a string, got {_describe(value)}")
+    return dict(annotations)
+
+
+def _linux(obj: dict, path: str) -> Linux:
+    _unsupported(obj, _LINUX_UNSUPPORTED, path)
+    namespaces = _namespaces(obj, path)
+    uid_mappings = tuple(_mapping(m, where) for where, m in _items(obj, "uidMappings", path))
+    gid_mappings = tuple(_mapping(m, where) for where, m in _items(obj, "gidMappings", path))
+    _check_user_namespace(namespaces, uid_mappings, gid_mappings, path)
+    propagation = _opt(obj, "rootfsPropagation", path, str) or None
+    if propagation is not None and propagation not in _PROPAGATIONS:
+        raise ConfigError(f"{path}.rootfsPropagation", f"unknown propagation {propagation!r}")
+    resources = _opt(obj, "resources", path, dict, {})
+    resources_path = f"{path}.resources"
+    _unsupported(resources, _RESOURCES_UNSUPPORTED, resources_path)
+    return Linux(
+        namespaces=namespaces,
+        uid_mappings=uid_mappings,
+        gid_mappings=gid_mappings,
+        devices=tuple(_device(d, where) for where, d in _items(obj, "devices", path)),
+        device_rules=tuple(
+            _device_rule(r, where) for where, r in _items(resources, "devices", resources_path)
+        ),
+        cgroups_path=_opt(obj, "cgroupsPath", path, str) or None,
+        rootfs_propagation=propagation,
+        masked_paths=tuple(_absolute(p, w) for w, p in _items(obj, "maskedPaths", path)),
+        readonly_paths=tuple(_absolute(p, w) for w, p in _items(obj, "readonlyPaths", path)),
+    )
+
+
+def _namespaces(obj: dict, path: str) -> tuple[Namespace, ...]:
+    seen: dict[str, Namespace] = {}
+    for where, item in _items(obj, "namespaces", path):
+        kind = _req(_check(item, where, dict), "type", where, str)
+        if kind not in NAMESPACE_TYPES:
+            raise ConfigError(f"{where}.type", f"unknown namespace type {kind!r}")
+        if kind == "time":
+            raise NotSupportedError(f'{where}.type "time"')
+        if kind in seen:
+            raise ConfigError(f"{where}.type", f"duplicate namespace type {kind}")
+        ns_path = _opt(item, "path", where, str) or None  # "" is no path, as in Go
+        if ns_path is not None:
+            _absolute(ns_path, f"{where}.path")
+        seen[kind] = Namespace(kind, ns_path)
+    return tuple(seen.values())
+
+
+def _mapping(obj: object, path: str) -> IdMapping:
+    _check(obj, path, dict)
+    container_id = _int(obj, "containerID", path, 0, _U32, required=True)
+    host_id = _int(obj, "hostID", path, 0, _U32, required=True)
+    size = _int(obj, "size", path, 1, _U32, required=True)
+    if max(container_id, host_id) + size - 1 > _U32:
+        raise ConfigError(f"{path}.size", "range runs past the last 32-bit id")
+    return IdMapping(container_id=container_id, host_id=host_id, size=size)
+
+
+def _check_user_namespace(
+    namespaces: tuple[Namespace, ...],
+    uid_mappings: tuple[IdMapping, ...],
+    gid_mappings: tuple[IdMapping, ...],
+    path: str,
+) -> None:
+    """A new user namespace is useless (everyone is nobody) without both maps; maps without
+    one would be silently ignored by the kernel path, so both are refused."""
+    user = next((ns for ns in namespaces if ns.type == "user"), None)
+    for key, mappings in (("uidMappings", uid_mappings), ("gidMappings", gid_mappings)):
+        if user is None and mappings:
+            raise ConfigError(f"{path}.{key}", "id mappings given without a user namespace")
+        if user is not None and user.path is None and not mappings:
+            raise ConfigError(f"{path}.{key}", "a new user namespace needs at least one mapping")
+
+
+def _device(obj: object, path: str) -> Device:
+    _check(obj, path, dict)
+    kind = _req(obj, "type", path, str)
+    if kind not in ("c", "b", "u", "p"):
+        raise ConfigError(f"{path}.type", f"unknown device type {kind!r} (want c, b, u or p)")
+    numbered = kind != "p"  # a fifo has no device number
+    return Device(
+        path=_absolute(_req(obj, "path", path, str), f"{path}.path"),
+        type="c" if kind == "u" else kind,  # "u" (unbuffered) is a character device
+        major=_int(obj, "major", path, 0, _U32, required=numbered) or 0,
+        minor=_int(obj, "minor", path, 0, _U32, required=numbered) or 0,
+        file_mode=_int(obj, "fileMode", path, 0, 0o7777),
+        uid=_int(obj, "uid", path, 0, _U32),
+        gid=_int(obj, "gid", path, 0, _U32),
+    )
+
+
+def _device_rule(obj: object, path: str) -> DeviceRule:
+    _check(obj, path, dict)
+    kind = _opt(obj, "type", path, str) or "a"
+    if kind not in ("a", "c", "b"):
+        raise ConfigError(f"{path}.type", f"unknown device rule type {kind!r} (want a, c or b)")
+    access = _opt(obj, "access", path, str, "rwm")
+    if not access or access.strip("rwm"):
+        raise ConfigError(f"{path}.access", f"must combine r, w and m, got {access!r}")
+    return DeviceRule(
+        allow=_req(obj, "allow", path, bool),
+        type=kind,
+        major=_rule_number(obj, "major", path),
+        minor=_rule_number(obj, "minor", path),
+        access="".join(c for c in "rwm" if c in access),
+    )
+
+
+def _rule_number(obj: dict, key: str, path: str) -> int | None:
+    """-1 is the spec's wildcard; None is ours."""
+    number = _int(obj, key, path, -1, _U32)
+    return None if number == -1 else number
+
+
+def load_bundle(bundle: str) -> tuple[Config, dict]:
+    """Read and validate ``<bundle>/config.json`` and check its rootfs: every problem a user
+    can fix is reported here, before anything is created."""
+    bundle = os.path.abspath(bundle)
+    raw = _read_json(os.path.join(bundle, "config.json"))
+    config = parse_config(raw)
+    rootfs = os.path.normpath(os.path.join(bundle, config.root_path))
+    if not os.path.isdir(rootfs):
+        problem = "is not a directory" if os.path.exists(rootfs) else "does not exist"
+        raise ConfigError("root.path", f"rootfs {rootfs} {problem}")
+    return config, raw
+
+
+def _read_json(path: str) -> object:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError("config.json", f"{path} does not exist") from None
+    except OSError as err:
+        raise ConfigError("config.json", f"cannot read {path}: {err.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError("config.json", f"invalid UTF-8 at byte {err.start}") from None
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            "config.json", f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
+        ) from None
+    except (ValueError, RecursionError) as err:  # over-long integers, absurd nesting
+        raise ConfigError("config.json", f"invalid JSON: {err}") from None
+
+
+def _no_constant(name: str) -> object:
+    """Python's json accepts NaN and Infinity; JSON (and Go) do not."""
+    raise ConfigError("config.json", f"invalid JSON: {name} is not a JSON value")

@@ -1,0 +1,468 @@
+"""``config.mounts`` and the masking / read-only mounts, inside the container's mount namespace.
+
+Model: runc's ``libcontainer/rootfs_linux.go`` (mountToRootfs, bindMountDeviceNode, maskPath,
+readonlyPath) and crun's ``linux.c``.  Every destination is resolved inside the rootfs with
+``paths.resolve_in_root`` and mounted through an ``O_PATH`` descriptor that was checked to be
+inside the rootfs (``paths.open_in_root``), so no symlink in the rootfs can send a mount onto
+the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+
+from corral import nsenter
+from corral.errors import ConfigError, NotSupportedError
+from corral.init import paths
+from corral.init.paths import reason
+from corral.nsenter import (
+    MS_BIND, MS_DIRSYNC, MS_LAZYTIME, MS_MANDLOCK, MS_NOATIME, MS_NODEV, MS_NODIRATIME,
+    MS_NOEXEC, MS_NOSUID, MS_NOSYMFOLLOW, MS_PRIVATE, MS_RDONLY, MS_REC, MS_RELATIME,
+    MS_REMOUNT, MS_SHARED, MS_SILENT, MS_SLAVE, MS_STRICTATIME, MS_SYNCHRONOUS, MS_UNBINDABLE,
+)
+
+MS_I_VERSION = 1 << 23
+
+# option -> (clears the flag?, flag).  Later options win over earlier ones, as in mount(8).
+FLAG_OPTIONS: dict[str, tuple[bool, int]] = {
+    "defaults": (False, 0),
+    "ro": (False, MS_RDONLY),
+    "rw": (True, MS_RDONLY),
+    "suid": (True, MS_NOSUID),
+    "nosuid": (False, MS_NOSUID),
+    "dev": (True, MS_NODEV),
+    "nodev": (False, MS_NODEV),
+    "exec": (True, MS_NOEXEC),
+    "noexec": (False, MS_NOEXEC),
+    "sync": (False, MS_SYNCHRONOUS),
+    "async": (True, MS_SYNCHRONOUS),
+    "dirsync": (False, MS_DIRSYNC),
+    "remount": (False, MS_REMOUNT),
+    "mand": (False, MS_MANDLOCK),
+    "nomand": (True, MS_MANDLOCK),
+    "atime": (True, MS_NOATIME),
+    "noatime": (False, MS_NOATIME),
+    "diratime": (True, MS_NODIRATIME),
+    "nodiratime": (False, MS_NODIRATIME),
+    "relatime": (False, MS_RELATIME),
+    "norelatime": (True, MS_RELATIME),
+    "strictatime": (False, MS_STRICTATIME),
+    "nostrictatime": (True, MS_STRICTATIME),
+    "lazytime": (False, MS_LAZYTIME),
+    "nolazytime": (True, MS_LAZYTIME),
+    "iversion": (False, MS_I_VERSION),
+    "noiversion": (True, MS_I_VERSION),
+    "symfollow": (True, MS_NOSYMFOLLOW),
+    "nosymfollow": (False, MS_NOSYMFOLLOW),
+    "silent": (False, MS_SILENT),
+    "loud": (True, MS_SILENT),
+    "bind": (False, MS_BIND),
+    "rbind": (False, MS_BIND | MS_REC),
+}
+
+PROPAGATION_OPTIONS: dict[str, int] = {
+    "private": MS_PRIVATE,
+    "rprivate": MS_PRIVATE | MS_REC,
+    "shared": MS_SHARED,
+    "rshared": MS_SHARED | MS_REC,
+    "slave": MS_SLAVE,
+    "rslave": MS_SLAVE | MS_REC,
+    "unbindable": MS_UNBINDABLE,
+    "runbindable": MS_UNBINDABLE | MS_REC,
+}
+
+# Options runc/crun know that need mount_setattr(2) or copying: refused, never ignored.
+UNSUPPORTED_OPTIONS = frozenset({
+    "tmpcopyup", "idmap", "ridmap", "copy-symlink", "src-nofollow", "dest-nofollow",
+    "rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec", "rnoatime",
+    "ratime", "rnodiratime", "rdiratime", "rrelatime", "rnorelatime", "rstrictatime",
+    "rnostrictatime", "rnosymfollow", "rsymfollow",
+})
+
+# Flags the kernel locks on mounts inherited by a less privileged (user) namespace; a
+# bind remount must repeat them or it fails with EPERM.
+LOCKED_FLAGS = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+ATIME_FLAGS = MS_NOATIME | MS_RELATIME | MS_STRICTATIME | MS_NODIRATIME
+
+# statvfs f_flag bits (ST_*) -> mount(2) flags.  They differ: ST_RELATIME is 4096 = MS_BIND.
+_ST_TO_MS = ((os.ST_RDONLY, MS_RDONLY), (os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV),
+             (os.ST_NOEXEC, MS_NOEXEC), (os.ST_NOATIME, MS_NOATIME),
+             (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME))
+
+# The only paths under /proc that may be mounted over (lxcfs-style); anything else could
+# hide the kernel's own protections (runc's checkProcMount, CVE-2019-16884).
+PROC_OVERRIDES = frozenset({
+    "/proc/cpuinfo", "/proc/diskstats", "/proc/meminfo", "/proc/stat", "/proc/swaps",
+    "/proc/uptime", "/proc/loadavg", "/proc/slabinfo", "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+})
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """A mount's ``options`` split the way mount(2) needs them."""
+
+    flags: int = 0  # MS_* to set
+    cleared: int = 0  # MS_* the options explicitly turn off (rw, suid, atime, ...)
+    propagation: tuple[int, ...] = ()  # one mount call each, after the mount itself
+    data: str = ""  # the filesystem's own options (mode=755,size=65536k, ...)
+
+    @property
+    def is_bind(self) -> bool:
+        return bool(self.flags & MS_BIND)
+
+
+def parse_mount_options(options, field: str = "options") -> MountOptions:
+    """Parse OCI / mount(8) options.  ``field`` names them in errors (``mounts[3].options``)."""
+    flags = cleared = 0
+    propagation: list[int] = []
+    data: list[str] = []
+    for option in options:
+        if option in FLAG_OPTIONS:
+            clear, flag = FLAG_OPTIONS[option]
+            if clear:
+                flags &= ~flag
+                cleared |= flag
+            else:
+                flags |= flag
+                cleared &= ~flag
+        elif option in PROPAGATION_OPTIONS:
+            propagation.append(PROPAGATION_OPTIONS[option])
+        elif option in UNSUPPORTED_OPTIONS:
+            raise NotSupportedError(f"{field}: {option}")
+        elif option.startswith("x-"):
+            continue  # mount(8): comments for userspace tools, never given to the kernel
+        elif option:
+            data.append(option)
+    return MountOptions(flags, cleared, tuple(propagation), ",".join(data))
+
+
+def statvfs_flags(path: str) -> int:
+    """The MS_* flags of the mount that holds ``path``."""
+    f_flag = os.statvfs(path).f_flag
+    return sum(ms for st, ms in _ST_TO_MS if f_flag & st)
+
+
+def mount_error(index: int, mount, err: OSError) -> ConfigError:
+    return ConfigError(f"mounts[{index}]",
+                       f"mount {mount.source or mount.type} on {mount.destination}: "
+                       f"{reason(err)}")
+
+
+# --- mounting on a checked target -------------------------------------------------------
+
+
+def mount_in_root(root: str, target: str, source: str | None, fstype: str | None,
+                  flags: int = 0, data: str | None = None) -> None:
+    """mount(2) on ``target`` (a host path already resolved inside ``root``), through a fresh
+    ``O_PATH`` descriptor checked to be inside ``root``.
+
+    Reopened for every call on purpose: after a mount the same path names the new mount's
+    root, which is what a following remount or propagation change must act on.
+    """
+    fd = paths.open_in_root(root, target)
+    try:
+        nsenter.mount(source, paths.procfd(fd, target), fstype, flags, data)
+    finally:
+        os.close(fd)
+
+
+def set_propagation(root: str, target: str, propagation) -> None:
+    """Apply each propagation flag with its own mount call (mount(2) takes one at a time)."""
+    for flag in propagation:
+        mount_in_root(root, target, None, None, flag)
+
+
+def remount_bind(root: str, target: str, flags: int, cleared: int = 0) -> None:
+    """Apply per-mount flags to a bind mount (a plain MS_BIND ignores them).
+
+    First as asked; when that fails with EPERM the mount has flags locked by a user
+    namespace, so retry keeping them (runc's approach) -- unless the user explicitly asked
+    to clear one of them, where the EPERM is the right answer.
+    """
+    flags = (flags & ~MS_REC) | MS_BIND | MS_REMOUNT
+    try:
+        mount_in_root(root, target, None, None, flags)
+        return
+    except OSError as err:
+        if err.errno != errno.EPERM:
+            raise
+        first = err
+    current = statvfs_flags(target)
+    if current & cleared & LOCKED_FLAGS:
+        raise first  # e.g. "rw" asked on a locked read-only mount: cannot be honoured
+    # Atime flags need no help: with none named the kernel keeps the current (maybe locked)
+    # mode; a named one that conflicts with a locked mode still fails, as it should.
+    mount_in_root(root, target, None, None, flags | (current & LOCKED_FLAGS))
+
+
+def needs_remount(opts: MountOptions) -> bool:
+    """A bind mount needs a second MS_REMOUNT call when any per-mount flag was named."""
+    return bool(opts.flags & ~(MS_BIND | MS_REC | MS_REMOUNT) or opts.cleared)
+
+
+def bind_mount(root: str, target: str, source: str, opts: MountOptions) -> None:
+    mount_in_root(root, target, source, None, MS_BIND | (opts.flags & MS_REC))
+    if needs_remount(opts):
+        remount_bind(root, target, opts.flags, opts.cleared)
+
+
+# --- config.mounts -----------------------------------------------------------------------
+
+
+def is_bind(mount, opts: MountOptions) -> bool:
+    """OCI: a bind mount has option bind/rbind; type "bind" and a missing type or "none"
+    (with a source) are treated as bind too, as crun does."""
+    return opts.is_bind or mount.type in ("bind", "rbind", "none", None)
+
+
+def bind_options(mount, opts: MountOptions) -> MountOptions:
+    """The options of a bind mount, with MS_BIND (and MS_REC for type rbind) set."""
+    extra = MS_BIND | (MS_REC if mount.type == "rbind" else 0)
+    return MountOptions(opts.flags | extra, opts.cleared, opts.propagation, opts.data)
+
+
+def mount_entry(root: str, index: int, mount, *, cgroup_mounts=(), in_userns: bool = False,
+                ) -> None:
+    """Mount ``config.mounts[index]`` inside ``root``.  Errors name the mount."""
+    opts = parse_mount_options(mount.options, f"mounts[{index}].options")
+    try:
+        _mount_entry(root, mount, opts, cgroup_mounts, in_userns)
+    except OSError as err:
+        raise mount_error(index, mount, err) from err
+    except ConfigError as err:
+        if err.field:
+            raise
+        raise ConfigError(f"mounts[{index}]", str(err)) from err
+
+
+def _mount_entry(root: str, mount, opts: MountOptions, cgroup_mounts, in_userns: bool) -> None:
+    if is_bind(mount, opts):
+        _mount_bind(root, mount, bind_options(mount, opts))
+    elif mount.type in ("cgroup", "cgroup2"):
+        _mount_cgroup(root, mount, opts, cgroup_mounts)
+    elif mount.type == "sysfs":
+        _mount_sysfs(root, mount, opts)
+    else:
+        # tmpfs, proc, devpts, mqueue, and any other filesystem: straight to mount(2).
+        target = _directory_target(root, mount)
+        _mount_fs(root, target, mount, opts)
+    # Propagation options need calls of their own, on the finished mount.
+    set_propagation(root, paths.resolve_in_root(root, mount.destination), opts.propagation)
+
+
+def _directory_target(root: str, mount) -> str:
+    target = paths.resolve_in_root(root, mount.destination)
+    check_proc_destination(root, target, mount)
+    return paths.mkdir_in_root(root, mount.destination)
+
+
+def _mount_fs(root: str, target: str, mount, opts: MountOptions) -> None:
+    mount_in_root(root, target, mount.source or mount.type, mount.type, opts.flags,
+                  opts.data or None)
+
+
+def check_proc_destination(root: str, target: str, mount) -> None:
+    """Only procfs goes on /proc, and only a few files under /proc may be covered."""
+    proc = paths.clean_root(root) + "/proc"
+    if target == proc:
+        if mount.type != "proc":
+            raise ConfigError("", f"{mount.destination} can only be a proc mount")
+    elif target.startswith(proc + "/"):
+        if target[len(paths.clean_root(root)):] not in PROC_OVERRIDES:
+            raise ConfigError("", f"{mount.destination} is under /proc: refused")
+
+
+def _mount_bind(root: str, mount, opts: MountOptions) -> None:
+    if not mount.source:
+        raise ConfigError("", "a bind mount needs a source")
+    # Host path; relative ones are relative to the bundle (our working directory now).
+    source = os.path.abspath(mount.source)
+    target = _bind_target(root, mount.destination, source)
+    check_proc_destination(root, target, mount)
+    bind_mount(root, target, source, opts)
+
+
+def _bind_target(root: str, destination: str, source: str) -> str:
+    """Create the mount point: a directory for a directory, an empty file for anything else."""
+    if stat.S_ISDIR(os.stat(source).st_mode):
+        return paths.mkdir_in_root(root, destination)
+    return paths.create_file_in_root(root, destination)
+
+
+def _mount_sysfs(root: str, mount, opts: MountOptions) -> None:
+    target = _directory_target(root, mount)
+    try:
+        _mount_fs(root, target, mount, opts)
+    except OSError as err:
+        if err.errno != errno.EPERM:
+            raise
+        # sysfs may only be mounted by the owner of the network namespace; without a
+        # private one, show the host's /sys (read-only as asked), as runc does.
+        bind_mount(root, target, "/sys", MountOptions(opts.flags | MS_BIND | MS_REC,
+                                                      opts.cleared))
+
+
+def _mount_cgroup(root: str, mount, opts: MountOptions, cgroup_mounts) -> None:
+    """The container's /sys/fs/cgroup: host cgroup directories bound into a tmpfs."""
+    target = _directory_target(root, mount)
+    flags = opts.flags | MS_BIND | MS_REC
+    if len(cgroup_mounts) == 1 and cgroup_mounts[0][0] == "":
+        bind_mount(root, target, cgroup_mounts[0][1], MountOptions(flags, opts.cleared))
+        return
+    # Read-only is applied at the end: the tmpfs must stay writable to make the subdirs.
+    mount_in_root(root, target, "tmpfs", "tmpfs", opts.flags & ~MS_RDONLY, "mode=755")
+    for name, host_dir in cgroup_mounts:
+        sub = paths.mkdir_in_root(root, mount.destination + "/" + name)
+        bind_mount(root, sub, host_dir, MountOptions(flags, opts.cleared))
+        _link_comounted(root, mount.destination, name)
+    if opts.flags & MS_RDONLY:
+        mount_in_root(root, target, None, None, (opts.flags | MS_REMOUNT) & ~MS_BIND)
+
+
+def _link_comounted(root: str, destination: str, name: str) -> None:
+    """``cpu,cpuacct`` is also reachable as ``cpu`` and ``cpuacct`` (as on the host)."""
+    if "," not in name:
+        return
+    for part in name.split(","):
+        if part.startswith("name="):
+            continue
+        link = paths.resolve_in_root(root, destination + "/" + part)
+        if not os.path.lexists(link):
+            os.symlink(name, link)
+
+
+# --- after the pivot: masked and read-only paths, read-only root --------------------------
+
+
+def mask_path(path: str, null_device) -> None:
+    """Hide ``path``: /dev/null over a file, an empty read-only tmpfs over a directory.
+    A missing path is nothing to hide.  ``null_device()`` gives the bind source for files."""
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if stat.S_ISDIR(st.st_mode):
+        nsenter.mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    else:
+        nsenter.mount(null_device(), path, None, MS_BIND)
+
+
+def open_dev_null() -> int:
+    """An O_PATH descriptor of the container's /dev/null, checked to be the null device.
+
+    A rootfs could make /dev/null a symlink to (or a bind of) something it wants mounted
+    read-write over a masked path (runc CVE-2025-31133); refuse anything but char 1:3.
+    """
+    fd = os.open("/dev/null", os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) != 1 or os.minor(st.st_rdev) != 3:
+        os.close(fd)
+        raise OSError(errno.EINVAL, "/dev/null in the container is not the null device")
+    return fd
+
+
+def mask_paths(masked) -> None:
+    """``linux.maskedPaths``, after the pivot."""
+    null_fd: list[int] = []  # opened on first need: a config may mask directories only
+
+    def null_device() -> str:
+        if not null_fd:
+            null_fd.append(open_dev_null())
+        # Bind the checked object itself, not whatever the path names by now.
+        return paths.procfd(null_fd[0], "/dev/null")
+
+    try:
+        for i, path in enumerate(masked):
+            try:
+                mask_path(path, null_device)
+            except OSError as err:
+                raise ConfigError(f"linux.maskedPaths[{i}]",
+                                  f"mask {path}: {reason(err)}") from err
+    finally:
+        for fd in null_fd:
+            os.close(fd)
+
+
+def readonly_path(path: str) -> None:
+    """Make ``path`` a read-only (nosuid, nodev, noexec) mount; missing paths are skipped."""
+    try:
+        nsenter.mount(path, path, None, MS_BIND | MS_REC)
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return
+        raise
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
+    # Keep the flags the mount already has (locked ones would make the remount fail).
+    nsenter.mount(None, path, None, flags | statvfs_flags(path))
+
+
+def readonly_paths(paths_) -> None:
+    for i, path in enumerate(paths_):
+        try:
+            readonly_path(path)
+        except OSError as err:
+            raise ConfigError(f"linux.readonlyPaths[{i}]",
+                              f"make {path} read-only: {reason(err)}") from err
+
+
+def remount_root_readonly() -> None:
+    """``root.readonly``: remount / read-only, keeping its other (maybe locked) flags."""
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+    try:
+        nsenter.mount(None, "/", None, flags | statvfs_flags("/"))
+    except OSError as err:
+        raise ConfigError("root.readonly", f"remount / read-only: {reason(err)}") from err
+
+
+# --- /proc/self/mountinfo ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    mount_point: str
+    root: str  # the part of the filesystem that is mounted ("/" for a full mount)
+    fstype: str
+    optional: tuple[str, ...]  # "shared:N", "master:N", ...
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1:i + 4]
+        if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def read_mountinfo() -> list[MountInfo]:
+    with open("/proc/self/mountinfo") as f:
+        lines = f.read().splitlines()
+    result = []
+    for line in lines:
+        fields = line.split(" ")
+        sep = fields.index("-")
+        result.append(MountInfo(_unescape(fields[4]), _unescape(fields[3]), fields[sep + 1],
+                                tuple(fields[6:sep])))
+    return result
+
+
+def mount_containing(path: str, infos: list[MountInfo]) -> MountInfo | None:
+    """The last-mounted (topmost) mount whose mount point is the longest prefix of path."""
+    best = None
+    for info in infos:
+        mp = info.mount_point
+        if path == mp or mp == "/" or path.startswith(mp.rstrip("/") + "/"):
+            if best is None or len(mp) >= len(best.mount_point):
+                best = info
+    return best
