@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 
 import pytest
@@ -96,9 +97,14 @@ class Corral:
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 60,
                  **kwargs) -> subprocess.CompletedProcess:
-        kwargs.setdefault("capture_output", True)
-        kwargs.setdefault("text", True)
-        proc = subprocess.run([*CORRAL, "--root", self.root, *args], timeout=timeout, **kwargs)
+        """Output goes through files, not pipes: a created container inherits the
+        command's stdio and keeps it open long after the command exits."""
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            proc = subprocess.run([*CORRAL, "--root", self.root, *args], timeout=timeout,
+                                  stdout=out, stderr=err, **kwargs)
+            out.seek(0)
+            err.seek(0)
+            proc.stdout, proc.stderr = out.read().decode(), err.read().decode()
         if check and proc.returncode != 0:
             raise AssertionError(f"corral {' '.join(args)} exited {proc.returncode}: "
                                  f"{proc.stderr.strip()}")

@@ -21,13 +21,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corral.errors import ConfigError, NotSupportedError
+from corral.errors import NotSupportedError
 from corral.init import paths
 from corral.init.mounts import (
     MountOptions, mount_containing, MountInfo, parse_mount_options, _unescape,
 )
 from corral.nsenter import (
-    MS_BIND, MS_NOATIME, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+    MS_BIND, MS_NOATIME, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
     MS_RELATIME, MS_REMOUNT, MS_SHARED, MS_SLAVE, MS_STRICTATIME,
 )
 from tests.busybox import build_rootfs
@@ -339,12 +339,15 @@ def bundle(template):
 
 
 def run_container(bundle: str, body: str, *, userns: bool = False, net: bool = True,
-                  outer: str = "") -> dict:
+                  outer: str = "", propagation: str = "private") -> dict:
     """Run PRELUDE + body in new mount/uts/ipc/net/pid namespaces (and a user namespace when
     asked); return the JSON it printed last.  ``outer`` is shell run first inside a private
-    mount namespace of its own (to prepare mounts the container then inherits)."""
+    mount namespace of its own (to prepare mounts the container then inherits); only with
+    ``outer`` may ``propagation`` be other than private (the outer namespace is private to
+    the host, so whatever the inner one shares goes no further)."""
+    assert propagation == "private" or outer
     script = PRELUDE + textwrap.dedent(body)
-    inner = ["unshare", "--mount", "--propagation", "private", "--uts", "--ipc",
+    inner = ["unshare", "--mount", "--propagation", propagation, "--uts", "--ipc",
              "--pid", "--fork", "--kill-child"] + (["--net"] if net else [])
     if userns:
         inner[1:1] = ["--user", "--map-root-user"]
@@ -687,8 +690,9 @@ def test_rootfs_propagation_slave(bundle):
 
 def test_user_namespace(bundle):
     """In a user namespace: devices are the host's nodes bound in, sysfs falls back to the
-    host's /sys when mounting fails (no network namespace of our own), and binds of mounts with locked flags (nosuid, nodev
-    from the outer namespace) can still be made read-only."""
+    host's /sys when mounting fails (no network namespace of our own), and binds of mounts
+    with flags locked by the outer namespace (nosuid, nodev, noexec) can still be made
+    read-only."""
     src = bundle + "/locked"
     os.makedirs(src)
     res = run_container(bundle, f"""
@@ -719,3 +723,26 @@ def test_user_namespace(bundle):
     # the host's /dev/null was bound, not chmod-ed or chown-ed
     st = os.stat("/dev/null")
     assert oct(st.st_mode & 0o777) == "0o666" and st.st_uid == 0
+
+
+def test_shared_parent_mount(bundle):
+    """rootfsPropagation rshared on a tree whose mounts are shared: the rootfs's parent
+    mount is made private first (pivot_root refuses a shared parent), the new / is shared."""
+    res = run_container(bundle, """
+        setup(config([proc_mount()], rootfs_propagation="rshared"))
+        out["root"] = mountinfo()["/"]["optional"]
+        done()
+    """, outer="mount --make-rshared /", propagation="unchanged")
+    assert any(o.startswith("shared:") for o in res["root"])
+
+
+def test_no_pivot_in_user_namespace(bundle):
+    """Host procfs/sysfs mounts are locked in a user namespace: covered, not unmounted."""
+    res = run_container(bundle, """
+        setup(config([proc_mount(), Mount("/sys", "sysfs", "sysfs", ("ro",))]),
+              no_pivot=True, in_userns=True)
+        out["listing"] = sorted(os.listdir("/"))
+        out["true"] = run(["/bin/true"])
+        done()
+    """, userns=True)
+    assert "bin" in res["listing"] and res["true"] == 0

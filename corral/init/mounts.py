@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
+from collections import namedtuple
 
 from corral import nsenter
 from corral.errors import ConfigError, NotSupportedError
@@ -101,14 +101,17 @@ PROC_OVERRIDES = frozenset({
 })
 
 
-@dataclass(frozen=True)
-class MountOptions:
-    """A mount's ``options`` split the way mount(2) needs them."""
+# namedtuples, not dataclasses: importing dataclasses costs ~10 ms (inspect, re).
+class MountOptions(namedtuple("MountOptions", "flags cleared propagation data",
+                              defaults=(0, 0, (), ""))):
+    """A mount's ``options`` split the way mount(2) needs them.
 
-    flags: int = 0  # MS_* to set
-    cleared: int = 0  # MS_* the options explicitly turn off (rw, suid, atime, ...)
-    propagation: tuple[int, ...] = ()  # one mount call each, after the mount itself
-    data: str = ""  # the filesystem's own options (mode=755,size=65536k, ...)
+    flags: MS_* to set; cleared: MS_* the options explicitly turn off (rw, suid, atime...);
+    propagation: MS_* propagation changes, one mount call each after the mount itself;
+    data: the filesystem's own options (mode=755,size=65536k, ...).
+    """
+
+    __slots__ = ()
 
     @property
     def is_bind(self) -> bool:
@@ -225,12 +228,11 @@ def bind_options(mount, opts: MountOptions) -> MountOptions:
     return MountOptions(opts.flags | extra, opts.cleared, opts.propagation, opts.data)
 
 
-def mount_entry(root: str, index: int, mount, *, cgroup_mounts=(), in_userns: bool = False,
-                ) -> None:
+def mount_entry(root: str, index: int, mount, *, cgroup_mounts=()) -> None:
     """Mount ``config.mounts[index]`` inside ``root``.  Errors name the mount."""
     opts = parse_mount_options(mount.options, f"mounts[{index}].options")
     try:
-        _mount_entry(root, mount, opts, cgroup_mounts, in_userns)
+        _mount_entry(root, mount, opts, cgroup_mounts)
     except OSError as err:
         raise mount_error(index, mount, err) from err
     except ConfigError as err:
@@ -239,7 +241,7 @@ def mount_entry(root: str, index: int, mount, *, cgroup_mounts=(), in_userns: bo
         raise ConfigError(f"mounts[{index}]", str(err)) from err
 
 
-def _mount_entry(root: str, mount, opts: MountOptions, cgroup_mounts, in_userns: bool) -> None:
+def _mount_entry(root: str, mount, opts: MountOptions, cgroup_mounts) -> None:
     if is_bind(mount, opts):
         _mount_bind(root, mount, bind_options(mount, opts))
     elif mount.type in ("cgroup", "cgroup2"):
@@ -281,16 +283,14 @@ def _mount_bind(root: str, mount, opts: MountOptions) -> None:
         raise ConfigError("", "a bind mount needs a source")
     # Host path; relative ones are relative to the bundle (our working directory now).
     source = os.path.abspath(mount.source)
-    target = _bind_target(root, mount.destination, source)
-    check_proc_destination(root, target, mount)
+    is_dir = stat.S_ISDIR(os.stat(source).st_mode)
+    check_proc_destination(root, paths.resolve_in_root(root, mount.destination), mount)
+    # The mount point: a directory for a directory, an empty file for anything else.
+    if is_dir:
+        target = paths.mkdir_in_root(root, mount.destination)
+    else:
+        target = paths.create_file_in_root(root, mount.destination)
     bind_mount(root, target, source, opts)
-
-
-def _bind_target(root: str, destination: str, source: str) -> str:
-    """Create the mount point: a directory for a directory, an empty file for anything else."""
-    if stat.S_ISDIR(os.stat(source).st_mode):
-        return paths.mkdir_in_root(root, destination)
-    return paths.create_file_in_root(root, destination)
 
 
 def _mount_sysfs(root: str, mount, opts: MountOptions) -> None:
@@ -421,12 +421,9 @@ def remount_root_readonly() -> None:
 # --- /proc/self/mountinfo ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MountInfo:
-    mount_point: str
-    root: str  # the part of the filesystem that is mounted ("/" for a full mount)
-    fstype: str
-    optional: tuple[str, ...]  # "shared:N", "master:N", ...
+# One /proc/self/mountinfo line: root is the part of the filesystem that is mounted ("/" for
+# a full mount); optional holds the propagation fields ("shared:N", "master:N", ...).
+MountInfo = namedtuple("MountInfo", "mount_point root fstype optional")
 
 
 def _unescape(field: str) -> str:

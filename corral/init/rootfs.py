@@ -52,7 +52,7 @@ def prepare_rootfs(config, rootfs: str, *, no_pivot: bool = False, cgroup_mounts
     make_parent_private(root)
     bind_root(root)
     for i, m in enumerate(config.mounts):
-        mounts.mount_entry(root, i, m, cgroup_mounts=cgroup_mounts, in_userns=in_userns)
+        mounts.mount_entry(root, i, m, cgroup_mounts=cgroup_mounts)
     devices.setup_dev(config, root, in_userns=in_userns)
     if no_pivot:
         move_root(root)

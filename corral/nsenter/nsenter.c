@@ -145,8 +145,11 @@ static void send_error(int fd, const char *stage, int err, const char *fmt, ...)
     vsnprintf(what, sizeof(what), fmt, ap);
     va_end(ap);
     if (err) {
+        /* lower-case, as Go's (and so runc's) messages are: engines match on them */
         size_t l = strlen(what);
         snprintf(what + l, sizeof(what) - l, ": %s", strerror(err));
+        if (what[l + 2] >= 'A' && what[l + 2] <= 'Z')
+            what[l + 2] = (char)(what[l + 2] - 'A' + 'a');
     }
     json_escape(esc, sizeof(esc), what);
     snprintf(frame, sizeof(frame),
@@ -413,7 +416,7 @@ static int stage_nnp(const struct finalize_config *cfg)
 static int stage_check_exec(const struct finalize_config *cfg)
 {
     if (access(cfg->path, X_OK) < 0) {
-        send_error(cfg->sync_fd, "exec", errno, "exec %s", cfg->path);
+        send_error(cfg->sync_fd, "exec", errno, "exec: \"%s\"", cfg->path);
         return -1;
     }
     return 0;
