@@ -746,3 +746,30 @@ def test_no_pivot_in_user_namespace(bundle):
         done()
     """, userns=True)
     assert "bin" in res["listing"] and res["true"] == 0
+
+
+def test_tmpfs_mode_and_readonly_dev(bundle):
+    """A tmpfs without mode= keeps the mode of the directory it covers (runc); a read-only
+    tmpfs gets that mode before it turns read-only; a read-only /dev still gets its nodes."""
+    os.mkdir(bundle + "/rootfs/ro", 0o750)
+    os.chmod(bundle + "/rootfs/ro", 0o750)
+    res = run_container(bundle, """
+        setup(config([proc_mount(),
+                      Mount("/dev", "tmpfs", "tmpfs", ("nosuid", "mode=755", "ro")),
+                      Mount("/tmp", "tmpfs", "tmpfs"),
+                      Mount("/ro", "tmpfs", "tmpfs", ("ro", "nodev"))]))
+        info = mountinfo()
+        out["tmp"] = oct(stat.S_IMODE(os.stat("/tmp").st_mode))
+        out["ro"] = oct(stat.S_IMODE(os.stat("/ro").st_mode))
+        out["ro_opts"] = info["/ro"]["opts"]
+        out["ro_write"] = mkfile("/ro/x")
+        out["dev_write"] = mkfile("/dev/x")
+        out["dev_opts"] = info["/dev"]["opts"]
+        out["null"] = node("/dev/null")
+        out["null_write"] = write("/dev/null")
+        done()
+    """)
+    assert res["tmp"] == "0o1777" and res["ro"] == "0o750"
+    assert {"ro", "nodev"} <= set(res["ro_opts"]) and res["ro_write"] == "EROFS"
+    assert {"ro", "nosuid"} <= set(res["dev_opts"]) and res["dev_write"] == "EROFS"
+    assert res["null"][:3] == ["chr", 1, 3] and res["null_write"] == "ok"

@@ -32,13 +32,17 @@ DEV_SYMLINKS = (
 _TYPE_BITS = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
 
 
-def dev_mount(config):
-    """The last ``config.mounts`` entry mounted exactly at /dev, or None."""
-    found = None
-    for m in config.mounts:
+def dev_mount_index(config):
+    """(index, mount) of the last ``config.mounts`` entry exactly at /dev, or (-1, None)."""
+    found = (-1, None)
+    for i, m in enumerate(config.mounts):
         if paths.clean_path(m.destination) == "/dev":
-            found = m
+            found = (i, m)
     return found
+
+
+def dev_mount(config):
+    return dev_mount_index(config)[1]
 
 
 def has_mount_at(config, destination: str) -> bool:
@@ -61,9 +65,12 @@ def setup_dev(config, root: str, *, in_userns: bool = False) -> None:
         return
     listed = {paths.clean_path(d.path) for d in config.linux.devices}
     create_default_devices(root, skip=listed, in_userns=in_userns)
-    create_dev_symlinks(root)
-    if has_mount_at(config, "/dev/pts"):
-        link_ptmx(root)
+    try:
+        create_dev_symlinks(root)
+        if has_mount_at(config, "/dev/pts"):
+            link_ptmx(root)
+    except OSError as err:
+        raise CorralError(f"create /dev symlinks: {reason(err)}") from err
 
 
 def device_path(index: int, device) -> str:

@@ -248,6 +248,8 @@ def _mount_entry(root: str, mount, opts: MountOptions, cgroup_mounts) -> None:
         _mount_cgroup(root, mount, opts, cgroup_mounts)
     elif mount.type == "sysfs":
         _mount_sysfs(root, mount, opts)
+    elif mount.type == "tmpfs":
+        _mount_tmpfs(root, mount, opts)
     else:
         # tmpfs, proc, devpts, mqueue, and any other filesystem: straight to mount(2).
         target = _directory_target(root, mount)
@@ -263,8 +265,42 @@ def _directory_target(root: str, mount) -> str:
 
 
 def _mount_fs(root: str, target: str, mount, opts: MountOptions) -> None:
-    mount_in_root(root, target, mount.source or mount.type, mount.type, opts.flags,
+    flags = opts.flags
+    if is_dev(mount):
+        flags &= ~MS_RDONLY  # device nodes go in first; finalize_rootfs makes it read-only
+    mount_in_root(root, target, mount.source or mount.type, mount.type, flags,
                   opts.data or None)
+
+
+def is_dev(mount) -> bool:
+    return paths.clean_path(mount.destination) == "/dev"
+
+
+def _mount_tmpfs(root: str, mount, opts: MountOptions) -> None:
+    """A tmpfs, with runc's two refinements: without ``mode=`` it keeps the mode of the
+    directory it covers (a tmpfs on /tmp stays 1777), and a read-only one is mounted
+    writable, given that mode, then made read-only."""
+    covered = _dir_mode(paths.resolve_in_root(root, mount.destination))
+    target = _directory_target(root, mount)
+    mount_in_root(root, target, mount.source or "tmpfs", "tmpfs", opts.flags & ~MS_RDONLY,
+                  opts.data or None)
+    if covered is not None and not any(o.startswith("mode=") for o in opts.data.split(",")):
+        fd = paths.open_in_root(root, target)
+        try:
+            os.chmod(paths.procfd(fd, target), covered)
+        finally:
+            os.close(fd)
+    if opts.flags & MS_RDONLY and not is_dev(mount):
+        remount_bind(root, target, opts.flags, opts.cleared)
+
+
+def _dir_mode(host_path: str) -> int | None:
+    """The permission bits (with sticky/setgid) of an existing directory, else None."""
+    try:
+        st = os.stat(host_path)
+    except OSError:
+        return None
+    return stat.S_IMODE(st.st_mode) if stat.S_ISDIR(st.st_mode) else None
 
 
 def check_proc_destination(root: str, target: str, mount) -> None:
@@ -409,11 +445,15 @@ def readonly_paths(paths_) -> None:
                               f"make {path} read-only: {reason(err)}") from err
 
 
+def remount_readonly(path: str) -> None:
+    """Make the mount at ``path`` read-only, keeping its other (maybe locked) flags."""
+    nsenter.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | statvfs_flags(path))
+
+
 def remount_root_readonly() -> None:
     """``root.readonly``: remount / read-only, keeping its other (maybe locked) flags."""
-    flags = MS_BIND | MS_REMOUNT | MS_RDONLY
     try:
-        nsenter.mount(None, "/", None, flags | statvfs_flags("/"))
+        remount_readonly("/")
     except OSError as err:
         raise ConfigError("root.readonly", f"remount / read-only: {reason(err)}") from err
 

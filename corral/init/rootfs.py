@@ -66,12 +66,27 @@ def prepare_rootfs(config, rootfs: str, *, no_pivot: bool = False, cgroup_mounts
 
 
 def finalize_rootfs(config) -> None:
-    """Step 5, after the pivot: read-only and masked paths, then the read-only root."""
+    """Step 5, after the pivot: read-only /dev, read-only and masked paths, read-only root."""
+    remount_dev_readonly(config)
     # runc's order: read-only first, so a masked path inside a read-only one stays masked.
     mounts.readonly_paths(config.linux.readonly_paths)
     mounts.mask_paths(config.linux.masked_paths)
     if config.root_readonly:
         mounts.remount_root_readonly()
+
+
+def remount_dev_readonly(config) -> None:
+    """A read-only /dev of the container's own was mounted writable for its device nodes."""
+    index, devm = devices.dev_mount_index(config)
+    if devm is None:
+        return
+    opts = mounts.parse_mount_options(devm.options)
+    if mounts.is_bind(devm, opts) or not opts.flags & nsenter.MS_RDONLY:
+        return  # a bind mount got its flags when it was made
+    try:
+        mounts.remount_readonly("/dev")
+    except OSError as err:
+        raise ConfigError(f"mounts[{index}]", f"remount /dev read-only: {reason(err)}") from err
 
 
 # --- step 1 ------------------------------------------------------------------------------

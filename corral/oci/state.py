@@ -52,7 +52,10 @@ class StateDir:
             raise ContainerExists(self.id) from None
 
     def make_fifo(self) -> None:
+        """Writable by anyone (chmod: the umask would take that away): init opens it for
+        writing after it has become the container's user."""
         os.mkfifo(self.fifo, 0o622)
+        os.chmod(self.fifo, 0o622)
 
     def exists(self) -> bool:
         return os.path.isdir(self.path)

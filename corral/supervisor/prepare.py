@@ -14,7 +14,7 @@ import signal
 from corral import nsenter
 from corral.cgroups import Cgroup, detect
 from corral.errors import ConfigError, CorralError
-from corral.oci.config import Config, IdMapping, load_bundle
+from corral.oci.config import Config, DeviceRule, IdMapping, load_bundle
 from corral.oci.state import StateDir, rfc3339_now, validate_id
 from corral.procfs import start_time
 from corral.supervisor.protocol import Bootstrap
@@ -76,7 +76,7 @@ class PreparedContainer:
 
     def apply_resources(self, pid: int) -> None:
         if self.config.linux.device_rules:
-            self.cgroup.set_devices(self.config.linux.device_rules)
+            self.cgroup.set_devices(device_rules(self.config))
 
     # ---- failure ----
 
@@ -89,6 +89,26 @@ class PreparedContainer:
                 self.cgroup.destroy()
             finally:
                 self.state_dir.remove()
+
+
+# What every container may use whatever its rules say, appended after them as runc does:
+# mknod of anything, and the default devices (null, zero, full, random, urandom, tty, ptmx,
+# the pty slaves, tun).
+_ALWAYS_ALLOWED = (
+    DeviceRule(True, "c", None, None, "m"), DeviceRule(True, "b", None, None, "m"),
+    DeviceRule(True, "c", 1, 3), DeviceRule(True, "c", 1, 5), DeviceRule(True, "c", 1, 7),
+    DeviceRule(True, "c", 1, 8), DeviceRule(True, "c", 1, 9), DeviceRule(True, "c", 5, 0),
+    DeviceRule(True, "c", 5, 2), DeviceRule(True, "c", 136, None), DeviceRule(True, "c", 10, 200),
+)
+
+
+def device_rules(config: Config) -> list[DeviceRule]:
+    """The device cgroup rules: the config's own, then the default devices, then one allow
+    rule for each device the config creates in /dev."""
+    rules = list(config.linux.device_rules) + list(_ALWAYS_ALLOWED)
+    rules += [DeviceRule(True, d.type if d.type in ("b", "c") else "c", d.major, d.minor)
+              for d in config.linux.devices if d.type != "p"]
+    return rules
 
 
 def _write_map(path: str, mappings: tuple[IdMapping, ...], field: str) -> None:
