@@ -142,6 +142,7 @@ async def create_container(prepared: PreparedContainer, zygote: Zygote, *,
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                zygote.forget(pid)  # the zygote reaps it; nobody waits for the status
         prepared.undo()
         raise
     finally:

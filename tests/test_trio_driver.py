@@ -1,0 +1,80 @@
+"""The trio driver: many creations at once through the zygote, deadlines and cancellation."""
+
+import os
+
+import pytest
+import trio
+
+from corral.errors import CorralError
+from corral.supervisor.containers import Container
+from corral.supervisor.prepare import prepare
+from corral.supervisor.trio_driver import create_container, open_zygote
+
+
+def _stdio(path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    null = os.open("/dev/null", os.O_RDONLY)
+    return null, fd
+
+
+async def test_concurrent_creations(corral, make_bundle, tmp_path):
+    bundles = [make_bundle(["sh", "-c", f"echo job {i}; exit {i}"]) for i in range(8)]
+    results = {}
+    async with open_zygote() as zygote:
+
+        async def one(i, b):
+            null, out = _stdio(str(tmp_path / f"out{i}"))
+            try:
+                prepared = prepare(corral.root, b.id, b.path)
+                pid = await create_container(prepared, zygote, stdio=(null, out, out))
+            finally:
+                os.close(null)
+                os.close(out)
+            container = Container(prepared.state_dir, prepared.record)
+            assert container.status() == "created"
+            await trio.to_thread.run_sync(container.start)
+            results[i] = await zygote.wait(pid)
+            container.delete()
+
+        async with trio.open_nursery() as nursery:
+            for i, b in enumerate(bundles):
+                nursery.start_soon(one, i, b)
+    assert results == {i: i for i in range(8)}
+    for i in range(8):
+        assert (tmp_path / f"out{i}").read_text() == f"job {i}\n"
+
+
+async def test_child_error_is_raised_and_undone(corral, make_bundle):
+    b = make_bundle(["no-such-program"])
+    async with open_zygote() as zygote:
+        prepared = prepare(corral.root, b.id, b.path)
+        with pytest.raises(CorralError, match="executable file not found"):
+            await create_container(prepared, zygote)
+    assert not os.path.exists(os.path.join(corral.root, b.id))
+
+
+async def test_cancellation_undoes_everything(corral, make_bundle):
+    """Cancelled while the child is mid-way (the deadline passes before the zygote's child
+    can answer): the processes are killed and the host side removed."""
+    bundles = [make_bundle(["true"]) for _ in range(4)]
+    async with open_zygote() as zygote:
+        for delay in (0, 0.001, 0.005, 0.02):
+            b = bundles.pop()
+            prepared = prepare(corral.root, b.id, b.path)
+            with trio.move_on_after(delay):
+                pid = await create_container(prepared, zygote)
+                # Finished before the deadline: clean it up the normal way.
+                Container(prepared.state_dir, prepared.record).delete(force=True)
+                await zygote.wait(pid)
+            assert not os.path.exists(prepared.state_dir.path)
+        await trio.sleep(0.2)  # let the zygote reap the killed children
+
+
+async def test_deadline_is_a_clear_error(corral, make_bundle):
+    b = make_bundle(["true"])
+    async with open_zygote() as zygote:
+        prepared = prepare(corral.root, b.id, b.path)
+        with pytest.raises(CorralError, match="timed out"):
+            await create_container(prepared, zygote, deadline=0.0001)
+        await trio.sleep(0.2)
+    assert not os.path.exists(prepared.state_dir.path)
