@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tests.busybox import build_rootfs
+from corral.images import build_rootfs
 
 PR_SET_CHILD_SUBREAPER = 36
 CGROUP_PARENT = f"corral-test-{os.getpid()}"

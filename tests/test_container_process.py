@@ -208,9 +208,12 @@ def test_orphans_without_pid_namespace_are_reaped(corral, make_bundle):
     assert corral("run", "-b", b.path, b.id).returncode == 0
 
 
-@pytest.mark.parametrize("prop", ["rootfsPropagation"])
-def test_rootfs_propagation_slave(corral, make_bundle, prop):
+def test_rootfs_propagation(corral, make_bundle):
+    """Private (no propagation to or from the host) unless the config asks otherwise."""
+    show = "awk '$5 == \"/\"' /proc/self/mountinfo"
+    out = run(corral, make_bundle, show).stdout
+    assert "shared:" not in out and "master:" not in out
+
     def edit(c):
-        c["linux"][prop] = "rslave"
-    out = run(corral, make_bundle, "awk '$5 == \"/\"' /proc/self/mountinfo", edit).stdout
-    assert "master:" in out
+        c["linux"]["rootfsPropagation"] = "rshared"
+    assert "shared:" in run(corral, make_bundle, show, edit).stdout

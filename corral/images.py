@@ -1,4 +1,4 @@
-"""A tiny busybox-static rootfs for tests that run real containers.
+"""A tiny busybox-static rootfs: for the demo, the examples and the tests.
 
 ``build_rootfs(dest)`` makes one in a few milliseconds: the static busybox binary, a symlink
 per applet in /bin, a minimal /etc/passwd and /etc/group, and the usual empty directories.
