@@ -8,21 +8,13 @@ Every error is one line on stderr (and one ``{"level","msg","time"}`` object in 
 
 from __future__ import annotations
 
-import argparse
-import json
+from corral import jsonlite as json
 import os
 import sys
 import time
 
 from corral import OCI_VERSION, __version__
 from corral.errors import ConfigError, CorralError, NotSupportedError
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors are ordinary one-line errors with exit status 1, as in runc."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise ConfigError("", f"{self.prog}: {message}")
 
 
 class Log:
@@ -54,54 +46,6 @@ class Log:
             self._write("debug", msg)
             if self.fd is None:
                 sys.stderr.write(f"corral: debug: {msg}\n")
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="corral", description="Run OCI containers (runc-compatible).")
-    parser.add_argument("--root", default=None, help="state directory (default /run/corral)")
-    parser.add_argument("--log", default=None, help="log file (created even if empty)")
-    parser.add_argument("--log-format", default="text", choices=("text", "json"))
-    parser.add_argument("--debug", action="store_true")
-    parser.add_argument("-v", "--version", action="store_true")
-    parser.add_argument("--systemd-cgroup", action="store_true")
-    parser.add_argument("--rootless", dest="global_rootless", default=None)
-    parser.add_argument("--criu", default=None)
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
-
-    p = sub.add_parser("spec", help="write a default config.json")
-    p.add_argument("-b", "--bundle", default=".")
-    p.add_argument("--rootless", action="store_true")
-
-    for name in ("create", "run"):
-        p = sub.add_parser(name)
-        p.add_argument("id")
-        p.add_argument("-b", "--bundle", default=".")
-        p.add_argument("--pid-file", default=None)
-        p.add_argument("--no-pivot", action="store_true")
-        p.add_argument("--preserve-fds", type=int, default=0)
-        p.add_argument("--console-socket", default=None)
-        p.add_argument("--no-new-keyring", action="store_true")
-        if name == "run":
-            p.add_argument("-d", "--detach", action="store_true")
-            p.add_argument("--keep", action="store_true")
-            p.add_argument("--no-subreaper", action="store_true")
-
-    sub.add_parser("start").add_argument("id")
-    sub.add_parser("state").add_argument("id")
-    p = sub.add_parser("kill")
-    p.add_argument("-a", "--all", action="store_true")
-    p.add_argument("id")
-    p.add_argument("signal", nargs="?", default="TERM")
-    p = sub.add_parser("delete")
-    p.add_argument("-f", "--force", action="store_true")
-    p.add_argument("id")
-    p = sub.add_parser("list")
-    p.add_argument("-f", "--format", default="table", choices=("table", "json"))
-    p.add_argument("-q", "--quiet", action="store_true")
-    for name in ("exec", "pause", "resume", "ps", "events", "update", "checkpoint", "restore",
-                 "features", "supervise", "batch"):
-        sub.add_parser(name, add_help=False).add_argument("rest", nargs=argparse.REMAINDER)
-    return parser
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -226,18 +170,19 @@ COMMANDS = {
 
 
 def parse_signal(text: str) -> int:
-    import signal
+    """A signal by number, or by name with or without SIG (any case), as runc takes it."""
+    import _signal  # `signal` itself imports enum: ~2 ms of every command
 
     if text.isdigit():
         num = int(text)
-        if 0 < num < signal.NSIG:
+        if 0 < num < _signal.NSIG:
             return num
     else:
         name = text.upper()
         name = name if name.startswith("SIG") else "SIG" + name
-        sig = getattr(signal.Signals, name, None) if name.isidentifier() else None
-        if isinstance(sig, signal.Signals):
-            return int(sig)
+        num = getattr(_signal, name, None) if name.isidentifier() and "_" not in name else None
+        if isinstance(num, int) and 0 < num < _signal.NSIG:
+            return num
     raise ConfigError("signal", f"unknown signal {text!r}")
 
 
@@ -251,29 +196,29 @@ def _write_pid_file(path: str, pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args_list = sys.argv[1:] if argv is None else argv
+    from corral import cliargs
+
     log = Log(None, "text", False)
     try:
-        parser = _build_parser()
-        args = parser.parse_args(args_list)
+        args, command = cliargs.parse(sys.argv[1:] if argv is None else argv)
         log = Log(args.log, args.log_format, args.debug)
         if args.version:
             sys.stdout.write(f"corral version {__version__}\nspec: {OCI_VERSION}\n")
             return 0
-        if args.command is None:
-            parser.print_help()
+        if command is None or args.help:
+            sys.stdout.write(cliargs.usage(command))
             return 0
         if args.systemd_cgroup:
             raise NotSupportedError("--systemd-cgroup")
         if args.global_rootless not in (None, "false", "auto"):
             raise NotSupportedError("--rootless")
-        if args.command not in COMMANDS:
-            raise NotSupportedError(f"corral {args.command}")
+        if command.name not in COMMANDS:
+            raise NotSupportedError(f"corral {command.name}")
         if args.root is None:
             from corral.oci.state import DEFAULT_ROOT
 
             args.root = DEFAULT_ROOT
-        return COMMANDS[args.command](args, log)
+        return COMMANDS[command.name](args, log)
     except CorralError as exc:
         log.error(str(exc))
         return exc.exit_code

@@ -74,7 +74,7 @@ def test_every_message_in_every_waiting_state(state, msg):
     else:
         assert m.state is c.State.FAILED
         assert isinstance(m.error, ProtocolError)
-        assert msg.type in str(m.error) and state.value in str(m.error)
+        assert msg.type in str(m.error) and state in str(m.error)
 
 
 @pytest.mark.parametrize("msg", ALL_MESSAGES, ids=lambda m: m.type)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import resource
-from typing import NoReturn
 
 from corral import nsenter
 from corral.errors import ChildError, CorralError
@@ -22,7 +21,7 @@ from corral.supervisor import protocol as p
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def child_main(sync_fd: int) -> NoReturn:
+def child_main(sync_fd: int) -> None:
     """Entry of the forked child; never returns to the caller's code."""
     try:
         boot = _expect(sync_fd, p.Bootstrap)
@@ -34,7 +33,7 @@ def child_main(sync_fd: int) -> NoReturn:
     os._exit(1)
 
 
-def _init(sync_fd: int, boot: p.Bootstrap) -> NoReturn:
+def _init(sync_fd: int, boot: p.Bootstrap) -> None:  # never returns: it execs
     from corral.init.rootfs import setup_rootfs
     from corral.oci.capabilities import caps_mask
     from corral.oci.config import parse_config

@@ -1,6 +1,6 @@
 """The OCI runtime config (``config.json``) as typed, validated data.
 
-``parse_config`` turns the decoded JSON into these frozen dataclasses or raises
+``parse_config`` turns the decoded JSON into these frozen records (corral.record) or raises
 ``ConfigError`` naming the field (``process.args[0]: ...``).  Fields the spec defines that corral
 does not implement yet raise ``NotSupportedError`` naming the field: never silently ignored.
 Only stdlib imports: this module is on the CLI's ``create`` path.
@@ -8,44 +8,39 @@ Only stdlib imports: this module is on the CLI's ``create`` path.
 
 from __future__ import annotations
 
-import json
+from corral import jsonlite as json
 import os
-from dataclasses import dataclass, field
+from corral.record import Record, factory
 
 from corral.errors import ConfigError, NotSupportedError
 from corral.oci.capabilities import cap_number
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Record):
     destination: str
     type: str | None = None
     source: str | None = None
     options: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class IdMapping:
+class IdMapping(Record):
     container_id: int
     host_id: int
     size: int
 
 
-@dataclass(frozen=True)
-class Namespace:
+class Namespace(Record):
     type: str  # pid network mount ipc uts user cgroup time
     path: str | None = None
 
 
-@dataclass(frozen=True)
-class Rlimit:
+class Rlimit(Record):
     type: str  # "RLIMIT_NOFILE", ...
     hard: int
     soft: int
 
 
-@dataclass(frozen=True)
-class Capabilities:
+class Capabilities(Record):
     bounding: tuple[str, ...] = ()
     effective: tuple[str, ...] = ()
     inheritable: tuple[str, ...] = ()
@@ -53,19 +48,17 @@ class Capabilities:
     ambient: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class User:
+class User(Record):
     uid: int = 0
     gid: int = 0
     umask: int | None = None
     additional_gids: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class Process:
+class Process(Record):
     args: tuple[str, ...]
     cwd: str
-    user: User = field(default_factory=User)
+    user: User = factory(User)
     env: tuple[str, ...] = ()
     terminal: bool = False
     capabilities: Capabilities | None = None
@@ -74,8 +67,7 @@ class Process:
     oom_score_adj: int | None = None
 
 
-@dataclass(frozen=True)
-class Device:
+class Device(Record):
     path: str
     type: str  # c b u p
     major: int = 0
@@ -85,8 +77,7 @@ class Device:
     gid: int | None = None
 
 
-@dataclass(frozen=True)
-class DeviceRule:
+class DeviceRule(Record):
     """One ``linux.resources.devices`` entry (the device cgroup allow/deny list)."""
 
     allow: bool
@@ -96,8 +87,7 @@ class DeviceRule:
     access: str = "rwm"
 
 
-@dataclass(frozen=True)
-class Linux:
+class Linux(Record):
     namespaces: tuple[Namespace, ...] = ()
     uid_mappings: tuple[IdMapping, ...] = ()
     gid_mappings: tuple[IdMapping, ...] = ()
@@ -115,8 +105,7 @@ class Linux:
         return None
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(Record):
     oci_version: str
     root_path: str  # as written in config.json; relative to the bundle unless absolute
     process: Process
@@ -124,8 +113,8 @@ class Config:
     hostname: str | None = None
     domainname: str | None = None
     mounts: tuple[Mount, ...] = ()
-    linux: Linux = field(default_factory=Linux)
-    annotations: dict[str, str] = field(default_factory=dict)
+    linux: Linux = factory(Linux)
+    annotations: dict[str, str] = factory(dict)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ start.  Cheap imports only: every CLI command reads this.
 
 from __future__ import annotations
 
-import json
+from corral import jsonlite as json
 import os
 import time
 

@@ -68,7 +68,7 @@ def _drive(machine: c.CreationMachine, prepared: PreparedContainer, fd: int, chi
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             actions = machine.fail(CorralError(
-                f"container creation timed out while {machine.state.value}"))
+                f"container creation timed out while {machine.state}"))
             continue
         if not poller.poll(remaining * 1000):
             continue

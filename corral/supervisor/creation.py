@@ -13,14 +13,15 @@ anything else is a ``ProtocolError``.  Once DONE or FAILED the machine accepts n
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
+from corral.record import Record
 
 from corral.errors import ChildError, CorralError, ProtocolError
 from corral.supervisor import protocol as p
 
 
-class State(enum.Enum):
+class State:
+    """The machine's states; each value says what the machine waits for, for messages."""
+
     START = "start"
     AWAIT_USERMAP_REQUEST = "waiting for the user namespace"
     AWAIT_PID = "waiting for the init pid"
@@ -33,41 +34,34 @@ class State(enum.Enum):
 # ---- actions: what the driver must do, in order ---------------------------------------------
 
 
-@dataclass(frozen=True)
-class Send:
+class Send(Record):
     message: p.Message
 
 
-@dataclass(frozen=True)
-class JoinCgroup:
+class JoinCgroup(Record):
     """Put the child in the container's cgroup before it unshares anything, so every
     process of the container (and its cgroup namespace root) is in it from the start."""
 
     pid: int
 
 
-@dataclass(frozen=True)
-class WriteIdMaps:
+class WriteIdMaps(Record):
     pid: int
 
 
-@dataclass(frozen=True)
-class RecordPid:
+class RecordPid(Record):
     pid: int
 
 
-@dataclass(frozen=True)
-class ApplyResources:
+class ApplyResources(Record):
     pid: int
 
 
-@dataclass(frozen=True)
-class Done:
+class Done(Record):
     pid: int
 
 
-@dataclass(frozen=True)
-class Fail:
+class Fail(Record):
     error: CorralError
 
 
@@ -89,7 +83,7 @@ class CreationMachine:
     def start(self, child_pid: int) -> list[Action]:
         """The child process exists (forked by the driver or by the zygote)."""
         if self.state is not State.START:
-            return self._fail(ProtocolError(f"start() while {self.state.value}"))
+            return self._fail(ProtocolError(f"start() while {self.state}"))
         self.child_pid = child_pid
         self.state = (State.AWAIT_USERMAP_REQUEST if self.bootstrap.new_user
                       else State.AWAIT_PID)
@@ -98,20 +92,20 @@ class CreationMachine:
     def receive(self, msg: p.Message) -> list[Action]:
         if self.finished or self.state is State.START:
             return self._fail(ProtocolError(f"unexpected {msg.type!r} message while "
-                                            f"{self.state.value}"))
+                                            f"{self.state}"))
         if isinstance(msg, p.Error):
             return self._fail(ChildError(msg.message, msg.errno, msg.stage))
         handler = self._HANDLERS[self.state]
         if not isinstance(msg, handler[0]):
             return self._fail(ProtocolError(
-                f"unexpected {msg.type!r} message while {self.state.value}"))
+                f"unexpected {msg.type!r} message while {self.state}"))
         return handler[1](self, msg)
 
     def child_gone(self) -> list[Action]:
         """The connection closed (EOF) or the child died before DONE."""
         if self.state is State.DONE or self.state is State.FAILED:
             return []
-        return self._fail(ProtocolError(f"container process exited while {self.state.value}"))
+        return self._fail(ProtocolError(f"container process exited while {self.state}"))
 
     def fail(self, error: CorralError) -> list[Action]:
         """The driver could not carry out an action (or its deadline passed)."""

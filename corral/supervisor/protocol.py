@@ -12,17 +12,16 @@ Framing: a 4-byte big-endian length, then a compact JSON object whose ``type`` n
 
 from __future__ import annotations
 
-import json
+from corral import jsonlite as json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from corral.record import Record, asdict, factory
 
 from corral.errors import ProtocolError
 
 MAX_FRAME = 16 << 20
 
 
-@dataclass(frozen=True)
-class Bootstrap:
+class Bootstrap(Record):
     """Everything the child needs: which namespaces, and the config its init applies."""
 
     type = "bootstrap"
@@ -35,52 +34,45 @@ class Bootstrap:
     fifo_path: str
     no_pivot: bool = False
     preserve_fds: int = 0  # fds 3.. passed through: --preserve-fds plus LISTEN_FDS
-    extra_env: list[str] = field(default_factory=list)
-    cgroup_mounts: list[list[str]] = field(default_factory=list)
+    extra_env: list[str] = factory(list)
+    cgroup_mounts: list[list[str]] = factory(list)
 
 
-@dataclass(frozen=True)
-class UsermapRequest:
+class UsermapRequest(Record):
     """The child unshared its user namespace; the parent must write its id maps."""
 
     type = "usermap_request"
     pid: int
 
 
-@dataclass(frozen=True)
-class UsermapDone:
+class UsermapDone(Record):
     type = "usermap_done"
 
 
-@dataclass(frozen=True)
-class Pid:
+class Pid(Record):
     """The host pid of the container's init (the intermediate process has exited)."""
 
     type = "pid"
     pid: int
 
 
-@dataclass(frozen=True)
-class Ready:
+class Ready(Record):
     """Rootfs, mounts and process setup are done; the child waits for Run."""
 
     type = "ready"
 
 
-@dataclass(frozen=True)
-class Run:
+class Run(Record):
     type = "run"
 
 
-@dataclass(frozen=True)
-class Waiting:
+class Waiting(Record):
     """Everything before exec succeeded; init now blocks on the exec fifo until `start`."""
 
     type = "waiting"
 
 
-@dataclass(frozen=True)
-class Error:
+class Error(Record):
     type = "error"
     message: str
     errno: int = 0
@@ -110,7 +102,7 @@ def decode(payload: bytes) -> Message:
     cls = MESSAGE_TYPES.get(body.pop("type"))
     if cls is None:
         raise ProtocolError("unknown message type")
-    names = {f.name for f in fields(cls)}
+    names = set(cls._fields)
     if set(body) - names:
         raise ProtocolError(f"{cls.type}: unexpected fields {sorted(set(body) - names)}")
     try:

@@ -133,7 +133,7 @@ async def create_container(prepared: PreparedContainer, zygote: Zygote, *,
             await _drive(machine, prepared, sock, child)
             zygote.forget(child)
             return machine.init_pid
-        machine.fail(CorralError(f"container creation timed out while {machine.state.value}"))
+        machine.fail(CorralError(f"container creation timed out while {machine.state}"))
         raise machine.error
     except BaseException:
         for pid in (machine.init_pid, child):
