@@ -453,10 +453,13 @@ def test_real_v1_devices(real_parent):
 def test_real_nested_and_forking_kill(real_parent, procs):
     cg = Cgroup.for_container(REAL, f"/{real_parent}/tree", "tree")
     cg.create()
-    shell = spawn(procs, "sh", "-c", "sleep 30 & sleep 30 & wait")
+    go = f"/tmp/corral-test-go-{os.getpid()}"  # the shell forks only once it is in the cgroup
+    shell = spawn(procs, "sh", "-c",
+                  f"while [ ! -e {go} ]; do sleep 0.01; done; sleep 30 & sleep 30 & wait")
     lone = spawn(procs)
     cg.add(shell.pid)
     cg.add(lone.pid)
+    open(go, "w").close()
     for path in cg.paths.values():  # the container made a child cgroup of its own
         os.mkdir(path + "/sub")
         if path.startswith(REAL.v1.get("cpuset", "\0")):
@@ -477,6 +480,7 @@ def test_real_nested_and_forking_kill(real_parent, procs):
     else:
         assert cg.kill_all(signal.SIGKILL)
     assert shell.wait(5) == -signal.SIGKILL and lone.wait(5) == -signal.SIGKILL
+    os.unlink(go)
     assert cg.pids() == []
     cg.destroy()
     assert_all_gone(cg)

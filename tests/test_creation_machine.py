@@ -41,9 +41,9 @@ def machine_in(state):
 
 def test_happy_path_without_user_namespace():
     m = c.CreationMachine(bootstrap())
-    assert m.start(100) == [c.JoinCgroup(100), c.Send(bootstrap())]
+    assert m.start(100) == [c.Send(bootstrap())]
     assert m.state is c.State.AWAIT_PID
-    assert m.receive(p.Pid(42)) == [c.RecordPid(42)]
+    assert m.receive(p.Pid(42)) == [c.RecordPid(42), c.JoinCgroup(42)]
     assert m.receive(p.Ready()) == [c.ApplyResources(42), c.Send(p.Run())]
     assert m.receive(p.Waiting()) == [c.Done(42)]
     assert m.state is c.State.DONE and m.init_pid == 42

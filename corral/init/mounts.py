@@ -12,10 +12,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections import namedtuple
 
 from corral import nsenter
 from corral.errors import ConfigError, NotSupportedError
+from corral.record import Record
 from corral.init import paths
 from corral.init.paths import reason
 from corral.nsenter import (
@@ -101,9 +101,7 @@ PROC_OVERRIDES = frozenset({
 })
 
 
-# namedtuples, not dataclasses: importing dataclasses costs ~10 ms (inspect, re).
-class MountOptions(namedtuple("MountOptions", "flags cleared propagation data",
-                              defaults=(0, 0, (), ""))):
+class MountOptions(Record):
     """A mount's ``options`` split the way mount(2) needs them.
 
     flags: MS_* to set; cleared: MS_* the options explicitly turn off (rw, suid, atime...);
@@ -111,7 +109,10 @@ class MountOptions(namedtuple("MountOptions", "flags cleared propagation data",
     data: the filesystem's own options (mode=755,size=65536k, ...).
     """
 
-    __slots__ = ()
+    flags: int = 0
+    cleared: int = 0
+    propagation: tuple[int, ...] = ()
+    data: str = ""
 
     @property
     def is_bind(self) -> bool:
@@ -463,7 +464,11 @@ def remount_root_readonly() -> None:
 
 # One /proc/self/mountinfo line: root is the part of the filesystem that is mounted ("/" for
 # a full mount); optional holds the propagation fields ("shared:N", "master:N", ...).
-MountInfo = namedtuple("MountInfo", "mount_point root fstype optional")
+class MountInfo(Record):
+    mount_point: str
+    root: str
+    fstype: str
+    optional: tuple[str, ...]
 
 
 def _unescape(field: str) -> str:

@@ -20,6 +20,7 @@ ffibuilder.cdef(
         int set_groups;
         int ngroups;
         const gid_t *groups;
+        int unshare_cgroupns;
         int set_caps;
         uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
         int no_new_privs;

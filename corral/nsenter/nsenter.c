@@ -11,7 +11,7 @@
  *   corral_nsenter():   stage_join -> stage_userns -> stage_unshare -> stage_clone
  *                       returns 0 in the container's init (the grandchild); the intermediate
  *                       process reports the init's pid and exits.
- *   corral_finalize():  stage_bounding -> stage_user -> stage_caps -> stage_signals -> stage_nnp ->
+ *   corral_finalize():  stage_cgroupns -> stage_bounding -> stage_user -> stage_caps -> stage_signals -> stage_nnp ->
  *                       stage_check_exec -> stage_close_fds -> (report "waiting") ->
  *                       stage_fifo -> execve
  *
@@ -312,6 +312,15 @@ static int last_cap(void)
     return n > 0 ? atoi(buf) : CAP_LAST_CAP;
 }
 
+static int stage_cgroupns(const struct finalize_config *cfg)
+{
+    if (cfg->unshare_cgroupns && unshare(CLONE_NEWCGROUP) < 0) {
+        send_error(cfg->sync_fd, "cgroupns", errno, "unshare cgroup namespace");
+        return -1;
+    }
+    return 0;
+}
+
 static int stage_bounding(const struct finalize_config *cfg, int last)
 {
     if (!cfg->set_caps)
@@ -455,7 +464,7 @@ static int stage_fifo(const struct finalize_config *cfg)
 int corral_finalize(const struct finalize_config *cfg)
 {
     int last = last_cap();
-    if (stage_bounding(cfg, last) < 0 || stage_user(cfg) < 0 || stage_caps(cfg, last) < 0 ||
+    if (stage_cgroupns(cfg) < 0 || stage_bounding(cfg, last) < 0 || stage_user(cfg) < 0 || stage_caps(cfg, last) < 0 ||
         stage_signals(cfg) < 0 || stage_nnp(cfg) < 0 || stage_check_exec(cfg) < 0 || stage_close_fds(cfg) < 0)
         return -1;
     /* Everything that can fail before exec has passed: create may return. */

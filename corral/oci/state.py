@@ -69,13 +69,17 @@ class StateDir:
         except ValueError:
             raise ContainerNotFound(self.id) from None
 
-    def write(self, record: dict) -> None:
-        """Atomic (rename) and durable: the record must survive a crash of whoever wrote it."""
+    def write(self, record: dict, durable: bool = False) -> None:
+        """Atomic (rename): a reader never sees half a record, and a crash of the writer
+        leaves the old one.  ``durable`` also survives a crash of the machine; records of a
+        container being created need not (its processes die with the machine too, and
+        ``/run`` is a tmpfs on most hosts), exit statuses do."""
         tmp = self.state_file + ".tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, json.dumps(record).encode())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.state_file)

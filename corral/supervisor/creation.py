@@ -39,8 +39,9 @@ class Send(Record):
 
 
 class JoinCgroup(Record):
-    """Put the child in the container's cgroup before it unshares anything, so every
-    process of the container (and its cgroup namespace root) is in it from the start."""
+    """Put the init in the container's cgroup.  Done while the init sets up its rootfs (the
+    first migration of a process on a cgroup v1 host waits for an RCU grace period, ~10 ms);
+    the init unshares its cgroup namespace only after Run, once it is in its cgroup."""
 
     pid: int
 
@@ -87,7 +88,7 @@ class CreationMachine:
         self.child_pid = child_pid
         self.state = (State.AWAIT_USERMAP_REQUEST if self.bootstrap.new_user
                       else State.AWAIT_PID)
-        return [JoinCgroup(child_pid), Send(self.bootstrap)]
+        return [Send(self.bootstrap)]
 
     def receive(self, msg: p.Message) -> list[Action]:
         if self.finished or self.state is State.START:
@@ -122,7 +123,7 @@ class CreationMachine:
     def _on_pid(self, msg: p.Pid) -> list[Action]:
         self.init_pid = msg.pid
         self.state = State.AWAIT_READY
-        return [RecordPid(msg.pid)]
+        return [RecordPid(msg.pid), JoinCgroup(msg.pid)]
 
     def _on_ready(self, msg: p.Ready) -> list[Action]:
         self.state = State.AWAIT_WAITING

@@ -13,10 +13,10 @@ import signal
 
 from corral import nsenter
 from corral.cgroups import Cgroup, detect
-from corral.errors import ConfigError, CorralError
+from corral.errors import CgroupError, ConfigError, CorralError
 from corral.oci.config import Config, DeviceRule, IdMapping, load_bundle
 from corral.oci.state import StateDir, rfc3339_now, validate_id
-from corral.procfs import start_time
+from corral.procfs import is_alive, start_time
 from corral.supervisor.protocol import Bootstrap
 
 NS_FLAGS = {
@@ -62,7 +62,12 @@ class PreparedContainer:
             raise TypeError(f"not a host-side action: {action!r}")
 
     def join_cgroup(self, pid: int) -> None:
-        self.cgroup.add(pid)
+        try:
+            self.cgroup.add(pid)
+        except CgroupError:
+            if is_alive(pid, None):
+                raise
+            # The init already died: its own Error message (or EOF) follows and says why.
 
     def write_id_maps(self, pid: int) -> None:
         linux = self.config.linux
@@ -155,6 +160,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         config=raw, rootfs=rootfs, bundle=bundle, fifo_path=state_dir.fifo, no_pivot=no_pivot,
         preserve_fds=preserve_fds + listen,
         extra_env=[f"LISTEN_FDS={listen}"] if listen else [],
+        cgroupns=_new_cgroupns(config),
         cgroup_mounts=[[name, path] for name, path in cgroup.mount_sources()]))
     try:
         state_dir.make_fifo()
@@ -179,11 +185,18 @@ def _namespaces(config: Config) -> tuple[int, bool, list[list]]:
             join.append([flag, ns.path])
         elif flag == nsenter.CLONE_NEWUSER:
             new_user = True
+        elif flag == nsenter.CLONE_NEWCGROUP:
+            pass  # unshared by init after Run (Bootstrap.cgroupns)
         else:
             unshare |= flag
     if config.linux.namespace("mount") is None:
         raise ConfigError("linux.namespaces", "a mount namespace is required")
     return unshare, new_user, join
+
+
+def _new_cgroupns(config: Config) -> bool:
+    ns = config.linux.namespace("cgroup")
+    return ns is not None and not ns.path
 
 
 def _listen_fds() -> int:

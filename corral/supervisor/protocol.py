@@ -25,7 +25,7 @@ class Bootstrap(Record):
     """Everything the child needs: which namespaces, and the config its init applies."""
 
     type = "bootstrap"
-    unshare_flags: int
+    unshare_flags: int  # without CLONE_NEWCGROUP: see cgroupns
     new_user: bool
     join: list[list]  # [[CLONE_NEW* flag, path], ...]
     config: dict  # the raw config.json, validated again by the child (cheap, one code path)
@@ -35,6 +35,7 @@ class Bootstrap(Record):
     no_pivot: bool = False
     preserve_fds: int = 0  # fds 3.. passed through: --preserve-fds plus LISTEN_FDS
     extra_env: list[str] = factory(list)
+    cgroupns: bool = False  # unshared by init after Run, once the parent put it in its cgroup
     cgroup_mounts: list[list[str]] = factory(list)
 
 

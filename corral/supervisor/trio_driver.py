@@ -163,7 +163,10 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                 raise action.error
             else:
                 prepared.carry_out(action)
-        data = await sock.recv(65536)
+        try:
+            data = await sock.recv(65536)
+        except ConnectionResetError:  # the child exited with bytes unread: it is gone all the same
+            data = b""
         if not data:
             actions = machine.child_gone()
         else:
