@@ -25,9 +25,12 @@ def launcher_text() -> str:
     return (f"#!{sys.executable} -IS\n"
             "# corral's command line, written by `python -m corral.launcher`\n"
             "import sys\n"
-            f"sys.path[:0] = {paths!r}\n"
+            f"sys.path += {paths!r}  # after the stdlib's: its imports need not search ours\n"
             "from corral.cli import main\n"
-            "sys.exit(main())\n")
+            "code = main()\n"
+            "# Nothing to tear down that the kernel does not: skip the interpreter's finalization.\n"
+            "sys.stdout.flush(), sys.stderr.flush()\n"
+            "import os; os._exit(code)\n")
 
 
 def write_launcher(dest: str) -> None:

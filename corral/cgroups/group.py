@@ -258,6 +258,8 @@ class Cgroup:
         use_kill_file = sig == SIGKILL and UNIFIED in self.paths and os.path.exists(kill_file)
         deadline = time.monotonic() + timeout
         delay = 0.001
+        if sig == SIGKILL and not self.populated():
+            return True  # the common case of `delete`: nothing left to kill, nothing to wait for
         while True:
             if use_kill_file:
                 try:

@@ -6,7 +6,9 @@ Every wrapper raises ``OSError`` with the kernel's errno, like the ``os`` module
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+TYPE_CHECKING = False  # typing and collections.abc cost ms on the CLI's start-up path
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 from corral.nsenter._nsenter import ffi, lib
 
