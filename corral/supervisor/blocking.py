@@ -81,13 +81,10 @@ def _drive(machine: c.CreationMachine, prepared: PreparedContainer, fd: int, chi
             continue
         actions = []
         for msg in decoder.feed(data):
-            _s.stderr.write(f"{time.monotonic()*1000:.2f} got {msg.type}\n")
             actions += machine.receive(msg)
 
 
-import sys as _s
 def _carry_out(action: c.Action, prepared: PreparedContainer, fd: int) -> None:
-    _s.stderr.write(f"{time.monotonic()*1000:.2f} {type(action).__name__}\n")
     if isinstance(action, c.Send):
         p.write_message(fd, action.message)
     elif isinstance(action, c.Fail):
