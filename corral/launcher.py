@@ -15,13 +15,18 @@ import os
 import sys
 
 
-def launcher_text() -> str:
-    import _cffi_backend  # the one compiled dependency of the nsenter module
+def launcher_paths() -> list[str]:
+    """Where corral and its one compiled dependency (cffi's backend) are installed."""
+    import _cffi_backend
 
     import corral
 
-    paths = [os.path.dirname(os.path.dirname(os.path.abspath(corral.__file__))),
-             os.path.dirname(os.path.abspath(_cffi_backend.__file__))]
+    return [os.path.dirname(os.path.dirname(os.path.abspath(corral.__file__))),
+            os.path.dirname(os.path.abspath(_cffi_backend.__file__))]
+
+
+def launcher_text() -> str:
+    paths = launcher_paths()
     return (f"#!{sys.executable} -IS\n"
             "# corral's command line, written by `python -m corral.launcher`\n"
             "import sys\n"

@@ -105,6 +105,7 @@ def test_kill_signal_forms(corral, make_bundle):
     bad = corral("kill", b.id, "NOPE", check=False)
     assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1 and "NOPE" in bad.stderr
     pid = corral.state(b.id)["pid"]
+    corral("kill", "--all", b.id, "CONT")  # through the cgroup, to every process
     corral("kill", b.id)  # default TERM: sleep as pid 1 has no handler, so use KILL next
     corral("kill", b.id, "KILL")
     os.waitpid(pid, 0)

@@ -135,11 +135,12 @@ def test_mounts_and_devices(corral, make_bundle):
         c["linux"]["devices"] = [{"path": "/dev/fuse-like", "type": "c", "major": 1,
                                   "minor": 3, "fileMode": 0o600, "uid": 0, "gid": 0}]
     script = ("grep ' /data ' /proc/self/mounts; ls -l /dev/fuse-like; "
-              "echo hi > /dev/null && head -c 4 /dev/zero | wc -c; readlink /dev/fd")
+              "echo hi > /dev/null && head -c 4 /dev/zero | wc -c; readlink /dev/fd; "
+              "readlink /dev/ptmx")
     out = run(corral, make_bundle, script, edit).stdout.splitlines()
     assert out[0].startswith("tmpfs /data tmpfs") and "nosuid" in out[0] and "noexec" in out[0]
     assert out[1].startswith("crw-------") and "1,   3" in out[1]
-    assert out[2:] == ["4", "/proc/self/fd"]
+    assert out[2:] == ["4", "/proc/self/fd", "pts/ptmx"]
 
 
 def test_bind_mount_through_symlink_stays_in_rootfs(corral, make_bundle, tmp_path):
@@ -217,3 +218,50 @@ def test_rootfs_propagation(corral, make_bundle):
     def edit(c):
         c["linux"]["rootfsPropagation"] = "rshared"
     assert "shared:" in run(corral, make_bundle, show, edit).stdout
+
+
+def test_user_namespace_with_maps_written_by_the_parent(corral, make_bundle, tmp_path):
+    """Root in the container is host uid 100000: the parent wrote the maps; devices are
+    bind-mounted from the host since mknod is not allowed in a user namespace."""
+    # The mapped root must reach its rootfs (as with runc): open up pytest's 0700 temp dirs.
+    path = str(tmp_path)
+    while path.startswith("/tmp/pytest-of-"):
+        os.chmod(path, 0o755)
+        path = os.path.dirname(path)
+
+    def edit(c):
+        c["linux"]["namespaces"].append({"type": "user"})
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; echo x > /dev/null && echo ok"
+    out = run(corral, make_bundle, script, edit).stdout.split()
+    assert out == ["0", "100000", "65536", "0", "100000", "65536", "0", "ok"]
+
+
+def test_joining_a_namespace_by_path(corral, make_bundle):
+    """A second container joins the first one's network and uts namespaces by path."""
+    first = make_bundle(["sleep", "30"])
+    first.config["hostname"] = "first"
+    first.write()
+    corral("run", "-d", "-b", first.path, first.id)
+    pid = corral.state(first.id)["pid"]
+    second = make_bundle(["sh", "-c", "hostname; readlink /proc/self/ns/net"])
+    del second.config["hostname"]  # it would rename the joined namespace, as in runc
+    for ns in second.config["linux"]["namespaces"]:
+        if ns["type"] in ("network", "uts"):
+            ns["path"] = f"/proc/{pid}/ns/{'net' if ns['type'] == 'network' else 'uts'}"
+    second.write()
+    out = corral("run", "-b", second.path, second.id).stdout.split()
+    assert out == ["first", os.readlink(f"/proc/{pid}/ns/net")]
+    corral("delete", "-f", first.id)
+    os.waitpid(pid, 0)
+
+
+def test_joining_a_path_of_the_wrong_type_is_refused(corral, make_bundle):
+    b = make_bundle()
+    for ns in b.config["linux"]["namespaces"]:
+        if ns["type"] == "network":
+            ns["path"] = "/proc/self/ns/uts"
+    b.write()
+    proc = corral("create", "-b", b.path, b.id, check=False)
+    assert proc.returncode == 1 and "not a network namespace" in proc.stderr
