@@ -69,7 +69,7 @@ def _create(args, log: Log) -> tuple:
     if args.console_socket:
         raise NotSupportedError("--console-socket")
     prepared = prepare(args.root, args.id, args.bundle, no_pivot=args.no_pivot,
-                       preserve_fds=args.preserve_fds)
+                       preserve_fds=args.preserve_fds, new_keyring=not args.no_new_keyring)
     log.debug(f"created host side of {args.id}")
     pid = create_container(prepared)
     try:

@@ -265,3 +265,16 @@ def test_joining_a_path_of_the_wrong_type_is_refused(corral, make_bundle):
     b.write()
     proc = corral("create", "-b", b.path, b.id, check=False)
     assert proc.returncode == 1 and "not a network namespace" in proc.stderr
+
+
+def test_session_keyring_of_its_own(corral, make_bundle):
+    """runc's default: the container joins a new session keyring named after it, unless
+    --no-new-keyring.  Seen from the host while init waits on the exec fifo."""
+    for flags, expected in (((), True), (("--no-new-keyring",), False)):
+        b = make_bundle(["true"])
+        corral("create", *flags, "-b", b.path, b.id)
+        pid = corral.state(b.id)["pid"]
+        with open("/proc/keys") as f:
+            assert (f"_ses.{b.id}" in f.read()) is expected
+        corral("delete", "-f", b.id)
+        os.waitpid(pid, 0)

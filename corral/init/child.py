@@ -75,7 +75,8 @@ def _init(sync_fd: int, boot: p.Bootstrap) -> None:  # never returns: it execs
             caps_mask(caps.inheritable), caps_mask(caps.ambient)),
         no_new_privs=proc.no_new_privileges,
         first_cloexec_fd=3 + boot.preserve_fds, fifo_fd=fifo_fd,
-        path=path, argv=proc.args, env=env, cgroupns=boot.cgroupns)
+        path=path, argv=proc.args, env=env, cgroupns=boot.cgroupns,
+        session_keyring=boot.session_keyring)
 
 
 def _expect(sync_fd: int, cls: type) -> p.Message:

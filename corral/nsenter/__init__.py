@@ -122,6 +122,7 @@ def enter_namespaces(sync_fd: int, unshare_flags: int, new_user: bool,
 def finalize_and_exec(*, sync_fd: int, uid: int, gid: int, groups: Sequence[int] | None,
                       caps: tuple[int, int, int, int, int] | None, no_new_privs: bool,
                       first_cloexec_fd: int, fifo_fd: int, path: str, cgroupns: bool,
+                      session_keyring: str | None,
                       argv: Sequence[str], env: Sequence[str]) -> None:
     """The last steps before exec, in C.  Never returns: on failure the error was sent to
     the parent and the process exits."""
@@ -145,6 +146,8 @@ def finalize_and_exec(*, sync_fd: int, uid: int, gid: int, groups: Sequence[int]
          cfg.cap_ambient) = caps
     cfg.no_new_privs = int(no_new_privs)
     cfg.unshare_cgroupns = int(cgroupns)
+    keyring = ffi.new("char[]", session_keyring.encode()) if session_keyring else ffi.NULL
+    cfg.session_keyring = keyring
     cfg.first_cloexec_fd = first_cloexec_fd
     cfg.fifo_fd = fifo_fd
     cpath = ffi.new("char[]", path.encode())

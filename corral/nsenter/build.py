@@ -21,6 +21,7 @@ ffibuilder.cdef(
         int ngroups;
         const gid_t *groups;
         int unshare_cgroupns;
+        const char *session_keyring;
         int set_caps;
         uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
         int no_new_privs;

@@ -11,7 +11,7 @@
  *   corral_nsenter():   stage_join -> stage_userns -> stage_unshare -> stage_clone
  *                       returns 0 in the container's init (the grandchild); the intermediate
  *                       process reports the init's pid and exits.
- *   corral_finalize():  stage_cgroupns -> stage_bounding -> stage_user -> stage_caps -> stage_signals -> stage_nnp ->
+ *   corral_finalize():  stage_cgroupns -> stage_keyring -> stage_bounding -> stage_user -> stage_caps -> stage_signals -> stage_nnp ->
  *                       stage_check_exec -> stage_close_fds -> (report "waiting") ->
  *                       stage_fifo -> execve
  *
@@ -39,6 +39,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/capability.h>
+#include <linux/keyctl.h>
 
 #include "nsenter.h"
 
@@ -321,6 +322,21 @@ static int stage_cgroupns(const struct finalize_config *cfg)
     return 0;
 }
 
+/* A session keyring of the container's own, so that it does not share the caller's
+ * (runc does the same unless --no-new-keyring).  Kernels without keyrings: skip. */
+static int stage_keyring(const struct finalize_config *cfg)
+{
+    if (!cfg->session_keyring)
+        return 0;
+    if (syscall(SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, cfg->session_keyring) < 0 &&
+        errno != ENOSYS) {
+        send_error(cfg->sync_fd, "keyring", errno, "join session keyring %s",
+                   cfg->session_keyring);
+        return -1;
+    }
+    return 0;
+}
+
 static int stage_bounding(const struct finalize_config *cfg, int last)
 {
     if (!cfg->set_caps)
@@ -464,7 +480,7 @@ static int stage_fifo(const struct finalize_config *cfg)
 int corral_finalize(const struct finalize_config *cfg)
 {
     int last = last_cap();
-    if (stage_cgroupns(cfg) < 0 || stage_bounding(cfg, last) < 0 || stage_user(cfg) < 0 || stage_caps(cfg, last) < 0 ||
+    if (stage_cgroupns(cfg) < 0 || stage_keyring(cfg) < 0 || stage_bounding(cfg, last) < 0 || stage_user(cfg) < 0 || stage_caps(cfg, last) < 0 ||
         stage_signals(cfg) < 0 || stage_nnp(cfg) < 0 || stage_check_exec(cfg) < 0 || stage_close_fds(cfg) < 0)
         return -1;
     /* Everything that can fail before exec has passed: create may return. */

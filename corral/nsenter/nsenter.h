@@ -17,7 +17,8 @@ struct finalize_config {
     int set_groups;
     int ngroups;
     const gid_t *groups;
-    int unshare_cgroupns;      /* after the parent put us in our cgroup: it becomes the root */
+    int unshare_cgroupns;
+    const char *session_keyring; /* join a new session keyring of this name, or NULL */      /* after the parent put us in our cgroup: it becomes the root */
     int set_caps;              /* 0: process.capabilities absent, leave them as they are */
     uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
     int no_new_privs;

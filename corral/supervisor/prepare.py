@@ -126,7 +126,7 @@ def _write_map(path: str, mappings: tuple[IdMapping, ...], field: str) -> None:
 
 
 def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False,
-            preserve_fds: int = 0) -> PreparedContainer:
+            preserve_fds: int = 0, new_keyring: bool = True) -> PreparedContainer:
     """Validates everything that can be validated before touching the host, then makes the
     state dir (claiming the id), the exec fifo and the cgroup."""
     validate_id(container_id)
@@ -161,6 +161,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         preserve_fds=preserve_fds + listen,
         extra_env=[f"LISTEN_FDS={listen}"] if listen else [],
         cgroupns=_new_cgroupns(config),
+        session_keyring=f"_ses.{container_id}" if new_keyring else None,
         cgroup_mounts=[[name, path] for name, path in cgroup.mount_sources()]))
     try:
         state_dir.make_fifo()

@@ -36,6 +36,7 @@ class Bootstrap(Record):
     preserve_fds: int = 0  # fds 3.. passed through: --preserve-fds plus LISTEN_FDS
     extra_env: list[str] = factory(list)
     cgroupns: bool = False  # unshared by init after Run, once the parent put it in its cgroup
+    session_keyring: str | None = None  # name of a new session keyring to join (runc's default)
     cgroup_mounts: list[list[str]] = factory(list)
 
 
