@@ -25,14 +25,18 @@ class Opt:
 
 
 class Command:
-    __slots__ = ("name", "opts", "positionals", "help", "rest")
+    __slots__ = ("name", "opts", "positionals", "help", "rest", "tail")
 
-    def __init__(self, name: str, help: str, opts=(), positionals=(), rest: bool = False):
+    def __init__(self, name: str, help: str, opts=(), positionals=(), rest: bool = False,
+                 tail: str | None = None):
         self.name = name
         self.help = help
         self.opts = list(opts)
         self.positionals = list(positionals)  # (name, required, default)
         self.rest = rest  # takes any arguments (commands that only say "not supported yet")
+        # Flags end at the first positional; the arguments after the positionals are kept
+        # as a list under this name (``ps ID -ef``: the options are ps's, not ours).
+        self.tail = tail
 
 
 class Args:
@@ -83,8 +87,14 @@ COMMANDS = {c.name: c for c in [
     Command("list", "list containers",
             [Opt("-f|--format", "str", "table", ("table", "json")), Opt("-q|--quiet"),
              Opt("-h|--help")]),
+    Command("pause", "freeze every process of a container", [Opt("-h|--help")],
+            [("id", True, None)]),
+    Command("resume", "thaw a paused container", [Opt("-h|--help")], [("id", True, None)]),
+    Command("ps", "list a container's processes (ps options after the id)",
+            [Opt("-f|--format", "str", "table", ("table", "json")), Opt("-h|--help")],
+            [("id", True, None)], tail="ps_args"),
     *[Command(name, "not supported yet", rest=True) for name in (
-        "exec", "pause", "resume", "ps", "events", "update", "checkpoint", "restore",
+        "exec", "events", "update", "checkpoint", "restore",
         "features", "supervise", "batch")],
 ]}
 
@@ -103,9 +113,14 @@ def parse(argv: list[str]) -> tuple[Args, Command | None]:
         return Args(**values), command
     for opt in command.opts:
         values[opt.dest] = opt.default
-    positionals = _parse_flags(rest, command.opts, values, f"corral {name}")
+    positionals = _parse_flags(rest, command.opts, values, f"corral {name}",
+                               stop_at_positional=command.tail is not None)
     if values.get("help"):
         return Args(**values), command
+    if command.tail is not None:
+        count = len(command.positionals)
+        values[command.tail] = positionals[count:]
+        positionals = positionals[:count]
     if len(positionals) > len(command.positionals):
         raise ConfigError("", f"corral {name}: unexpected argument {positionals[len(command.positionals)]!r}")
     for i, (pname, required, default) in enumerate(command.positionals):
@@ -176,6 +191,8 @@ def usage(command: Command | None) -> str:
         lines += ["", "global flags:"] + [_describe(o) for o in GLOBAL]
         return "\n".join(lines) + "\n"
     args = " ".join(n.upper() if req else f"[{n.upper()}]" for n, req, _ in command.positionals)
+    if command.tail:
+        args += f" [{command.tail.upper()}...]"
     lines = [f"usage: corral {command.name} [flags] {args}".rstrip(), "", command.help, ""]
     lines += [_describe(o) for o in command.opts]
     return "\n".join(lines) + "\n"

@@ -550,3 +550,60 @@ def test_real_concurrent_siblings_share_default_parent(real_parent):
     run_concurrent_siblings(REAL, real_parent, threads=8, rounds=20, check=cpuset_ready)
     for point in REAL.hierarchies().values():
         assert not os.path.exists(f"{point}/{real_parent}")
+
+
+# -- freezer -----------------------------------------------------------------------------
+
+
+def _proc_state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        raw = f.read()
+    return raw[raw.rindex(")") + 2]
+
+
+def _freeze_thaw(cg, p, v1):
+    assert not cg.frozen()
+    cg.freeze()
+    assert cg.frozen()
+    if v1:  # the v1 freezer shows D; a v2-frozen task still reads S (it sleeps in a trap)
+        assert _proc_state(p.pid) == "D"
+    cg.freeze()  # idempotent
+    cg.thaw()
+    assert not cg.frozen()
+    assert _proc_state(p.pid) in "SR"
+
+
+@needs_root
+@pytest.mark.skipif(REAL.find("freezer") is None, reason="no v1 freezer here")
+def test_real_v1_freeze_thaw_and_kill_frozen(real_parent, procs):
+    cg = Cgroup.for_container(REAL, f"/{real_parent}/frz", "frz")
+    cg.create()
+    p = spawn(procs)
+    cg.add(p.pid)
+    _freeze_thaw(cg, p, v1=True)
+    cg.freeze()
+    assert cg.kill_all(signal.SIGKILL)  # thaws so the frozen task can die
+    assert p.wait(5) == -signal.SIGKILL
+    cg.destroy()
+
+
+@needs_root
+@pytest.mark.skipif(REAL.unified is None, reason="no cgroup2 hierarchy")
+def test_real_v2_freeze_thaw(real_parent, procs):
+    layout = Layout("v2", {}, REAL.unified, {UNIFIED: REAL.roots.get(UNIFIED, "/")})
+    cg = Cgroup.for_container(layout, f"/{real_parent}/frz2", "frz2")
+    cg.create()
+    p = spawn(procs)
+    cg.add(p.pid)
+    _freeze_thaw(cg, p, v1=False)
+    cg.freeze()
+    assert cg.kill_all(signal.SIGKILL)
+    assert p.wait(5) == -signal.SIGKILL
+    cg.destroy()
+
+
+def test_frozen_of_missing_cgroup_is_false(tmp_path):
+    cg = Cgroup("v1", "/x", {"freezer": str(tmp_path / "gone")}, {"freezer": str(tmp_path)})
+    assert not cg.frozen()
+    cg = Cgroup("v2", "/x", {UNIFIED: str(tmp_path / "gone")}, {UNIFIED: str(tmp_path)})
+    assert not cg.frozen()

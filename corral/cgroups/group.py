@@ -260,6 +260,7 @@ class Cgroup:
         delay = 0.001
         if sig == SIGKILL and not self.populated():
             return True  # the common case of `delete`: nothing left to kill, nothing to wait for
+        first = True
         while True:
             if use_kill_file:
                 try:
@@ -275,6 +276,11 @@ class Cgroup:
                         pass
             if sig != SIGKILL:
                 return True
+            if first:
+                first = False
+                # A frozen (paused) task takes SIGKILL only once thawed (v1), as runc does.
+                if self.frozen():
+                    self.thaw()
             time.sleep(delay)
             if not self.populated():
                 return True
@@ -294,6 +300,29 @@ class Cgroup:
         for rule in rules:
             name = "devices.allow" if rule.allow else "devices.deny"
             _write(f"{self.paths[key]}/{name}", device_rule_line(rule))
+
+    # -- freezer (pause / resume) -------------------------------------------------------
+
+    def freeze(self) -> None:
+        from .freezer import freeze
+
+        freeze(self)
+
+    def thaw(self) -> None:
+        from .freezer import thaw
+
+        thaw(self)
+
+    def frozen(self) -> bool:
+        from .freezer import frozen
+
+        return frozen(self)
+
+    def set_resources(self, resources) -> None:
+        """``linux.resources`` but devices (``corral.oci.config.Resources``)."""
+        from .resources import apply
+
+        apply(self, resources)
 
     def destroy(self) -> None:
         """Remove child cgroups, the container's dirs, then the prunable parents that are

@@ -87,12 +87,89 @@ class DeviceRule(Record):
     access: str = "rwm"
 
 
+class MemoryResources(Record):
+    """``linux.resources.memory``; None is unset, -1 unlimited (bytes)."""
+
+    limit: int | None = None
+    reservation: int | None = None
+    swap: int | None = None  # memory + swap, as on cgroup v1
+    kernel_tcp: int | None = None
+    swappiness: int | None = None
+    disable_oom_killer: bool | None = None
+
+
+class CpuResources(Record):
+    shares: int | None = None
+    quota: int | None = None
+    burst: int | None = None
+    period: int | None = None
+    realtime_runtime: int | None = None
+    realtime_period: int | None = None
+    cpus: str | None = None
+    mems: str | None = None
+    idle: int | None = None
+
+
+class WeightDevice(Record):
+    major: int
+    minor: int
+    weight: int | None = None
+    leaf_weight: int | None = None
+
+
+class ThrottleDevice(Record):
+    major: int
+    minor: int
+    rate: int
+
+
+class BlockIOResources(Record):
+    weight: int | None = None
+    leaf_weight: int | None = None
+    weight_device: tuple[WeightDevice, ...] = ()
+    throttle_read_bps_device: tuple[ThrottleDevice, ...] = ()
+    throttle_write_bps_device: tuple[ThrottleDevice, ...] = ()
+    throttle_read_iops_device: tuple[ThrottleDevice, ...] = ()
+    throttle_write_iops_device: tuple[ThrottleDevice, ...] = ()
+
+
+class HugepageLimit(Record):
+    page_size: str  # "2MB", "1GB", as in the hugetlb.<size>.* file names
+    limit: int
+
+
+class NetworkPriority(Record):
+    name: str
+    priority: int
+
+
+class NetworkResources(Record):
+    class_id: int | None = None
+    priorities: tuple[NetworkPriority, ...] = ()
+
+
+class Resources(Record):
+    """``linux.resources`` except ``devices`` (``Linux.device_rules``)."""
+
+    memory: MemoryResources | None = None
+    cpu: CpuResources | None = None
+    pids_limit: int | None = None
+    block_io: BlockIOResources | None = None
+    hugepage_limits: tuple[HugepageLimit, ...] = ()
+    network: NetworkResources | None = None
+    unified: dict[str, str] = factory(dict)
+
+    def empty(self) -> bool:
+        return self == Resources()
+
+
 class Linux(Record):
     namespaces: tuple[Namespace, ...] = ()
     uid_mappings: tuple[IdMapping, ...] = ()
     gid_mappings: tuple[IdMapping, ...] = ()
     devices: tuple[Device, ...] = ()
     device_rules: tuple[DeviceRule, ...] = ()
+    resources: Resources = factory(Resources)
     cgroups_path: str | None = None
     rootfs_propagation: str | None = None  # shared slave private unbindable (r-prefixed too)
     masked_paths: tuple[str, ...] = ()
@@ -173,16 +250,7 @@ _LINUX_UNSUPPORTED = (
     "netDevices",
     "rdma",
 )
-_RESOURCES_UNSUPPORTED = (
-    "memory",
-    "cpu",
-    "blockIO",
-    "hugepageLimits",
-    "network",
-    "pids",
-    "rdma",
-    "unified",
-)
+_RESOURCES_UNSUPPORTED = ("rdma",)
 
 _KINDS = {
     dict: "an object",
@@ -439,6 +507,7 @@ def _linux(obj: dict, path: str) -> Linux:
         device_rules=tuple(
             _device_rule(r, where) for where, r in _items(resources, "devices", resources_path)
         ),
+        resources=_resources(resources, resources_path),
         cgroups_path=_opt(obj, "cgroupsPath", path, str) or None,
         rootfs_propagation=propagation,
         masked_paths=tuple(_absolute(p, w) for w, p in _items(obj, "maskedPaths", path)),
@@ -527,6 +596,160 @@ def _rule_number(obj: dict, key: str, path: str) -> int | None:
     """-1 is the spec's wildcard; None is ours."""
     number = _int(obj, key, path, -1, _U32)
     return None if number == -1 else number
+
+
+# ---- linux.resources (besides devices) -------------------------------------------------------
+
+_I64_MAX = (1 << 63) - 1
+
+
+def _limit(obj: dict, key: str, path: str) -> int | None:
+    """A byte count where -1 is unlimited and 0 unset (runc's reading)."""
+    return _int(obj, key, path, -1, _I64_MAX)
+
+
+def _resources(obj: dict, path: str) -> Resources:
+    memory = _opt(obj, "memory", path, dict)
+    cpu = _opt(obj, "cpu", path, dict)
+    pids = _opt(obj, "pids", path, dict)
+    block_io = _opt(obj, "blockIO", path, dict)
+    network = _opt(obj, "network", path, dict)
+    return Resources(
+        memory=None if memory is None else _memory(memory, f"{path}.memory"),
+        cpu=None if cpu is None else _cpu(cpu, f"{path}.cpu"),
+        pids_limit=None if pids is None else _int(pids, "limit", f"{path}.pids", -(1 << 63),
+                                                  _I64_MAX, required=True),
+        block_io=None if block_io is None else _block_io(block_io, f"{path}.blockIO"),
+        hugepage_limits=tuple(_hugepage(item, where)
+                              for where, item in _items(obj, "hugepageLimits", path)),
+        network=None if network is None else _network(network, f"{path}.network"),
+        unified=_unified(obj, path),
+    )
+
+
+def _memory(obj: dict, path: str) -> MemoryResources:
+    if obj.get("kernel"):
+        raise ConfigError(f"{path}.kernel", "kernel memory limits are deprecated (the kernel "
+                                           "no longer enforces them) and not supported")
+    limit = _limit(obj, "limit", path)
+    swap = _limit(obj, "swap", path)
+    if limit and swap and limit > 0 and 0 < swap < limit:
+        raise ConfigError(f"{path}.swap", f"memory+swap limit {swap} is below the memory "
+                                          f"limit {limit}")
+    return MemoryResources(
+        limit=limit,
+        reservation=_limit(obj, "reservation", path),
+        swap=swap,
+        kernel_tcp=_limit(obj, "kernelTCP", path),
+        swappiness=_int(obj, "swappiness", path, 0, 100),
+        disable_oom_killer=_opt(obj, "disableOOMKiller", path, bool),
+    )
+
+
+def _cpu_list(obj: dict, key: str, path: str) -> str | None:
+    value = _opt(obj, key, path, str) or None
+    if value is not None:
+        parts = value.split(",")
+        for part in parts:
+            lo, _, hi = part.strip().partition("-")
+            if not lo.isdigit() or (hi and not hi.isdigit()) or (_ and not hi):
+                raise ConfigError(_join(path, key), f"{value!r} is not a list like 0-3,5")
+    return value
+
+
+def _cpu(obj: dict, path: str) -> CpuResources:
+    shares = _int(obj, "shares", path, 0, _U64)
+    if shares and not 2 <= shares <= 262144:
+        raise ConfigError(f"{path}.shares", f"must be between 2 and 262144, got {shares}")
+    period = _int(obj, "period", path, 0, _U64)
+    if period and not 1000 <= period <= 1000000:
+        raise ConfigError(f"{path}.period", f"must be between 1000 and 1000000 (µs), "
+                                            f"got {period}")
+    quota = _int(obj, "quota", path, -(1 << 63), _I64_MAX)
+    if quota is not None and 0 < quota < 1000:
+        raise ConfigError(f"{path}.quota", f"must be at least 1000 (µs) or -1, got {quota}")
+    return CpuResources(
+        shares=shares,
+        quota=quota,
+        burst=_int(obj, "burst", path, 0, _U64),
+        period=period,
+        realtime_runtime=_int(obj, "realtimeRuntime", path, -1, _I64_MAX),
+        realtime_period=_int(obj, "realtimePeriod", path, 0, _U64),
+        cpus=_cpu_list(obj, "cpus", path),
+        mems=_cpu_list(obj, "mems", path),
+        idle=_int(obj, "idle", path, 0, 1),
+    )
+
+
+def _weight(obj: dict, key: str, path: str) -> int | None:
+    value = _int(obj, key, path, 0, 1000)
+    if value and value < 10:
+        raise ConfigError(_join(path, key), f"must be between 10 and 1000, got {value}")
+    return value or None
+
+
+def _block_io(obj: dict, path: str) -> BlockIOResources:
+    devices = []
+    for where, item in _items(obj, "weightDevice", path):
+        _check(item, where, dict)
+        devices.append(WeightDevice(
+            major=_int(item, "major", where, 0, _U32, required=True),
+            minor=_int(item, "minor", where, 0, _U32, required=True),
+            weight=_weight(item, "weight", where),
+            leaf_weight=_weight(item, "leafWeight", where)))
+    throttles = {}
+    for key in ("throttleReadBpsDevice", "throttleWriteBpsDevice", "throttleReadIOPSDevice",
+                "throttleWriteIOPSDevice"):
+        found = []
+        for where, item in _items(obj, key, path):
+            _check(item, where, dict)
+            found.append(ThrottleDevice(
+                major=_int(item, "major", where, 0, _U32, required=True),
+                minor=_int(item, "minor", where, 0, _U32, required=True),
+                rate=_int(item, "rate", where, 0, _U64, required=True)))
+        throttles[key] = tuple(found)
+    return BlockIOResources(
+        weight=_weight(obj, "weight", path),
+        leaf_weight=_weight(obj, "leafWeight", path),
+        weight_device=tuple(devices),
+        throttle_read_bps_device=throttles["throttleReadBpsDevice"],
+        throttle_write_bps_device=throttles["throttleWriteBpsDevice"],
+        throttle_read_iops_device=throttles["throttleReadIOPSDevice"],
+        throttle_write_iops_device=throttles["throttleWriteIOPSDevice"],
+    )
+
+
+def _hugepage(obj: object, path: str) -> HugepageLimit:
+    _check(obj, path, dict)
+    size = _req(obj, "pageSize", path, str)
+    digits = size.rstrip("KMGB")
+    if not digits.isdigit() or size[len(digits):] not in ("KB", "MB", "GB"):
+        raise ConfigError(f"{path}.pageSize", f"{size!r} is not a page size like 2MB or 1GB")
+    return HugepageLimit(page_size=size, limit=_int(obj, "limit", path, 0, _U64, required=True))
+
+
+def _network(obj: dict, path: str) -> NetworkResources:
+    priorities = []
+    for where, item in _items(obj, "priorities", path):
+        _check(item, where, dict)
+        name = _req(item, "name", where, str)
+        if not name or "/" in name or " " in name or "\n" in name:
+            raise ConfigError(f"{where}.name", f"{name!r} is not an interface name")
+        priorities.append(NetworkPriority(
+            name=name, priority=_int(item, "priority", where, 0, _U32, required=True)))
+    return NetworkResources(class_id=_int(obj, "classID", path, 0, _U32),
+                            priorities=tuple(priorities))
+
+
+def _unified(obj: dict, path: str) -> dict[str, str]:
+    unified = _opt(obj, "unified", path, dict, {})
+    for key, value in unified.items():
+        where = f"{path}.unified[{json.dumps(key)}]"
+        controller, dot, name = key.partition(".")
+        if "/" in key or not dot or not controller or not name or "\0" in key:
+            raise ConfigError(where, "must name a file like CONTROLLER.PARAMETER (no slashes)")
+        _check(value, where, str)
+    return dict(unified)
 
 
 def load_bundle(bundle: str) -> tuple[Config, dict]:

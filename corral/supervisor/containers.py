@@ -1,5 +1,5 @@
 """Operations on existing containers through their state directories: state, start, kill,
-delete.  Shared by the command line and the supervisor; no trio, few imports."""
+pause, resume, ps, delete.  Shared by the command line and the supervisor; no trio, few imports."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from corral.errors import ContainerNotFound, ContainerStateError
 from corral.oci.state import StateDir, list_ids, validate_id
 from corral.procfs import is_alive
 
-CREATING, CREATED, RUNNING, STOPPED = "creating", "created", "running", "stopped"
+CREATING, CREATED, RUNNING, PAUSED, STOPPED = (
+    "creating", "created", "running", "paused", "stopped")
 
 
 class Container:
@@ -39,6 +40,8 @@ class Container:
             return CREATING
         if not is_alive(self.pid, self.record.get("pid_start")):
             return STOPPED
+        if self.record.get("cgroup") and self._cgroup().frozen():
+            return PAUSED  # runc: a frozen cgroup says paused, created or running
         # The exec fifo lives from create until start has opened it.
         return CREATED if os.path.exists(self.state_dir.fifo) else RUNNING
 
@@ -48,7 +51,7 @@ class Container:
         state = {
             "ociVersion": self.record["ociVersion"],
             "id": self.id,
-            "pid": self.pid if status in (CREATED, RUNNING) else 0,
+            "pid": self.pid if status in (CREATED, RUNNING, PAUSED) else 0,
             "status": status,
             "bundle": self.record["bundle"],
             "rootfs": self.record["rootfs"],
@@ -105,9 +108,29 @@ class Container:
         if all_processes:
             self._cgroup().kill_all(sig)
             return
-        if status not in (CREATED, RUNNING):
+        if status not in (CREATED, RUNNING, PAUSED):
             raise ContainerStateError("container not running")
         self._signal_init(sig)
+        # A paused init gets the signal when resumed; SIGKILL thaws it so it dies now (runc).
+        if status == PAUSED and sig == signal.SIGKILL:
+            self._cgroup().thaw()
+
+    # ---- pause, resume, ps ----
+
+    def pause(self) -> None:
+        """Freezes every process of a created or running container (runc allows both)."""
+        if self.status() not in (CREATED, RUNNING):
+            raise ContainerStateError("container not running")
+        self._cgroup().freeze()
+
+    def resume(self) -> None:
+        if self.status() != PAUSED:
+            raise ContainerStateError("container not paused")
+        self._cgroup().thaw()
+
+    def processes(self) -> list[int]:
+        """Host pids of every process in the container's cgroup."""
+        return self._cgroup().pids()
 
     def _signal_init(self, sig: int) -> None:
         """Through a pidfd checked against the start time: never signals a reused pid."""
@@ -134,7 +157,7 @@ class Container:
         cgroup = self._cgroup()
         # Leftovers (a container without its own pid namespace keeps them after init exits).
         cgroup.kill_all(signal.SIGKILL)
-        if status in (CREATED, RUNNING):
+        if status in (CREATED, RUNNING, PAUSED):
             self._wait_gone(5.0)
         cgroup.destroy()
         self.state_dir.remove()
