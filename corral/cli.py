@@ -76,7 +76,7 @@ def _create(args, log: Log) -> tuple:
         if args.pid_file:
             _write_pid_file(args.pid_file, pid)
     except BaseException:
-        prepared.undo()
+        prepared.undo_after_failure()
         raise
     log.debug(f"container {args.id} init pid {pid}")
     return prepared, pid
@@ -163,9 +163,72 @@ def cmd_list(args, log: Log) -> int:
     return 0
 
 
+def cmd_pause(args, log: Log) -> int:
+    _load(args).pause()
+    return 0
+
+
+def cmd_resume(args, log: Log) -> int:
+    _load(args).resume()
+    return 0
+
+
+def cmd_ps(args, log: Log) -> int:
+    """runc's ps: the container's host pids as JSON, or ``ps``'s own table (``-ef`` unless
+    options are given) cut down to its header and the container's processes."""
+    pids = _load(args).processes()
+    if args.format == "json":
+        sys.stdout.write(("[" + ",".join(map(str, pids)) + "]" if pids else "null") + "\n")
+        return 0
+    status, output = _run_ps(args.ps_args or ["-ef"])
+    if status != 0:
+        raise CorralError(f"exit status {status}: {output.strip()}")
+    lines = output.split("\n")
+    header = lines[0].split()
+    if "PID" not in header:
+        raise CorralError("couldn't find PID field in ps output")
+    index = header.index("PID")
+    wanted = set(pids)
+    out = [lines[0]]
+    for line in lines[1:]:
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            pid = int(fields[index])
+        except (IndexError, ValueError):
+            raise CorralError(f"unable to parse pid from ps line {line!r}") from None
+        if pid in wanted:
+            out.append(line)
+    sys.stdout.write("\n".join(out) + "\n")
+    return 0
+
+
+def _run_ps(ps_args: list[str]) -> tuple[int, str]:
+    """``ps`` with stdout and stderr on one pipe (no subprocess: it imports signal/enum)."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            pid = os.posix_spawnp("ps", ["ps", *ps_args], os.environ, file_actions=[
+                (os.POSIX_SPAWN_DUP2, write_end, 1), (os.POSIX_SPAWN_DUP2, write_end, 2)])
+        finally:
+            os.close(write_end)
+        chunks = []
+        while True:
+            chunk = os.read(read_end, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), b"".join(chunks).decode(errors="replace")
+
+
 COMMANDS = {
     "spec": cmd_spec, "create": cmd_create, "run": cmd_run, "start": cmd_start,
     "state": cmd_state, "kill": cmd_kill, "delete": cmd_delete, "list": cmd_list,
+    "pause": cmd_pause, "resume": cmd_resume, "ps": cmd_ps,
 }
 
 

@@ -278,3 +278,31 @@ def test_session_keyring_of_its_own(corral, make_bundle):
             assert (f"_ses.{b.id}" in f.read()) is expected
         corral("delete", "-f", b.id)
         os.waitpid(pid, 0)
+
+
+def test_no_capabilities_field_means_none(corral, make_bundle):
+    """As in runc: a process without `capabilities` gets none, even as root."""
+    def edit(c):
+        del c["process"]["capabilities"]
+    out = run(corral, make_bundle, "grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status", edit).stdout
+    assert [line.split()[1] for line in out.splitlines()] == ["0" * 16] * 3
+
+
+def test_init_leads_its_own_session(corral, make_bundle):
+    """setsid: the caller's terminal and process group signals are not the container's."""
+    out = run(corral, make_bundle, "cut -d' ' -f6 /proc/1/stat; cut -d' ' -f5 /proc/1/stat")
+    assert out.stdout.split() == ["1", "1"]  # session and process group are pid 1's own
+
+
+def test_oom_score_with_a_user_namespace(corral, make_bundle, tmp_path):
+    path = str(tmp_path)
+    while path.startswith("/tmp/pytest-of-"):
+        os.chmod(path, 0o755)
+        path = os.path.dirname(path)
+
+    def edit(c):
+        c["process"]["oomScoreAdj"] = 17
+        c["linux"]["namespaces"].append({"type": "user"})
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    assert run(corral, make_bundle, "cat /proc/self/oom_score_adj", edit).stdout == "17\n"

@@ -1,10 +1,12 @@
 """The child side of creation, from the forked process to exec, as one sequence of steps.
 
-    child_main:  read Bootstrap -> C stage (namespaces, clone into the pid namespace)
-    init:        parse config -> fifo handle -> oom score -> loopback -> rootfs and pivot
-                 -> hostname -> rlimits -> cwd -> find the executable -> Ready
-                 ... wait for Run ... -> umask -> C finalize (user, caps, no_new_privs,
-                 close fds, Waiting, exec fifo, exec)
+    child_main:  read Bootstrap -> parse config -> oom score, bundle as cwd, fifo handle
+                 (the host's view) -> C stage (namespaces, clone into the pid namespace,
+                 setsid, root of the user namespace)
+    init:        loopback -> rootfs and pivot -> hostname -> rlimits -> cwd
+                 -> find the executable -> Ready ... wait for Run ... -> umask
+                 -> C finalize (cgroupns, keyring, user, caps, no_new_privs, close fds,
+                 Waiting, exec fifo, signal defaults, exec)
 
 Any failure is sent to the parent as one ``Error`` message and the process exits.
 """
@@ -24,27 +26,38 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def child_main(sync_fd: int) -> None:
     """Entry of the forked child; never returns to the caller's code."""
     try:
+        from corral.oci.config import parse_config
+
         boot = _expect(sync_fd, p.Bootstrap)
+        config = parse_config(boot.config)
+        fifo_fd = _before_namespaces(config, boot)
         nsenter.enter_namespaces(sync_fd, boot.unshare_flags, boot.new_user,
                                  [(t, path) for t, path in boot.join])
-        _init(sync_fd, boot)  # only the container's init gets here
+        _init(sync_fd, boot, config, fifo_fd)  # only the container's init gets here
     except BaseException as exc:  # noqa: BLE001 - everything goes to the parent
         _report(sync_fd, exc)
     os._exit(1)
 
 
-def _init(sync_fd: int, boot: p.Bootstrap) -> None:  # never returns: it execs
-    from corral.init.rootfs import setup_rootfs
-    from corral.oci.capabilities import caps_mask
-    from corral.oci.config import parse_config
-
-    config = parse_config(boot.config)
-    proc = config.process
+def _before_namespaces(config, boot: p.Bootstrap) -> int:
+    """What needs the host's view and privileges: after a user namespace, or while
+    non-dumpable, /proc/self belongs to the host's root and the host paths may be gone.
+    Returns the exec fifo's O_PATH descriptor."""
+    if config.process.oom_score_adj is not None:
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(config.process.oom_score_adj))
+        except OSError as exc:  # lowering it needs CAP_SYS_RESOURCE on the host
+            raise ChildError(f"process.oomScoreAdj: write /proc/self/oom_score_adj: "
+                             f"{exc.strerror.lower()}", exc.errno, "oom") from None
     os.chdir(boot.bundle)  # relative bind-mount sources are relative to the bundle
-    fifo_fd = os.open(boot.fifo_path, os.O_PATH | os.O_CLOEXEC)
-    if proc.oom_score_adj is not None:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(proc.oom_score_adj))
+    return os.open(boot.fifo_path, os.O_PATH | os.O_CLOEXEC)
+
+
+def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int) -> None:  # it execs
+    from corral.init.rootfs import setup_rootfs
+
+    proc = config.process
     own_netns = config.linux.namespace("network")
     if own_netns is not None and own_netns.path is None:
         nsenter.loopback_up()
@@ -66,17 +79,24 @@ def _init(sync_fd: int, boot: p.Bootstrap) -> None:  # never returns: it execs
 
     if proc.user.umask is not None:
         os.umask(proc.user.umask)
-    caps = proc.capabilities
     nsenter.finalize_and_exec(
         sync_fd=sync_fd, uid=proc.user.uid, gid=proc.user.gid,
-        groups=list(proc.user.additional_gids),
-        caps=None if caps is None else (
-            caps_mask(caps.bounding), caps_mask(caps.effective), caps_mask(caps.permitted),
-            caps_mask(caps.inheritable), caps_mask(caps.ambient)),
+        groups=list(proc.user.additional_gids), caps=_cap_masks(proc.capabilities),
         no_new_privs=proc.no_new_privileges,
         first_cloexec_fd=3 + boot.preserve_fds, fifo_fd=fifo_fd,
         path=path, argv=proc.args, env=env, cgroupns=boot.cgroupns,
         session_keyring=boot.session_keyring)
+
+
+def _cap_masks(caps) -> tuple[int, int, int, int, int]:
+    """(bounding, effective, permitted, inheritable, ambient); no `capabilities` in the
+    config means no capabilities at all, as in runc."""
+    from corral.oci.capabilities import caps_mask
+
+    if caps is None:
+        return (0, 0, 0, 0, 0)
+    return (caps_mask(caps.bounding), caps_mask(caps.effective), caps_mask(caps.permitted),
+            caps_mask(caps.inheritable), caps_mask(caps.ambient))
 
 
 def _expect(sync_fd: int, cls: type) -> p.Message:

@@ -112,6 +112,7 @@ def enter_namespaces(sync_fd: int, unshare_flags: int, new_user: bool,
     cfg.sync_fd = sync_fd
     cfg.unshare_flags = unshare_flags
     cfg.new_user = int(new_user)
+    cfg.in_user_ns = int(new_user or any(t == CLONE_NEWUSER for t, _ in join))
     cfg.njoin = len(join)
     cfg.join_paths = paths
     cfg.join_types = types
@@ -120,7 +121,7 @@ def enter_namespaces(sync_fd: int, unshare_flags: int, new_user: bool,
 
 
 def finalize_and_exec(*, sync_fd: int, uid: int, gid: int, groups: Sequence[int] | None,
-                      caps: tuple[int, int, int, int, int] | None, no_new_privs: bool,
+                      caps: tuple[int, int, int, int, int], no_new_privs: bool,
                       first_cloexec_fd: int, fifo_fd: int, path: str, cgroupns: bool,
                       session_keyring: str | None,
                       argv: Sequence[str], env: Sequence[str]) -> None:
@@ -140,10 +141,8 @@ def finalize_and_exec(*, sync_fd: int, uid: int, gid: int, groups: Sequence[int]
     cfg.set_groups = int(groups is not None)
     cfg.ngroups = len(groups or [])
     cfg.groups = gids
-    if caps is not None:
-        cfg.set_caps = 1
-        (cfg.cap_bounding, cfg.cap_effective, cfg.cap_permitted, cfg.cap_inheritable,
-         cfg.cap_ambient) = caps
+    (cfg.cap_bounding, cfg.cap_effective, cfg.cap_permitted, cfg.cap_inheritable,
+     cfg.cap_ambient) = caps
     cfg.no_new_privs = int(no_new_privs)
     cfg.unshare_cgroupns = int(cgroupns)
     keyring = ffi.new("char[]", session_keyring.encode()) if session_keyring else ffi.NULL

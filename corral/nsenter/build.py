@@ -10,6 +10,7 @@ ffibuilder.cdef(
         int sync_fd;
         int unshare_flags;
         int new_user;
+        int in_user_ns;
         int njoin;
         const char *const *join_paths;
         const int *join_types;
@@ -22,7 +23,6 @@ ffibuilder.cdef(
         const gid_t *groups;
         int unshare_cgroupns;
         const char *session_keyring;
-        int set_caps;
         uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
         int no_new_privs;
         int first_cloexec_fd;

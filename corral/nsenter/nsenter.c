@@ -8,18 +8,21 @@
  *
  * Two entry points, each a named sequence of stages:
  *
- *   corral_nsenter():   stage_join -> stage_userns -> stage_unshare -> stage_clone
+ *   corral_nsenter():   stage_join -> stage_userns -> stage_unshare -> stage_clone ->
+ *                       stage_init_session
  *                       returns 0 in the container's init (the grandchild); the intermediate
  *                       process reports the init's pid and exits.
- *   corral_finalize():  stage_cgroupns -> stage_keyring -> stage_bounding -> stage_user -> stage_caps -> stage_signals -> stage_nnp ->
+ *   corral_finalize():  stage_cgroupns -> stage_keyring -> stage_bounding -> stage_user ->
+ *                       stage_nondumpable -> stage_caps -> stage_nnp ->
  *                       stage_check_exec -> stage_close_fds -> (report "waiting") ->
- *                       stage_fifo -> execve
+ *                       stage_fifo -> stage_signals -> execve
  *
  * Every syscall is checked.  Errors go to the parent over the sync socket as one frame:
  * 4-byte big-endian length, then a JSON object {"type":"error","stage":..,"message":..,"errno":..},
  * the same framing corral/supervisor/protocol.py speaks.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -232,14 +235,6 @@ static int stage_userns(const struct nsenter_config *cfg)
         send_error(cfg->sync_fd, "userns", errno, "waiting for the id maps");
         return -1;
     }
-    if (setresgid(0, 0, 0) < 0) {
-        send_error(cfg->sync_fd, "userns", errno, "setresgid(0) in the new user namespace");
-        return -1;
-    }
-    if (setresuid(0, 0, 0) < 0) {
-        send_error(cfg->sync_fd, "userns", errno, "setresuid(0) in the new user namespace");
-        return -1;
-    }
     return 0;
 }
 
@@ -289,6 +284,32 @@ static int stage_clone(const struct nsenter_config *cfg)
     _exit(0);
 }
 
+/* The init leads a session of its own (the caller's terminal signals and process-group
+ * kills are not the container's), and is root of any user namespace it is in (joined or
+ * new), so that what it creates during setup belongs to the container's root. */
+static int stage_init_session(const struct nsenter_config *cfg)
+{
+    if (setsid() < 0) {
+        send_error(cfg->sync_fd, "init", errno, "setsid");
+        return -1;
+    }
+    if (!cfg->in_user_ns)
+        return 0;
+    if (setresgid(0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "init", errno, "setresgid(0) in the user namespace");
+        return -1;
+    }
+    if (setresuid(0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "init", errno, "setresuid(0) in the user namespace");
+        return -1;
+    }
+    if (setgroups(0, NULL) < 0 && errno != EPERM) { /* EPERM: setgroups is denied there */
+        send_error(cfg->sync_fd, "init", errno, "setgroups in the user namespace");
+        return -1;
+    }
+    return 0;
+}
+
 int corral_nsenter(const struct nsenter_config *cfg)
 {
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
@@ -297,7 +318,9 @@ int corral_nsenter(const struct nsenter_config *cfg)
     }
     if (stage_join(cfg) < 0 || stage_userns(cfg) < 0 || stage_unshare(cfg) < 0)
         return -1;
-    return stage_clone(cfg);
+    if (stage_clone(cfg) < 0 || stage_init_session(cfg) < 0)
+        return -1;
+    return 0;
 }
 
 /* ---- corral_finalize ---------------------------------------------------------------- */
@@ -339,8 +362,6 @@ static int stage_keyring(const struct finalize_config *cfg)
 
 static int stage_bounding(const struct finalize_config *cfg, int last)
 {
-    if (!cfg->set_caps)
-        return 0;
     for (int c = 0; c <= last; c++) {
         if (cfg->cap_bounding & (1ULL << c))
             continue;
@@ -383,12 +404,12 @@ static int stage_caps(const struct finalize_config *cfg, int last)
 {
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
-    if (!cfg->set_caps)
-        return 0;
+    /* Capabilities this kernel does not know are left out, as runc does. */
+    uint64_t known = last >= 63 ? ~0ULL : (1ULL << (last + 1)) - 1;
     for (int i = 0; i < 2; i++) {
-        data[i].effective = (uint32_t)(cfg->cap_effective >> (32 * i));
-        data[i].permitted = (uint32_t)(cfg->cap_permitted >> (32 * i));
-        data[i].inheritable = (uint32_t)(cfg->cap_inheritable >> (32 * i));
+        data[i].effective = (uint32_t)((cfg->cap_effective & known) >> (32 * i));
+        data[i].permitted = (uint32_t)((cfg->cap_permitted & known) >> (32 * i));
+        data[i].inheritable = (uint32_t)((cfg->cap_inheritable & known) >> (32 * i));
     }
     if (syscall(SYS_capset, &hdr, data) < 0) {
         send_error(cfg->sync_fd, "capabilities", errno, "capset");
@@ -413,16 +434,23 @@ static int stage_caps(const struct finalize_config *cfg, int last)
 
 /* Python ignores SIGPIPE (and may block or catch others); ignored dispositions and the
  * mask survive execve, so the container would inherit them.  Start it with defaults. */
-static int stage_signals(const struct finalize_config *cfg)
+static int stage_signals(void)
 {
-    sigset_t all;
+    sigset_t none;
     for (int sig = 1; sig < NSIG; sig++) {
         if (sig != SIGKILL && sig != SIGSTOP)
             signal(sig, SIG_DFL); /* fails only for the reserved and uncatchable ones */
     }
-    sigemptyset(&all);
-    if (sigprocmask(SIG_SETMASK, &all, NULL) < 0) {
-        send_error(cfg->sync_fd, "signals", errno, "sigprocmask");
+    sigemptyset(&none);
+    return sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+/* Changing uids resets the dumpable flag to fs.suid_dumpable: clear it again, the init
+ * waits on the fifo as the container's user and must stay hidden until exec. */
+static int stage_nondumpable(const struct finalize_config *cfg)
+{
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "user", errno, "prctl(PR_SET_DUMPABLE)");
         return -1;
     }
     return 0;
@@ -449,13 +477,36 @@ static int stage_check_exec(const struct finalize_config *cfg)
 
 /* No descriptor of the runtime crosses exec: everything from first_cloexec_fd up (the sync
  * socket and the fifo's O_PATH descriptor included) is marked close-on-exec. */
+static int cloexec_from_proc(int first)
+{
+    DIR *dir = opendir("/proc/self/fd");
+    struct dirent *entry;
+    if (!dir)
+        return -1;
+    int self = dirfd(dir);
+    while ((entry = readdir(dir)) != NULL) {
+        int fd = atoi(entry->d_name);
+        if (entry->d_name[0] < '0' || entry->d_name[0] > '9' || fd < first || fd == self)
+            continue;
+        if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 && errno != EBADF) {
+            closedir(dir);
+            return -1;
+        }
+    }
+    return closedir(dir);
+}
+
+/* No descriptor of the runtime crosses exec: everything from first_cloexec_fd up (the sync
+ * socket and the fifo's O_PATH descriptor included) is marked close-on-exec.  close_range
+ * needs Linux 5.11; older kernels walk /proc/self/fd. */
 static int stage_close_fds(const struct finalize_config *cfg)
 {
-    if (syscall(SYS_close_range, (unsigned)cfg->first_cloexec_fd, ~0U, CLOSE_RANGE_CLOEXEC) < 0) {
-        send_error(cfg->sync_fd, "close_fds", errno, "close_range");
-        return -1;
-    }
-    return 0;
+    if (syscall(SYS_close_range, (unsigned)cfg->first_cloexec_fd, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+        return 0;
+    if ((errno == ENOSYS || errno == EINVAL) && cloexec_from_proc(cfg->first_cloexec_fd) == 0)
+        return 0;
+    send_error(cfg->sync_fd, "close_fds", errno, "mark descriptors close-on-exec");
+    return -1;
 }
 
 /* Blocks until `start` opens the fifo for reading. */
@@ -471,7 +522,7 @@ static int stage_fifo(const struct finalize_config *cfg)
     } while (fd < 0 && errno == EINTR);
     if (fd < 0)
         return -1;
-    if (write_all(fd, "0", 1) < 0 && errno != EPIPE)
+    if (write_all(fd, "0", 1) < 0 && errno != EPIPE) /* EPIPE: start went away; run anyway */
         return -1;
     close(fd);
     return 0;
@@ -480,8 +531,9 @@ static int stage_fifo(const struct finalize_config *cfg)
 int corral_finalize(const struct finalize_config *cfg)
 {
     int last = last_cap();
-    if (stage_cgroupns(cfg) < 0 || stage_keyring(cfg) < 0 || stage_bounding(cfg, last) < 0 || stage_user(cfg) < 0 || stage_caps(cfg, last) < 0 ||
-        stage_signals(cfg) < 0 || stage_nnp(cfg) < 0 || stage_check_exec(cfg) < 0 || stage_close_fds(cfg) < 0)
+    if (stage_cgroupns(cfg) < 0 || stage_keyring(cfg) < 0 || stage_bounding(cfg, last) < 0 ||
+        stage_user(cfg) < 0 || stage_nondumpable(cfg) < 0 || stage_caps(cfg, last) < 0 ||
+        stage_nnp(cfg) < 0 || stage_check_exec(cfg) < 0 || stage_close_fds(cfg) < 0)
         return -1;
     /* Everything that can fail before exec has passed: create may return. */
     if (send_frame(cfg->sync_fd, "{\"type\":\"waiting\"}") < 0)
@@ -489,6 +541,11 @@ int corral_finalize(const struct finalize_config *cfg)
     close(cfg->sync_fd);
     if (stage_fifo(cfg) < 0) {
         dprintf(2, "corral: exec fifo: %s\n", strerror(errno));
+        _exit(127);
+    }
+    /* Only now: SIGPIPE stayed ignored through the fifo write (`start` may close early). */
+    if (stage_signals() < 0) {
+        dprintf(2, "corral: reset signals: %s\n", strerror(errno));
         _exit(127);
     }
     execve(cfg->path, cfg->argv, cfg->envp);

@@ -6,6 +6,7 @@ struct nsenter_config {
     int sync_fd;               /* socket to the parent: frames as in protocol.py */
     int unshare_flags;         /* CLONE_NEW* to create, the user namespace excluded */
     int new_user;              /* create a user namespace; the parent writes its id maps */
+    int in_user_ns;            /* a user namespace, new or joined: init becomes its root */
     int njoin;                 /* namespaces to join by path */
     const char *const *join_paths;
     const int *join_types;     /* CLONE_NEW* of each path */
@@ -19,7 +20,6 @@ struct finalize_config {
     const gid_t *groups;
     int unshare_cgroupns;
     const char *session_keyring; /* join a new session keyring of this name, or NULL */      /* after the parent put us in our cgroup: it becomes the root */
-    int set_caps;              /* 0: process.capabilities absent, leave them as they are */
     uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
     int no_new_privs;
     int first_cloexec_fd;      /* 3 + preserved fds: every fd from here is closed on exec */

@@ -33,7 +33,7 @@ def create_container(prepared: PreparedContainer, deadline: float = DEFAULT_DEAD
     except OSError:
         os.close(parent_fd)
         os.close(child_fd)
-        prepared.undo()
+        prepared.undo_after_failure()
         raise
     if child == 0:
         os.close(parent_fd)
@@ -45,7 +45,7 @@ def create_container(prepared: PreparedContainer, deadline: float = DEFAULT_DEAD
     except BaseException:
         for pid in (machine.init_pid, child):
             _kill(pid)
-        prepared.undo()
+        prepared.undo_after_failure()
         raise
     finally:
         os.close(parent_fd)

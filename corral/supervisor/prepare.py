@@ -9,6 +9,7 @@ every process in the cgroup).  Both creation drivers carry out the machine's hos
 from __future__ import annotations
 
 import os
+import sys
 import _signal as signal  # `signal` itself imports enum: ~3 ms
 
 from corral import nsenter
@@ -80,10 +81,21 @@ class PreparedContainer:
         self.state_dir.write(self.record)
 
     def apply_resources(self, pid: int) -> None:
+        resources = self.config.linux.resources
+        if not resources.empty():
+            self.cgroup.set_resources(resources)
         if self.config.linux.device_rules:
             self.cgroup.set_devices(device_rules(self.config))
 
     # ---- failure ----
+
+    def undo_after_failure(self) -> None:
+        """undo() on a failure path: an error of the clean-up is reported beside the error
+        that caused it (on stderr), never instead of it."""
+        try:
+            self.undo()
+        except Exception as exc:  # noqa: BLE001
+            sys.stderr.write(f"corral: cleaning up {self.id}: {exc}\n")
 
     def undo(self) -> None:
         """Removes everything made for this container; safe to call on any partial state."""

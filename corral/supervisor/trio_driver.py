@@ -38,9 +38,13 @@ class Zygote:
         self._exits: dict[int, int] = {}
         self._exit_events: dict[int, trio.Event] = {}
         self._forgotten: set[int] = set()
+        self._dead = False
 
-    async def spawn(self, sync_fd: int, stdio: tuple[int, int, int]) -> int:
-        """Forks a child that runs ``child_main(sync_fd)`` with the given stdio."""
+    async def spawn(self, sync_fd: int, stdio: tuple[int, int, int]) -> tuple[int, int]:
+        """Forks a child that runs ``child_main(sync_fd)`` with the given stdio.  Returns its
+        pid and a pidfd (opened by the zygote before it could reap the child: never a
+        reused pid); the caller owns the pidfd."""
+        self._check_alive()
         self._seq += 1
         seq = self._seq
         done, slot = trio.Event(), []
@@ -52,42 +56,74 @@ class Zygote:
             await done.wait()
         finally:
             del self._spawns[seq]
-        reply = slot[0]
-        if reply["op"] != "spawned":
+        self._check_alive()
+        reply, fds = slot[0]
+        if reply["op"] != "spawned" or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
             raise CorralError(f"zygote could not fork: {reply.get('error')}")
-        return reply["pid"]
+        return reply["pid"], fds[0]
+
+    def exited(self, pid: int) -> bool:
+        return pid in self._exits
 
     async def wait(self, pid: int) -> int:
         """Exit status of a child of the zygote (128+N for signal N)."""
         while pid not in self._exits:
+            self._check_alive()
             event = self._exit_events.setdefault(pid, trio.Event())
             await event.wait()
         return self._exits.pop(pid)
-
-    async def _read_replies(self) -> None:
-        while True:
-            data = await self._control.recv(MAX_PACKET)
-            if not data:
-                return
-            msg = json.loads(data)
-            if msg["op"] == "exited":
-                if msg["pid"] in self._forgotten:
-                    self._forgotten.discard(msg["pid"])
-                    continue
-                status = msg["status"]
-                self._exits[msg["pid"]] = 128 - status if status < 0 else status
-                event = self._exit_events.pop(msg["pid"], None)
-                if event is not None:
-                    event.set()
-            elif msg.get("seq") in self._spawns:
-                done, slot = self._spawns[msg["seq"]]
-                slot.append(msg)
-                done.set()
 
     def forget(self, pid: int) -> None:
         """Drops a status nobody will wait for (e.g. the intermediate process)."""
         if self._exits.pop(pid, None) is None:
             self._forgotten.add(pid)
+
+    def _check_alive(self) -> None:
+        if self._dead:
+            raise CorralError("the zygote process exited; no container can be created")
+
+    async def _read_replies(self) -> None:
+        try:
+            while True:
+                msg, fds = await self._recv()
+                if msg is None:
+                    return
+                if msg["op"] == "exited":
+                    self._on_exit(msg["pid"], msg["status"])
+                elif msg.get("seq") in self._spawns:
+                    done, slot = self._spawns[msg["seq"]]
+                    slot.append((msg, fds))
+                    done.set()
+                else:
+                    for fd in fds:
+                        os.close(fd)
+        finally:
+            # Nothing more will come: wake every waiter, which then raises.
+            self._dead = True
+            for done, _ in self._spawns.values():
+                done.set()
+            for event in self._exit_events.values():
+                event.set()
+
+    async def _recv(self) -> tuple[dict | None, list[int]]:
+        fds = array.array("i")
+        data, ancdata, _flags, _addr = await self._control.recvmsg(
+            MAX_PACKET, _socket.CMSG_SPACE(fds.itemsize), _socket.MSG_CMSG_CLOEXEC)
+        for level, kind, payload in ancdata:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        return (json.loads(data) if data else None), list(fds)
+
+    def _on_exit(self, pid: int, status: int) -> None:
+        if pid in self._forgotten:
+            self._forgotten.discard(pid)
+            return
+        self._exits[pid] = 128 - status if status < 0 else status
+        event = self._exit_events.pop(pid, None)
+        if event is not None:
+            event.set()
 
 
 @asynccontextmanager
@@ -123,34 +159,41 @@ async def create_container(prepared: PreparedContainer, zygote: Zygote, *,
     machine = c.CreationMachine(prepared.bootstrap)
     parent, child_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock = trio.socket.from_stdlib_socket(parent)
+    pidfds: list[int] = []  # the intermediate's and the init's: killed on failure
     child = None
     try:
-        with trio.move_on_after(deadline if deadline else math.inf) as scope:
+        with trio.move_on_after(deadline if deadline else math.inf):
             try:
-                child = await zygote.spawn(child_end.fileno(), stdio)
+                child, child_pidfd = await zygote.spawn(child_end.fileno(), stdio)
+                pidfds.append(child_pidfd)
             finally:
                 child_end.close()
-            await _drive(machine, prepared, sock, child)
-            zygote.forget(child)
+            await _drive(machine, prepared, sock, child, zygote, pidfds)
             return machine.init_pid
         machine.fail(CorralError(f"container creation timed out while {machine.state}"))
         raise machine.error
     except BaseException:
-        for pid in (machine.init_pid, child):
-            if pid:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                zygote.forget(pid)  # the zygote reaps it; nobody waits for the status
-        prepared.undo()
+        for pidfd in pidfds:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        with trio.CancelScope(shield=True):
+            # Waiting for the cgroup to empty and rmdir retries block: not on the event loop.
+            await trio.to_thread.run_sync(prepared.undo_after_failure)
         raise
     finally:
         sock.close()
+        for pidfd in pidfds:
+            os.close(pidfd)
+        for pid in (child, machine.init_pid if machine.state is not c.State.DONE else None):
+            if pid:
+                zygote.forget(pid)  # the zygote reaps it; nobody waits for this status
 
 
 async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
-                 sock: trio.socket.SocketType, child: int) -> None:
+                 sock: trio.socket.SocketType, child: int, zygote: Zygote,
+                 pidfds: list[int]) -> None:
     decoder = p.FrameDecoder()
     actions = machine.start(child)
     while True:
@@ -163,6 +206,8 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                 raise action.error
             else:
                 prepared.carry_out(action)
+                if isinstance(action, c.RecordPid) and not zygote.exited(action.pid):
+                    pidfds.append(os.pidfd_open(action.pid))
         try:
             data = await sock.recv(65536)
         except ConnectionResetError:  # the child exited with bytes unread: it is gone all the same

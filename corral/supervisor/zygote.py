@@ -8,7 +8,8 @@ CLONE_PARENT), so it reaps them and reports every exit status back.
 
 Control socket (SOCK_SEQPACKET, one JSON object per packet):
     supervisor -> zygote  {"op": "spawn", "seq": N}  + fds [sync, stdin, stdout, stderr]
-    zygote -> supervisor  {"op": "spawned", "seq": N, "pid": P} | {"op": "failed", "seq": N,
+    zygote -> supervisor  {"op": "spawned", "seq": N, "pid": P} + fd [pidfd of P] |
+                          {"op": "failed", "seq": N,
                           "error": "..."} | {"op": "exited", "pid": P, "status": S}
 EOF on the control socket ends the zygote (its children live on).
 """
@@ -28,7 +29,11 @@ MAX_PACKET = 65536
 
 
 def zygote_main(control_fd: int) -> None:
-    from corral.init.child import child_main  # preloaded: each fork starts with it
+    # Preloaded: every fork starts with the init code imported.
+    import corral.init.rootfs  # noqa: F401
+    import corral.oci.capabilities  # noqa: F401
+    import corral.oci.config  # noqa: F401
+    from corral.init.child import child_main
 
     control = socket.socket(fileno=control_fd)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -53,8 +58,9 @@ def zygote_main(control_fd: int) -> None:
 
 def _recv(control: socket.socket) -> tuple[dict | None, list[int]]:
     fds = array.array("i")
+    # MSG_CMSG_CLOEXEC: a received descriptor never crosses an exec by accident.
     data, ancdata, _flags, _addr = control.recvmsg(
-        MAX_PACKET, socket.CMSG_SPACE(FDS_PER_SPAWN * fds.itemsize))
+        MAX_PACKET, socket.CMSG_SPACE(FDS_PER_SPAWN * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
@@ -87,8 +93,13 @@ def _spawn(control: socket.socket, msg: dict, fds: list[int], child_main) -> Non
         os.close(fd)
     if pid < 0:
         _send(control, {"op": "failed", "seq": seq, "error": error})
-    else:
-        _send(control, {"op": "spawned", "seq": seq, "pid": pid})
+        return
+    # Opened before this process can reap the child: the pidfd names it, never a reused pid.
+    pidfd = os.pidfd_open(pid)
+    try:
+        _send(control, {"op": "spawned", "seq": seq, "pid": pid}, [pidfd])
+    finally:
+        os.close(pidfd)
 
 
 def _reap(control: socket.socket) -> None:
@@ -102,9 +113,10 @@ def _reap(control: socket.socket) -> None:
         _send(control, {"op": "exited", "pid": pid, "status": os.waitstatus_to_exitcode(raw)})
 
 
-def _send(control: socket.socket, msg: dict) -> None:
+def _send(control: socket.socket, msg: dict, fds: list[int] = ()) -> None:
     try:
-        control.send(json.dumps(msg).encode())
+        control.sendmsg([json.dumps(msg).encode()],
+                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else [])
     except OSError:
         pass  # the supervisor is gone; statuses are its keeper's job (see DESIGN.md)
 
