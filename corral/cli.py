@@ -68,8 +68,11 @@ def _create(args, log: Log) -> tuple:
 
     if args.console_socket:
         raise NotSupportedError("--console-socket")
+    listen = _listen_fds()
+    _check_fds_open(3, args.preserve_fds + listen)
     prepared = prepare(args.root, args.id, args.bundle, no_pivot=args.no_pivot,
-                       preserve_fds=args.preserve_fds, new_keyring=not args.no_new_keyring)
+                       preserve_fds=args.preserve_fds, listen_fds=listen,
+                       new_keyring=not args.no_new_keyring)
     log.debug(f"created host side of {args.id}")
     pid = create_container(prepared)
     try:
@@ -139,6 +142,11 @@ def cmd_delete(args, log: Log) -> int:
         container = _load(args)
     except ContainerNotFound:
         if args.force:
+            # A state dir without a readable record (a create that crashed before writing
+            # it; it made no cgroup yet) would block the id forever.
+            from corral.oci.state import StateDir
+
+            StateDir(args.root, args.id).remove()
             return 0
         raise
     container.delete(force=args.force)
@@ -247,6 +255,25 @@ def parse_signal(text: str) -> int:
         if isinstance(num, int) and 0 < num < _signal.NSIG:
             return num
     raise ConfigError("signal", f"unknown signal {text!r}")
+
+
+def _listen_fds() -> int:
+    """Socket-activation fds given to this command (systemd's LISTEN_FDS for our own pid)
+    pass on to the container, after fd 2, as runc does."""
+    try:
+        if int(os.environ.get("LISTEN_PID", "0")) != os.getpid():
+            return 0
+        return max(0, int(os.environ.get("LISTEN_FDS", "0")))
+    except ValueError:
+        return 0
+
+
+def _check_fds_open(first: int, count: int) -> None:
+    for fd in range(first, first + count):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise ConfigError("--preserve-fds", f"fd {fd} is not open") from None
 
 
 def _write_pid_file(path: str, pid: int) -> None:

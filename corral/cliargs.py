@@ -101,19 +101,19 @@ COMMANDS = {c.name: c for c in [
 
 def parse(argv: list[str]) -> tuple[Args, Command | None]:
     values = {o.dest: o.default for o in GLOBAL}
-    rest = _parse_flags(argv, GLOBAL, values, "corral", stop_at_positional=True)
+    rest = _parse_flags(argv, GLOBAL, values, "global flags", stop_at_positional=True)
     if not rest:
         return Args(**values), None
     name, rest = rest[0], rest[1:]
     command = COMMANDS.get(name)
     if command is None:
-        raise ConfigError("", f"corral: unknown command {name!r}")
+        raise ConfigError("", f"unknown command {name!r}")
     if command.rest:
         values["rest"] = rest
         return Args(**values), command
     for opt in command.opts:
         values[opt.dest] = opt.default
-    positionals = _parse_flags(rest, command.opts, values, f"corral {name}",
+    positionals = _parse_flags(rest, command.opts, values, name,
                                stop_at_positional=command.tail is not None)
     if values.get("help"):
         return Args(**values), command
@@ -122,12 +122,12 @@ def parse(argv: list[str]) -> tuple[Args, Command | None]:
         values[command.tail] = positionals[count:]
         positionals = positionals[:count]
     if len(positionals) > len(command.positionals):
-        raise ConfigError("", f"corral {name}: unexpected argument {positionals[len(command.positionals)]!r}")
+        raise ConfigError("", f"{name}: unexpected argument {positionals[len(command.positionals)]!r}")
     for i, (pname, required, default) in enumerate(command.positionals):
         if i < len(positionals):
             values[pname] = positionals[i]
         elif required:
-            raise ConfigError("", f"corral {name}: missing the {pname} argument")
+            raise ConfigError("", f"{name}: missing the {pname} argument")
         else:
             values[pname] = default
     return Args(**values), command

@@ -215,3 +215,47 @@ def _wait_status(corral, cid, status, timeout=10):
     while corral.state(cid)["status"] != status:
         assert time.monotonic() < end, f"{cid} never became {status}"
         time.sleep(0.05)
+
+
+def test_delete_of_a_created_container_needs_no_force(corral, make_bundle):
+    """As runc: a created (never started) container is killed and deleted."""
+    b = make_bundle(["true"])
+    corral("create", "-b", b.path, b.id)
+    pid = corral.state(b.id)["pid"]
+    corral("delete", b.id)
+    os.waitpid(pid, 0)
+    assert not os.path.exists(os.path.join(corral.root, b.id))
+
+
+def test_delete_force_removes_a_state_dir_without_record(corral):
+    """What a create that crashed before writing state.json leaves must not block the id."""
+    os.makedirs(os.path.join(corral.root, "half-made"))
+    assert corral("delete", "--force", "half-made").returncode == 0
+    assert not os.path.exists(os.path.join(corral.root, "half-made"))
+
+
+def test_a_populated_cgroup_that_is_not_ours_is_refused(corral, make_bundle):
+    """cgroupsPath naming a cgroup that already holds processes: refused, and the cgroup
+    and its processes are left alone (deleting the container would have killed them)."""
+    outsider = subprocess.Popen(["sleep", "30"])
+    path = f"/sys/fs/cgroup/pids/{CGROUP_PARENT}/occupied"
+    os.makedirs(path)
+    try:
+        with open(f"{path}/cgroup.procs", "w") as f:
+            f.write(str(outsider.pid))
+        b = make_bundle(["true"])
+        b.config["linux"]["cgroupsPath"] = f"/{CGROUP_PARENT}/occupied"
+        b.write()
+        proc = corral("create", "-b", b.path, b.id, check=False)
+        assert proc.returncode == 1 and "not empty" in proc.stderr
+        assert outsider.poll() is None
+    finally:
+        outsider.kill()
+        outsider.wait()
+        os.rmdir(path)
+
+
+def test_preserve_fds_must_be_open(corral, make_bundle):
+    b = make_bundle(["true"])
+    proc = corral("create", "--preserve-fds", "5", "-b", b.path, b.id, check=False)
+    assert proc.returncode == 1 and "--preserve-fds: fd 3 is not open" in proc.stderr

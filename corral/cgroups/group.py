@@ -45,6 +45,16 @@ def _write(path: str, data: str) -> None:
         raise _fail("write", path, e) from None
 
 
+def _populated_dir(path: str) -> bool:
+    try:
+        with open(path + "/cgroup.procs") as f:
+            return bool(f.read().strip())
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise _fail("read", path + "/cgroup.procs", e) from None
+
+
 def _mkdirs(top: str, parts: list[str]) -> list[str]:
     """mkdir -p ``top/parts...``; returns the directories this call made, outermost first.
 
@@ -186,7 +196,14 @@ class Cgroup:
     # -- lifecycle -----------------------------------------------------------------------
 
     def create(self) -> None:
-        """Make the directories; on failure remove what was made so nothing leaks."""
+        """Make the directories; on failure remove what was made so nothing leaks.
+
+        A cgroup that already holds processes is refused (as runc 1.2 does): it is not this
+        container's, and deleting the container would kill and remove it."""
+        for key, path in self.paths.items():
+            if _populated_dir(path):
+                raise ConfigError("linux.cgroupsPath",
+                                  f"cgroup {path} already exists and is not empty")
         try:
             for key, path in self.paths.items():
                 top = self.mounts[key].rstrip("/")

@@ -94,8 +94,11 @@ class Container:
         poller.register(fd, select.POLLIN)
         end = None if timeout is None else time.monotonic() + timeout
         while True:
-            if poller.poll(100) and os.read(fd, 1):
-                return
+            if poller.poll(100):
+                if os.read(fd, 1):
+                    return
+                # The writer came and went, and another `start` took its byte.
+                raise ContainerStateError("cannot start an already running container")
             if not is_alive(self.pid, self.record.get("pid_start")):
                 raise ContainerStateError("cannot start a container that has stopped")
             if end is not None and time.monotonic() > end:
@@ -151,7 +154,8 @@ class Container:
 
     def delete(self, force: bool = False) -> None:
         status = self.status()
-        if status != STOPPED and not force:
+        # runc deletes a created container (never started) without --force too.
+        if status not in (STOPPED, CREATED) and not force:
             raise ContainerStateError(
                 f"cannot delete container {self.id} that is not stopped: {status}")
         cgroup = self._cgroup()

@@ -38,6 +38,7 @@ class PreparedContainer:
         self.config = config
         self.record = record
         self.cgroup = cgroup
+        self.cgroup_made = False
         self.bootstrap = bootstrap
 
     @property
@@ -98,14 +99,16 @@ class PreparedContainer:
             sys.stderr.write(f"corral: cleaning up {self.id}: {exc}\n")
 
     def undo(self) -> None:
-        """Removes everything made for this container; safe to call on any partial state."""
+        """Removes everything made for this container; safe to call on any partial state.
+        The cgroup only once create() made it: before, its path may be someone else's."""
         try:
-            self.cgroup.kill_all(signal.SIGKILL)
+            if self.cgroup_made:
+                try:
+                    self.cgroup.kill_all(signal.SIGKILL)
+                finally:
+                    self.cgroup.destroy()
         finally:
-            try:
-                self.cgroup.destroy()
-            finally:
-                self.state_dir.remove()
+            self.state_dir.remove()
 
 
 # What every container may use whatever its rules say, appended after them as runc does:
@@ -138,7 +141,8 @@ def _write_map(path: str, mappings: tuple[IdMapping, ...], field: str) -> None:
 
 
 def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False,
-            preserve_fds: int = 0, new_keyring: bool = True) -> PreparedContainer:
+            preserve_fds: int = 0, listen_fds: int = 0,
+            new_keyring: bool = True) -> PreparedContainer:
     """Validates everything that can be validated before touching the host, then makes the
     state dir (claiming the id), the exec fifo and the cgroup."""
     validate_id(container_id)
@@ -146,7 +150,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
     config, raw = load_bundle(bundle)
     rootfs = os.path.join(bundle, config.root_path)
     bootstrap_ns = _namespaces(config)
-    listen = _listen_fds()
+    listen = listen_fds
     if preserve_fds < 0:
         raise ConfigError("--preserve-fds", "must not be negative")
     layout = detect()
@@ -178,7 +182,8 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
     try:
         state_dir.make_fifo()
         state_dir.write(record)
-        cgroup.create()
+        cgroup.create()  # on failure it removes what it made itself
+        prepared.cgroup_made = True
         record["cgroup"] = cgroup.to_json()
         state_dir.write(record)
     except BaseException:
@@ -210,13 +215,3 @@ def _namespaces(config: Config) -> tuple[int, bool, list[list]]:
 def _new_cgroupns(config: Config) -> bool:
     ns = config.linux.namespace("cgroup")
     return ns is not None and not ns.path
-
-
-def _listen_fds() -> int:
-    """Socket-activation fds given to us (systemd's LISTEN_FDS for our own pid) pass on."""
-    try:
-        if int(os.environ.get("LISTEN_PID", "0")) != os.getpid():
-            return 0
-        return max(0, int(os.environ.get("LISTEN_FDS", "0")))
-    except ValueError:
-        return 0
