@@ -344,11 +344,16 @@ def test_set_devices_writes_in_order(tmp_path, monkeypatch):
                       ("/sys/fs/cgroup/devices/x/devices.allow", "c 1:3 rwm")]
 
 
-def test_set_devices_refused_on_v2():
+def test_set_devices_on_v2_attaches_an_ebpf_program(monkeypatch):
+    from corral.cgroups import ebpf
+
+    calls = []
+    monkeypatch.setattr(ebpf, "apply_device_rules", lambda d, rules: calls.append((d, rules)))
     cg = Cgroup.for_container(parse_mountinfo(V2), "/x", "x")
-    cg.set_devices(())  # nothing asked: nothing to refuse
-    with pytest.raises(NotSupportedError, match="cgroup v2"):
-        cg.set_devices([DeviceRule(False)])
+    cg.set_devices(())  # nothing asked: no program
+    assert calls == []
+    cg.set_devices([DeviceRule(False)])
+    assert calls == [("/sys/fs/cgroup/x", [DeviceRule(False)])]
 
 
 # -- the real kernel -----------------------------------------------------------------------
@@ -531,8 +536,7 @@ def test_real_unified_only_as_pure_v2(real_parent, procs):
     p = spawn(procs)
     cg.add(p.pid)
     assert cg.pids() == [p.pid]
-    with pytest.raises(NotSupportedError):
-        cg.set_devices([DeviceRule(False)])
+    cg.set_devices([DeviceRule(False), DeviceRule(True, "c", 1, 3)])  # eBPF, as on pure v2
     assert cg.kill_all(signal.SIGKILL)
     assert p.wait(5) == -signal.SIGKILL
     assert not cg.populated()

@@ -306,14 +306,20 @@ class Cgroup:
             delay = min(delay * 2, 0.05)
 
     def set_devices(self, rules: Iterable[DeviceRule]) -> None:
-        """Apply ``linux.resources.devices`` in order (runc lists start with a deny-all).
-        cgroup v2 has no devices files (it needs a BPF program), so refuse there."""
+        """Apply ``linux.resources.devices`` in order (runc lists start with a deny-all):
+        to the v1 devices files, or, with no v1 devices controller (pure v2), as an eBPF
+        device program attached to the unified directory (``corral.cgroups.ebpf``)."""
         rules = list(rules)
         if not rules:
             return
         key = next((k for k in self.paths if "devices" in k.split(",")), None)
         if key is None:
-            raise NotSupportedError("linux.resources.devices on cgroup v2")
+            if UNIFIED not in self.paths:
+                raise NotSupportedError("linux.resources.devices without a devices cgroup")
+            from .ebpf import apply_device_rules
+
+            apply_device_rules(self.paths[UNIFIED], rules)
+            return
         for rule in rules:
             name = "devices.allow" if rule.allow else "devices.deny"
             _write(f"{self.paths[key]}/{name}", device_rule_line(rule))
