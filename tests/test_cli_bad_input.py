@@ -87,9 +87,10 @@ def test_existing_id(corral, make_bundle):
 
 def test_unsupported_feature_is_named(corral, make_bundle):
     b = make_bundle()
-    b.config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW"}
+    b.config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_NOTIFY"}
     b.write()
-    assert_one_line_error(create(corral, b), "linux.seccomp: not supported yet")
+    assert_one_line_error(create(corral, b),
+                          "linux.seccomp.defaultAction SCMP_ACT_NOTIFY: not supported yet")
 
 
 def test_failing_mount_cleans_up(corral, make_bundle):

@@ -9,20 +9,21 @@ from corral.supervisor import creation as c
 from corral.supervisor import protocol as p
 
 
-def bootstrap(new_user=False):
+def bootstrap(new_user=False, create_hooks=False):
     return p.Bootstrap(unshare_flags=0, new_user=new_user, join=[], config={}, rootfs="/r",
-                       bundle="/b", fifo_path="/f")
+                       bundle="/b", fifo_path="/f", create_hooks=create_hooks)
 
 
 ALL_MESSAGES = [
-    bootstrap(), p.UsermapRequest(7), p.UsermapDone(), p.Pid(42), p.Ready(), p.Run(),
-    p.Waiting(), p.Error("boom", 2, "mount"),
+    bootstrap(), p.UsermapRequest(7), p.UsermapDone(), p.Pid(42), p.HooksDue(),
+    p.HooksDone(42), p.Ready(), p.Run(42), p.Waiting(), p.Error("boom", 2, "mount"),
 ]
 
-# The one message each waiting state accepts, and where it leads.
+# The one message each waiting state accepts, and where it leads (with create-time hooks).
 HAPPY = {
     c.State.AWAIT_USERMAP_REQUEST: (p.UsermapRequest(7), c.State.AWAIT_PID),
-    c.State.AWAIT_PID: (p.Pid(42), c.State.AWAIT_READY),
+    c.State.AWAIT_PID: (p.Pid(42), c.State.AWAIT_HOOKS),
+    c.State.AWAIT_HOOKS: (p.HooksDue(), c.State.AWAIT_READY),
     c.State.AWAIT_READY: (p.Ready(), c.State.AWAIT_WAITING),
     c.State.AWAIT_WAITING: (p.Waiting(), c.State.DONE),
 }
@@ -30,7 +31,7 @@ HAPPY = {
 
 def machine_in(state):
     """Drives a fresh machine along the happy path until it is in `state`."""
-    m = c.CreationMachine(bootstrap(new_user=True))
+    m = c.CreationMachine(bootstrap(new_user=True, create_hooks=True))
     if state is c.State.START:
         return m
     m.start(100)
@@ -44,9 +45,28 @@ def test_happy_path_without_user_namespace():
     assert m.start(100) == [c.Send(bootstrap())]
     assert m.state is c.State.AWAIT_PID
     assert m.receive(p.Pid(42)) == [c.RecordPid(42), c.JoinCgroup(42)]
-    assert m.receive(p.Ready()) == [c.ApplyResources(42), c.Send(p.Run())]
+    assert m.state is c.State.AWAIT_READY  # no hooks: no HooksDue step
+    assert m.receive(p.Ready()) == [c.ApplyResources(42), c.Send(p.Run(42))]
     assert m.receive(p.Waiting()) == [c.Done(42)]
     assert m.state is c.State.DONE and m.init_pid == 42
+
+
+def test_create_hooks_sync_before_ready():
+    m = c.CreationMachine(bootstrap(create_hooks=True))
+    m.start(100)
+    assert m.receive(p.Pid(42)) == [c.RecordPid(42), c.JoinCgroup(42)]
+    assert m.state is c.State.AWAIT_HOOKS
+    assert m.receive(p.HooksDue()) == [c.RunCreateRuntimeHooks(42), c.Send(p.HooksDone(42))]
+    assert m.state is c.State.AWAIT_READY
+    assert m.receive(p.Ready()) == [c.ApplyResources(42), c.Send(p.Run(42))]
+
+
+def test_without_create_hooks_hooks_due_is_a_protocol_error():
+    m = c.CreationMachine(bootstrap())
+    m.start(100)
+    m.receive(p.Pid(42))
+    [fail] = m.receive(p.HooksDue())
+    assert isinstance(fail.error, ProtocolError) and "hooks_due" in str(fail.error)
 
 
 def test_user_namespace_asks_for_maps_first():

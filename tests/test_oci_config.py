@@ -522,8 +522,6 @@ def test_document_must_be_an_object(doc):
 # --------------------------------------------------------------------------- not supported yet
 
 UNSUPPORTED = [
-    ("hooks", {"prestart": [{"path": "/bin/true"}]}, "hooks.prestart"),
-    ("hooks", {"createRuntime": [], "poststop": [{"path": "/bin/true"}]}, "hooks.poststop"),
     ("process.terminal", True, "process.terminal"),
     ("process.consoleSize", {"height": 24, "width": 80}, "process.consoleSize"),
     ("process.commandLine", "app.exe", "process.commandLine"),
@@ -532,8 +530,10 @@ UNSUPPORTED = [
     ("process.scheduler", {"policy": "SCHED_OTHER"}, "process.scheduler"),
     ("process.ioPriority", {"class": "IOPRIO_CLASS_IDLE"}, "process.ioPriority"),
     ("process.execCPUAffinity", {"initial": "0"}, "process.execCPUAffinity"),
-    ("linux", {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}}, "linux.seccomp"),
-    ("linux", {"sysctl": {"net.ipv4.ip_forward": "1"}}, "linux.sysctl"),
+    ("linux", {"seccomp": {"defaultAction": "SCMP_ACT_NOTIFY"}},
+     "linux.seccomp.defaultAction SCMP_ACT_NOTIFY"),
+    ("linux", {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/run/s"}},
+     "linux.seccomp.listenerPath"),
     ("linux", {"resources": {"rdma": {"mlx5_1": {"hcaHandles": 1}}}}, "linux.resources.rdma"),
     ("linux", {"intelRdt": {"closID": "x"}}, "linux.intelRdt"),
     ("linux", {"personality": {"domain": "LINUX32"}}, "linux.personality"),

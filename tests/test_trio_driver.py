@@ -78,3 +78,18 @@ async def test_deadline_is_a_clear_error(corral, make_bundle):
             await create_container(prepared, zygote, deadline=0.0001)
         await trio.sleep(0.2)
     assert not os.path.exists(prepared.state_dir.path)
+
+
+async def test_failing_create_runtime_hook_is_undone(corral, make_bundle, tmp_path):
+    """The supervisor runs the runtime's hooks off the event loop; a failure undoes all."""
+    b = make_bundle(["true"])
+    b.config["hooks"] = {"createRuntime": [
+        {"path": "/bin/sh", "args": ["sh", "-c", f"cat > {tmp_path}/hookstate; exit 5"]}]}
+    b.write()
+    async with open_zygote() as zygote:
+        prepared = prepare(corral.root, b.id, b.path)
+        with pytest.raises(CorralError, match="createRuntime hook #0 /bin/sh: exit status 5"):
+            await create_container(prepared, zygote)
+        await trio.sleep(0.2)
+    assert '"status": "creating"' in (tmp_path / "hookstate").read_text()
+    assert not os.path.exists(prepared.state_dir.path)

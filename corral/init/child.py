@@ -3,10 +3,13 @@
     child_main:  read Bootstrap -> parse config -> oom score, bundle as cwd, fifo handle
                  (the host's view) -> C stage (namespaces, clone into the pid namespace,
                  setsid, root of the user namespace)
-    init:        loopback -> rootfs and pivot -> hostname -> rlimits -> cwd
-                 -> find the executable -> Ready ... wait for Run ... -> umask
+    child_main:  ... -> seccomp: the profile compiled to BPF (libseccomp, from the host's
+                 filesystem) before anything else
+    init:        loopback -> hostname -> rootfs up to the pivot -> [HooksDue ... HooksDone
+                 -> createContainer hooks] -> pivot -> sysctl -> read-only and masked paths
+                 -> rlimits -> cwd -> find the executable -> Ready ... wait for Run ... -> umask
                  -> C finalize (cgroupns, keyring, user, caps, no_new_privs, close fds,
-                 Waiting, exec fifo, signal defaults, exec)
+                 Waiting, exec fifo, signal defaults, startContainer hooks, seccomp, exec)
 
 Any failure is sent to the parent as one ``Error`` message and the process exits.
 """
@@ -30,10 +33,15 @@ def child_main(sync_fd: int) -> None:
 
         boot = _expect(sync_fd, p.Bootstrap)
         config = parse_config(boot.config)
+        seccomp = None
+        if config.linux.seccomp is not None:
+            from corral.init.seccomp import compile_filter
+
+            seccomp = compile_filter(config.linux.seccomp)
         fifo_fd = _before_namespaces(config, boot)
         nsenter.enter_namespaces(sync_fd, boot.unshare_flags, boot.new_user,
                                  [(t, path) for t, path in boot.join])
-        _init(sync_fd, boot, config, fifo_fd)  # only the container's init gets here
+        _init(sync_fd, boot, config, fifo_fd, seccomp)  # only the container's init gets here
     except BaseException as exc:  # noqa: BLE001 - everything goes to the parent
         _report(sync_fd, exc)
     os._exit(1)
@@ -54,20 +62,36 @@ def _before_namespaces(config, boot: p.Bootstrap) -> int:
     return os.open(boot.fifo_path, os.O_PATH | os.O_CLOEXEC)
 
 
-def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int) -> None:  # it execs
-    from corral.init.rootfs import setup_rootfs
+def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp) -> None:  # it execs
+    from corral.init.rootfs import finalize_rootfs, prepare_rootfs
 
     proc = config.process
+    if boot.create_hooks or config.hooks.start_container:
+        import corral.supervisor.hooks  # noqa: F401 - the host's modules are gone after pivot
     own_netns = config.linux.namespace("network")
     if own_netns is not None and own_netns.path is None:
         nsenter.loopback_up()
-    setup_rootfs(config, boot.rootfs, no_pivot=boot.no_pivot,
-                 cgroup_mounts=[tuple(m) for m in boot.cgroup_mounts],
-                 in_userns=config.linux.namespace("user") is not None)
+    # Before the rootfs: the createContainer hooks run in the container's namespaces as set up.
     if config.hostname is not None:
         nsenter.sethostname(config.hostname)
     if config.domainname is not None:
         nsenter.setdomainname(config.domainname)
+
+    def create_hooks() -> None:
+        p.write_message(sync_fd, p.HooksDue())
+        done = _expect(sync_fd, p.HooksDone)
+        if config.hooks.create_container:
+            from corral.supervisor.hooks import run_hooks
+
+            run_hooks("createContainer", config.hooks.create_container,
+                      _state(boot, config, "creating", done.pid))
+
+    prepare_rootfs(config, boot.rootfs, no_pivot=boot.no_pivot,
+                   cgroup_mounts=[tuple(m) for m in boot.cgroup_mounts],
+                   in_userns=config.linux.namespace("user") is not None,
+                   before_pivot=create_hooks if boot.create_hooks else None)
+    _write_sysctls(config.linux.sysctl)  # /proc is the container's; /proc/sys still writable
+    finalize_rootfs(config)
     _set_rlimits(proc.rlimits)
     _enter_cwd(proc.cwd)
     env = list(proc.env) + list(boot.extra_env)
@@ -75,17 +99,46 @@ def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int) -> None:  # it 
     env = _with_home(env, proc.user.uid)
 
     p.write_message(sync_fd, p.Ready())
-    _expect(sync_fd, p.Run)
+    run = _expect(sync_fd, p.Run)
 
     if proc.user.umask is not None:
         os.umask(proc.user.umask)
+    start_hooks = config.hooks.start_container
     nsenter.finalize_and_exec(
+        start_hooks=[(h.path, list(h.args) or [h.path], list(h.env) or env, h.timeout or 0)
+                     for h in start_hooks],
+        hook_state=_state(boot, config, "created", run.pid) if start_hooks else None,
+        seccomp=seccomp,
         sync_fd=sync_fd, uid=proc.user.uid, gid=proc.user.gid,
         groups=list(proc.user.additional_gids), caps=_cap_masks(proc.capabilities),
         no_new_privs=proc.no_new_privileges,
         first_cloexec_fd=3 + boot.preserve_fds, fifo_fd=fifo_fd,
         path=path, argv=proc.args, env=env, cgroupns=boot.cgroupns,
         session_keyring=boot.session_keyring)
+
+
+def _state(boot: p.Bootstrap, config, status: str, pid: int) -> bytes:
+    from corral.supervisor.hooks import oci_state
+
+    return oci_state(config.oci_version, boot.container_id, boot.bundle, status, pid,
+                     config.annotations)
+
+
+def _write_sysctls(sysctl: dict[str, str]) -> None:
+    from corral.oci.config import sysctl_path
+
+    for key, value in sysctl.items():
+        path = "/proc/sys/" + sysctl_path(key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                os.write(fd, value.encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise ChildError(f"linux.sysctl[\"{key}\"]: write {path}: "
+                             f"{(exc.strerror or str(exc)).lower()}", exc.errno or 0,
+                             "sysctl") from None
 
 
 def _cap_masks(caps) -> tuple[int, int, int, int, int]:

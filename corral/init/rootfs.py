@@ -44,8 +44,10 @@ def setup_rootfs(config, rootfs: str, *, no_pivot: bool = False, cgroup_mounts=(
 
 
 def prepare_rootfs(config, rootfs: str, *, no_pivot: bool = False, cgroup_mounts=(),
-                   in_userns: bool = False) -> None:
-    """Steps 1-4: on return the process's root and working directory are the container's /."""
+                   in_userns: bool = False, before_pivot=None) -> None:
+    """Steps 1-4: on return the process's root and working directory are the container's /.
+    ``before_pivot()``, when given, runs once everything is mounted, just before step 4 (the
+    moment of the createRuntime and createContainer hooks)."""
     root = checked_root(rootfs)
     propagation = root_propagation(config.linux.rootfs_propagation)
     set_root_propagation(propagation or DEFAULT_ROOT_PROPAGATION)
@@ -54,6 +56,8 @@ def prepare_rootfs(config, rootfs: str, *, no_pivot: bool = False, cgroup_mounts
     for i, m in enumerate(config.mounts):
         mounts.mount_entry(root, i, m, cgroup_mounts=cgroup_mounts)
     devices.setup_dev(config, root, in_userns=in_userns)
+    if before_pivot is not None:
+        before_pivot()
     if no_pivot:
         move_root(root)
     else:

@@ -124,7 +124,9 @@ def finalize_and_exec(*, sync_fd: int, uid: int, gid: int, groups: Sequence[int]
                       caps: tuple[int, int, int, int, int], no_new_privs: bool,
                       first_cloexec_fd: int, fifo_fd: int, path: str, cgroupns: bool,
                       session_keyring: str | None,
-                      argv: Sequence[str], env: Sequence[str]) -> None:
+                      argv: Sequence[str], env: Sequence[str],
+                      start_hooks: Sequence[tuple] = (), hook_state: bytes | None = None,
+                      seccomp: tuple[bytes, int] | None = None) -> None:
     """The last steps before exec, in C.  Never returns: on failure the error was sent to
     the parent and the process exits."""
     keep = []
@@ -155,5 +157,34 @@ def finalize_and_exec(*, sync_fd: int, uid: int, gid: int, groups: Sequence[int]
     argv_arr, env_arr = cstrs(argv), cstrs(env)
     cfg.argv = argv_arr
     cfg.envp = env_arr
+    # startContainer hooks: (path, argv, env, timeout seconds or 0)
+    hooks = ffi.new("struct corral_hook[]", max(1, len(start_hooks)))
+    for i, (hook_path, hook_argv, hook_env, timeout) in enumerate(start_hooks):
+        hpath = ffi.new("char[]", hook_path.encode())
+        keep.append(hpath)
+        hooks[i].path = hpath
+        hook_argv_arr, hook_env_arr = cstrs(hook_argv), cstrs(hook_env)
+        keep.extend((hook_argv_arr, hook_env_arr))  # struct fields do not own their cdata
+        hooks[i].argv = hook_argv_arr
+        hooks[i].envp = hook_env_arr
+        hooks[i].timeout = min(int(timeout), 2_000_000)  # poll() takes int milliseconds
+    cfg.nstart_hooks = len(start_hooks)
+    cfg.start_hooks = hooks
+    cfg.hook_state_fd = -1
+    if hook_state is not None:
+        state_fd = os.memfd_create("corral-hook-state", os.MFD_CLOEXEC)
+        os.write(state_fd, hook_state)
+        cfg.hook_state_fd = state_fd
+    # seccomp: (BPF program bytes, SECCOMP_FILTER_FLAG_* bits)
+    cfg.seccomp_filter = ffi.NULL
+    if seccomp is not None:
+        program, flags = seccomp
+        filt = ffi.from_buffer(program)
+        keep.append(filt)
+        cfg.seccomp_filter = filt
+        cfg.seccomp_len = len(program) // 8  # struct sock_filter is 8 bytes
+        cfg.seccomp_flags = flags
+        cap_sys_admin = 1 << 21
+        cfg.seccomp_sysadmin = int(not no_new_privs and not caps[1] & cap_sys_admin)
     lib.corral_finalize(cfg)
     os._exit(1)

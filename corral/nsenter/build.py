@@ -6,6 +6,12 @@ ffibuilder = FFI()
 ffibuilder.cdef(
     """
     typedef unsigned int gid_t;
+    struct corral_hook {
+        const char *path;
+        char *const *argv;
+        char *const *envp;
+        int timeout;
+    };
     struct nsenter_config {
         int sync_fd;
         int unshare_flags;
@@ -30,6 +36,13 @@ ffibuilder.cdef(
         const char *path;
         char *const *argv;
         char *const *envp;
+        int nstart_hooks;
+        const struct corral_hook *start_hooks;
+        int hook_state_fd;
+        const void *seccomp_filter;
+        int seccomp_len;
+        unsigned int seccomp_flags;
+        int seccomp_sysadmin;
     };
     int corral_nsenter(const struct nsenter_config *cfg);
     int corral_finalize(const struct finalize_config *cfg);

@@ -15,7 +15,11 @@
  *   corral_finalize():  stage_cgroupns -> stage_keyring -> stage_bounding -> stage_user ->
  *                       stage_nondumpable -> stage_caps -> stage_nnp ->
  *                       stage_check_exec -> stage_close_fds -> (report "waiting") ->
- *                       stage_fifo -> stage_signals -> execve
+ *                       stage_fifo -> stage_signals -> stage_start_hooks ->
+ *                       stage_seccomp -> execve
+ *
+ * After "waiting" the parent is gone (create returned): errors from then on go to stderr and
+ * the init exits 127 without running the container's process.
  *
  * Every syscall is checked.  Errors go to the parent over the sync socket as one frame:
  * 4-byte big-endian length, then a JSON object {"type":"error","stage":..,"message":..,"errno":..},
@@ -34,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -42,12 +47,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/keyctl.h>
+#include <linux/seccomp.h>
 
 #include "nsenter.h"
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef CAP_SYS_ADMIN
+#define CAP_SYS_ADMIN 21
 #endif
 #ifndef PR_CAP_AMBIENT
 #define PR_CAP_AMBIENT 47
@@ -400,18 +413,27 @@ static int stage_user(const struct finalize_config *cfg)
     return 0;
 }
 
-static int stage_caps(const struct finalize_config *cfg, int last)
+/* The config's effective, permitted and inheritable sets, plus `extra` in the first two. */
+static int set_caps(const struct finalize_config *cfg, int last, uint64_t extra)
 {
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
     /* Capabilities this kernel does not know are left out, as runc does. */
     uint64_t known = last >= 63 ? ~0ULL : (1ULL << (last + 1)) - 1;
     for (int i = 0; i < 2; i++) {
-        data[i].effective = (uint32_t)((cfg->cap_effective & known) >> (32 * i));
-        data[i].permitted = (uint32_t)((cfg->cap_permitted & known) >> (32 * i));
+        data[i].effective = (uint32_t)(((cfg->cap_effective | extra) & known) >> (32 * i));
+        data[i].permitted = (uint32_t)(((cfg->cap_permitted | extra) & known) >> (32 * i));
         data[i].inheritable = (uint32_t)((cfg->cap_inheritable & known) >> (32 * i));
     }
-    if (syscall(SYS_capset, &hdr, data) < 0) {
+    return (int)syscall(SYS_capset, &hdr, data);
+}
+
+/* Without no_new_privs, loading a seccomp filter needs CAP_SYS_ADMIN: it is kept (effective
+ * and permitted) until stage_seccomp has loaded the filter, then dropped there. */
+static int stage_caps(const struct finalize_config *cfg, int last)
+{
+    uint64_t extra = cfg->seccomp_sysadmin ? 1ULL << CAP_SYS_ADMIN : 0;
+    if (set_caps(cfg, last, extra) < 0) {
         send_error(cfg->sync_fd, "capabilities", errno, "capset");
         return -1;
     }
@@ -528,6 +550,110 @@ static int stage_fifo(const struct finalize_config *cfg)
     return 0;
 }
 
+/* One startContainer hook: in the container, as its user, the state JSON on stdin, the
+ * container's stdout and stderr; killed when its timeout passes. */
+static int run_start_hook(const struct finalize_config *cfg, int i)
+{
+    const struct corral_hook *h = &cfg->start_hooks[i];
+    int status, rc;
+    if (lseek(cfg->hook_state_fd, 0, SEEK_SET) < 0) {
+        dprintf(2, "corral: startContainer hook #%d %s: rewind the state: %s\n", i, h->path,
+                strerror(errno));
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        dprintf(2, "corral: startContainer hook #%d %s: fork: %s\n", i, h->path, strerror(errno));
+        return -1;
+    }
+    if (pid == 0) {
+        if (dup2(cfg->hook_state_fd, 0) < 0)
+            _exit(127);
+        execve(h->path, h->argv, h->envp);
+        dprintf(2, "corral: error running startContainer hook #%d %s: exec: %s\n", i, h->path,
+                strerror(errno));
+        _exit(127);
+    }
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) {
+        dprintf(2, "corral: startContainer hook #%d %s: pidfd_open: %s\n", i, h->path,
+                strerror(errno));
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        return -1;
+    }
+    struct pollfd pfd = {pidfd, POLLIN, 0};
+    do {
+        rc = poll(&pfd, 1, h->timeout > 0 ? h->timeout * 1000 : -1);
+    } while (rc < 0 && errno == EINTR);
+    close(pidfd);
+    if (rc <= 0) {
+        int err = rc < 0 ? errno : 0;
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        if (err)
+            dprintf(2, "corral: startContainer hook #%d %s: poll: %s\n", i, h->path, strerror(err));
+        else
+            dprintf(2, "corral: error running startContainer hook #%d %s: timed out after %ds "
+                       "(killed)\n", i, h->path, h->timeout);
+        return -1;
+    }
+    while ((rc = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+        ;
+    if (rc < 0) {
+        dprintf(2, "corral: startContainer hook #%d %s: waitpid: %s\n", i, h->path, strerror(errno));
+        return -1;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        dprintf(2, "corral: error running startContainer hook #%d %s: %s %d\n", i, h->path,
+                WIFEXITED(status) ? "exit status" : "killed by signal",
+                WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+        return -1;
+    }
+    return 0;
+}
+
+static int stage_start_hooks(const struct finalize_config *cfg)
+{
+    for (int i = 0; i < cfg->nstart_hooks; i++) {
+        if (run_start_hook(cfg, i) < 0)
+            return -1;
+    }
+    if (cfg->hook_state_fd >= 0 && close(cfg->hook_state_fd) < 0) {
+        dprintf(2, "corral: close the hooks' state: %s\n", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The seccomp filter (BPF compiled by libseccomp in the init, corral/init/seccomp.py) is the
+ * last step before execve, so that it filters as little of the runtime's own work as
+ * possible: the profile need allow only execve (and capset when CAP_SYS_ADMIN was kept for
+ * the load).  seccomp(2) when flags are asked for (LOG, SPEC_ALLOW, ...), else prctl. */
+static int stage_seccomp(const struct finalize_config *cfg, int last)
+{
+    struct sock_fprog prog;
+    int rc;
+    if (!cfg->seccomp_filter)
+        return 0;
+    prog.len = (unsigned short)cfg->seccomp_len;
+    prog.filter = (struct sock_filter *)cfg->seccomp_filter;
+    if (cfg->seccomp_flags)
+        rc = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, cfg->seccomp_flags, &prog);
+    else
+        rc = prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
+    if (rc < 0) {
+        dprintf(2, "corral: linux.seccomp: load the filter: %s\n", strerror(errno));
+        return -1;
+    }
+    if (cfg->seccomp_sysadmin && set_caps(cfg, last, 0) < 0) {
+        dprintf(2, "corral: linux.seccomp: drop CAP_SYS_ADMIN after loading the filter "
+                   "(the profile must allow capset): %s\n", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int corral_finalize(const struct finalize_config *cfg)
 {
     int last = last_cap();
@@ -548,6 +674,8 @@ int corral_finalize(const struct finalize_config *cfg)
         dprintf(2, "corral: reset signals: %s\n", strerror(errno));
         _exit(127);
     }
+    if (stage_start_hooks(cfg) < 0 || stage_seccomp(cfg, last) < 0)
+        _exit(127);
     execve(cfg->path, cfg->argv, cfg->envp);
     dprintf(2, "corral: exec %s: %s\n", cfg->path, strerror(errno));
     _exit(127);

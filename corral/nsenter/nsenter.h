@@ -12,6 +12,13 @@ struct nsenter_config {
     const int *join_types;     /* CLONE_NEW* of each path */
 };
 
+struct corral_hook {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    int timeout;               /* seconds; 0: none */
+};
+
 struct finalize_config {
     int sync_fd;
     uint32_t uid, gid;
@@ -19,7 +26,7 @@ struct finalize_config {
     int ngroups;
     const gid_t *groups;
     int unshare_cgroupns;
-    const char *session_keyring; /* join a new session keyring of this name, or NULL */      /* after the parent put us in our cgroup: it becomes the root */
+    const char *session_keyring; /* join a new session keyring of this name, or NULL */
     uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
     int no_new_privs;
     int first_cloexec_fd;      /* 3 + preserved fds: every fd from here is closed on exec */
@@ -27,6 +34,14 @@ struct finalize_config {
     const char *path;
     char *const *argv;
     char *const *envp;
+    int nstart_hooks;          /* startContainer hooks, run after the fifo opened */
+    const struct corral_hook *start_hooks;
+    int hook_state_fd;         /* memfd holding the state JSON: each hook's stdin, or -1 */
+    const void *seccomp_filter; /* struct sock_filter[seccomp_len], or NULL */
+    int seccomp_len;
+    unsigned int seccomp_flags; /* SECCOMP_FILTER_FLAG_*: 0 uses prctl(PR_SET_SECCOMP) */
+    int seccomp_sysadmin;      /* CAP_SYS_ADMIN kept in E/P only to load the filter (no
+                                  no_new_privs): dropped right after it */
 };
 
 int corral_nsenter(const struct nsenter_config *cfg);

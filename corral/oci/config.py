@@ -163,6 +163,49 @@ class Resources(Record):
         return self == Resources()
 
 
+class Hook(Record):
+    """One ``hooks.<kind>[i]`` entry; ``args`` includes argv[0] (empty: just the path),
+    ``env`` empty means the caller's environment (Go's exec.Cmd with a nil Env, as runc)."""
+
+    path: str
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    timeout: int | None = None  # seconds
+
+
+class Hooks(Record):
+    prestart: tuple[Hook, ...] = ()
+    create_runtime: tuple[Hook, ...] = ()
+    create_container: tuple[Hook, ...] = ()
+    start_container: tuple[Hook, ...] = ()
+    poststart: tuple[Hook, ...] = ()
+    poststop: tuple[Hook, ...] = ()
+
+
+class SeccompArg(Record):
+    index: int
+    value: int
+    value_two: int = 0
+    op: str = "SCMP_CMP_EQ"
+
+
+class SeccompSyscall(Record):
+    names: tuple[str, ...]
+    action: str
+    errno_ret: int | None = None
+    args: tuple[SeccompArg, ...] = ()
+
+
+class Seccomp(Record):
+    """``linux.seccomp``, validated by name; compiled by corral.init.seccomp (libseccomp)."""
+
+    default_action: str
+    default_errno_ret: int | None = None
+    architectures: tuple[str, ...] = ()
+    flags: tuple[str, ...] = ()
+    syscalls: tuple[SeccompSyscall, ...] = ()
+
+
 class Linux(Record):
     namespaces: tuple[Namespace, ...] = ()
     uid_mappings: tuple[IdMapping, ...] = ()
@@ -174,6 +217,8 @@ class Linux(Record):
     rootfs_propagation: str | None = None  # shared slave private unbindable (r-prefixed too)
     masked_paths: tuple[str, ...] = ()
     readonly_paths: tuple[str, ...] = ()
+    sysctl: dict[str, str] = factory(dict)  # key (dotted, or a /proc/sys relative path): value
+    seccomp: Seccomp | None = None
 
     def namespace(self, ns_type: str) -> Namespace | None:
         for ns in self.namespaces:
@@ -192,6 +237,7 @@ class Config(Record):
     mounts: tuple[Mount, ...] = ()
     linux: Linux = factory(Linux)
     annotations: dict[str, str] = factory(dict)
+    hooks: Hooks = factory(Hooks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,8 +286,6 @@ _PROCESS_UNSUPPORTED = (
     "execCPUAffinity",
 )
 _LINUX_UNSUPPORTED = (
-    "sysctl",
-    "seccomp",
     "intelRdt",
     "personality",
     "timeOffsets",
@@ -350,7 +394,7 @@ def parse_config(data: object) -> Config:
     version = _req(data, "ociVersion", "", str)
     if version.split(".")[0] != "1":
         raise ConfigError("ociVersion", f"unsupported version {version!r} (corral implements 1.x)")
-    _hooks(data)
+    hooks = _hooks(data)
     root = _req(data, "root", "", dict)
     root_path = _req(root, "path", "root", str)
     if not root_path:
@@ -367,12 +411,33 @@ def parse_config(data: object) -> Config:
         mounts=tuple(_mount(item, where) for where, item in _items(data, "mounts", "")),
         linux=linux,
         annotations=_annotations(data),
+        hooks=hooks,
     )
 
 
-def _hooks(data: dict) -> None:
+def _hooks(data: dict) -> Hooks:
     hooks = _opt(data, "hooks", "", dict, {})
-    _unsupported(hooks, _HOOKS, "hooks")
+    found = {}
+    for key in _HOOKS:
+        found[key] = tuple(_hook(item, where) for where, item in _items(hooks, key, "hooks"))
+    return Hooks(prestart=found["prestart"], create_runtime=found["createRuntime"],
+                 create_container=found["createContainer"],
+                 start_container=found["startContainer"], poststart=found["poststart"],
+                 poststop=found["poststop"])
+
+
+def _hook(obj: object, path: str) -> Hook:
+    _check(obj, path, dict)
+    timeout = _int(obj, "timeout", path, -(1 << 63), _I64_MAX)
+    if timeout is not None and timeout <= 0:
+        raise ConfigError(f"{path}.timeout", f"must be a positive number of seconds, "
+                                             f"got {timeout}")
+    return Hook(
+        path=_absolute(_req(obj, "path", path, str), f"{path}.path"),
+        args=_strs(obj, "args", path),
+        env=tuple(_env(item, where) for where, item in _items(obj, "env", path)),
+        timeout=timeout,
+    )
 
 
 def _process(obj: dict, path: str) -> Process:
@@ -512,6 +577,141 @@ def _linux(obj: dict, path: str) -> Linux:
         rootfs_propagation=propagation,
         masked_paths=tuple(_absolute(p, w) for w, p in _items(obj, "maskedPaths", path)),
         readonly_paths=tuple(_absolute(p, w) for w, p in _items(obj, "readonlyPaths", path)),
+        sysctl=_sysctl(obj, path, namespaces),
+        seccomp=_seccomp(obj, path),
+    )
+
+
+# ---- linux.sysctl -----------------------------------------------------------------------------
+
+#: The ipc namespace's sysctls besides fs.mqueue.* (runc's validator).
+_IPC_SYSCTLS = frozenset({"kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem",
+                          "kernel.shmall", "kernel.shmmax", "kernel.shmmni",
+                          "kernel.shm_rmid_forced"})
+
+
+def sysctl_path(key: str) -> str:
+    """The file under /proc/sys: dots are separators unless the key uses slashes (which
+    lets interface names with dots, like eth0.100, be named)."""
+    return key if "/" in key else key.replace(".", "/")
+
+
+def _sysctl(obj: dict, path: str, namespaces: tuple[Namespace, ...]) -> dict[str, str]:
+    sysctl = _opt(obj, "sysctl", path, dict, {})
+    kinds = {ns.type: ns for ns in namespaces}
+    for key, value in sysctl.items():
+        where = f"{path}.sysctl[{json.dumps(key)}]"
+        _check(value, where, str)
+        _check(key, where, str)
+        parts = sysctl_path(key).split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            raise ConfigError(where, f"{key!r} is not a sysctl name")
+        name = ".".join(parts)  # the dotted form, for the rules below
+        if name in _IPC_SYSCTLS or name.startswith("fs.mqueue."):
+            if "ipc" not in kinds:
+                raise ConfigError(where, f"sysctl {key!r} is not allowed in the host's ipc "
+                                         f"namespace")
+            continue
+        if name.startswith("net."):
+            if not _private_netns(kinds.get("network")):
+                raise ConfigError(where, f"sysctl {key!r} is not allowed in the host's "
+                                         f"network namespace")
+            continue
+        if "uts" in kinds and name == "kernel.domainname":
+            continue
+        if "uts" in kinds and name == "kernel.hostname":
+            raise ConfigError(where, f"sysctl {key!r} is not allowed as it conflicts with "
+                                     f"the OCI \"hostname\" field")
+        raise ConfigError(where, f"sysctl {key!r} is not in a separate kernel namespace")
+    return dict(sysctl)
+
+
+def _private_netns(ns: Namespace | None) -> bool:
+    """A new network namespace, or a joined one that is not the host's (as runc checks)."""
+    if ns is None:
+        return False
+    if ns.path is None:
+        return True
+    try:
+        theirs, ours = os.stat(ns.path), os.stat("/proc/self/ns/net")
+    except (OSError, ValueError):
+        return True  # joining it fails later with the reason
+    return (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
+
+
+# ---- linux.seccomp ----------------------------------------------------------------------------
+
+SECCOMP_ACTIONS = frozenset({
+    "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_TRAP",
+    "SCMP_ACT_ERRNO", "SCMP_ACT_TRACE", "SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY",
+})
+SECCOMP_OPERATORS = frozenset({
+    "SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_LE", "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT",
+    "SCMP_CMP_MASKED_EQ",
+})
+#: seccomp(2) SECCOMP_SET_MODE_FILTER flags corral can pass (value = the kernel's bit).
+SECCOMP_FLAGS = {
+    "SECCOMP_FILTER_FLAG_TSYNC": 1,
+    "SECCOMP_FILTER_FLAG_LOG": 2,
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
+    "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,
+}
+SECCOMP_ARCHES = frozenset({
+    "SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32", "SCMP_ARCH_ARM",
+    "SCMP_ARCH_AARCH64", "SCMP_ARCH_MIPS", "SCMP_ARCH_MIPS64", "SCMP_ARCH_MIPS64N32",
+    "SCMP_ARCH_MIPSEL", "SCMP_ARCH_MIPSEL64", "SCMP_ARCH_MIPSEL64N32", "SCMP_ARCH_PPC",
+    "SCMP_ARCH_PPC64", "SCMP_ARCH_PPC64LE", "SCMP_ARCH_S390", "SCMP_ARCH_S390X",
+    "SCMP_ARCH_PARISC", "SCMP_ARCH_PARISC64", "SCMP_ARCH_RISCV64", "SCMP_ARCH_LOONGARCH64",
+    "SCMP_ARCH_M68K", "SCMP_ARCH_SH", "SCMP_ARCH_SHEB",
+})
+
+
+def _seccomp_action(obj: dict, key: str, path: str) -> str:
+    action = _req(obj, key, path, str)
+    if action not in SECCOMP_ACTIONS:
+        raise ConfigError(_join(path, key), f"unknown seccomp action {action!r}")
+    if action == "SCMP_ACT_NOTIFY":
+        raise NotSupportedError(f"{_join(path, key)} SCMP_ACT_NOTIFY")
+    return action
+
+
+def _seccomp(obj: dict, path: str) -> Seccomp | None:
+    seccomp = _opt(obj, "seccomp", path, dict, {})
+    if not seccomp:
+        return None
+    path = f"{path}.seccomp"
+    _unsupported(seccomp, ("listenerPath", "listenerMetadata"), path)
+    for where, arch in _items(seccomp, "architectures", path):
+        if _check(arch, where, str) not in SECCOMP_ARCHES:
+            raise ConfigError(where, f"unknown seccomp architecture {arch!r}")
+    for where, flag in _items(seccomp, "flags", path):
+        if _check(flag, where, str) not in SECCOMP_FLAGS:
+            raise ConfigError(where, f"unknown seccomp flag {flag!r}")
+    syscalls = []
+    for where, item in _items(seccomp, "syscalls", path):
+        _check(item, where, dict)
+        names = _strs(item, "names", where)
+        if not names:
+            raise ConfigError(f"{where}.names", "is required and must name a syscall")
+        args = []
+        for arg_where, arg in _items(item, "args", where):
+            _check(arg, arg_where, dict)
+            op = _req(arg, "op", arg_where, str)
+            if op not in SECCOMP_OPERATORS:
+                raise ConfigError(f"{arg_where}.op", f"unknown seccomp operator {op!r}")
+            args.append(SeccompArg(
+                index=_int(arg, "index", arg_where, 0, 5, required=True),
+                value=_int(arg, "value", arg_where, 0, _U64, required=True),
+                value_two=_int(arg, "valueTwo", arg_where, 0, _U64) or 0, op=op))
+        syscalls.append(SeccompSyscall(
+            names=names, action=_seccomp_action(item, "action", where),
+            errno_ret=_int(item, "errnoRet", where, 0, 0xFFFF), args=tuple(args)))
+    return Seccomp(
+        default_action=_seccomp_action(seccomp, "defaultAction", path),
+        default_errno_ret=_int(seccomp, "defaultErrnoRet", path, 0, 0xFFFF),
+        architectures=_strs(seccomp, "architectures", path),
+        flags=_strs(seccomp, "flags", path),
+        syscalls=tuple(syscalls),
     )
 
 

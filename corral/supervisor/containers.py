@@ -88,6 +88,24 @@ class Container:
             os.unlink(self.state_dir.fifo)
         except FileNotFoundError:
             pass
+        self._run_hooks("poststart", RUNNING, self.pid)
+
+    def _run_hooks(self, kind: str, status: str, pid: int) -> None:
+        """poststart and poststop: a failure is logged and the rest still run (runtime-spec:
+        'the runtime MUST log a warning', the operation goes on)."""
+        items = (self.record.get("hooks") or {}).get(kind)
+        if not items:
+            return
+        import sys
+
+        from corral.supervisor.hooks import HookError, hooks_from_json, run_hook, state_from_record
+
+        state = state_from_record(self.record, status, pid)
+        for index, hook in enumerate(hooks_from_json(items)):
+            try:
+                run_hook(kind, index, hook, state)
+            except HookError as exc:
+                sys.stderr.write(f"corral: warning: {exc}\n")
 
     def _await_fifo(self, fd: int, timeout: float | None) -> None:
         poller = select.poll()
@@ -165,6 +183,7 @@ class Container:
             self._wait_gone(5.0)
         cgroup.destroy()
         self.state_dir.remove()
+        self._run_hooks("poststop", STOPPED, 0)
 
     def _wait_gone(self, timeout: float) -> None:
         try:

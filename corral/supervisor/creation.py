@@ -4,8 +4,11 @@ It takes what the child sent and answers with the actions to take next; it does 
 so one machine serves the blocking driver of the command line (``blocking.py``) and the trio
 driver of the supervisor (``trio_driver.py``), and is tested without any process.
 
-    START --start(child)--> [AWAIT_USERMAP_REQUEST] --> AWAIT_PID --> AWAIT_READY
-          --> AWAIT_WAITING --> DONE
+    START --start(child)--> [AWAIT_USERMAP_REQUEST] --> AWAIT_PID --> [AWAIT_HOOKS]
+          --> AWAIT_READY --> AWAIT_WAITING --> DONE
+
+AWAIT_USERMAP_REQUEST only with a new user namespace, AWAIT_HOOKS only when the bootstrap
+says there are create-time hooks (``Bootstrap.create_hooks``).
 
 Each state names the one message it accepts; an ``Error`` from the child fails any state;
 anything else is a ``ProtocolError``.  Once DONE or FAILED the machine accepts nothing more.
@@ -25,6 +28,7 @@ class State:
     START = "start"
     AWAIT_USERMAP_REQUEST = "waiting for the user namespace"
     AWAIT_PID = "waiting for the init pid"
+    AWAIT_HOOKS = "waiting for the hooks moment"
     AWAIT_READY = "waiting for the container setup"
     AWAIT_WAITING = "waiting for the final process setup"
     DONE = "done"
@@ -54,6 +58,13 @@ class RecordPid(Record):
     pid: int
 
 
+class RunCreateRuntimeHooks(Record):
+    """Run the prestart, then the createRuntime hooks (state: creating, this pid); a failure
+    fails creation."""
+
+    pid: int
+
+
 class ApplyResources(Record):
     pid: int
 
@@ -66,7 +77,8 @@ class Fail(Record):
     error: CorralError
 
 
-Action = Send | JoinCgroup | WriteIdMaps | RecordPid | ApplyResources | Done | Fail
+Action = (Send | JoinCgroup | WriteIdMaps | RecordPid | RunCreateRuntimeHooks | ApplyResources
+          | Done | Fail)
 
 
 class CreationMachine:
@@ -122,12 +134,16 @@ class CreationMachine:
 
     def _on_pid(self, msg: p.Pid) -> list[Action]:
         self.init_pid = msg.pid
-        self.state = State.AWAIT_READY
+        self.state = State.AWAIT_HOOKS if self.bootstrap.create_hooks else State.AWAIT_READY
         return [RecordPid(msg.pid), JoinCgroup(msg.pid)]
+
+    def _on_hooks_due(self, msg: p.HooksDue) -> list[Action]:
+        self.state = State.AWAIT_READY
+        return [RunCreateRuntimeHooks(self.init_pid), Send(p.HooksDone(self.init_pid))]
 
     def _on_ready(self, msg: p.Ready) -> list[Action]:
         self.state = State.AWAIT_WAITING
-        return [ApplyResources(self.init_pid), Send(p.Run())]
+        return [ApplyResources(self.init_pid), Send(p.Run(self.init_pid))]
 
     def _on_waiting(self, msg: p.Waiting) -> list[Action]:
         self.state = State.DONE
@@ -136,6 +152,7 @@ class CreationMachine:
     _HANDLERS = {
         State.AWAIT_USERMAP_REQUEST: (p.UsermapRequest, _on_usermap_request),
         State.AWAIT_PID: (p.Pid, _on_pid),
+        State.AWAIT_HOOKS: (p.HooksDue, _on_hooks_due),
         State.AWAIT_READY: (p.Ready, _on_ready),
         State.AWAIT_WAITING: (p.Waiting, _on_waiting),
     }

@@ -58,6 +58,8 @@ class PreparedContainer:
             self.write_id_maps(action.pid)
         elif isinstance(action, c.RecordPid):
             self.record_pid(action.pid)
+        elif isinstance(action, c.RunCreateRuntimeHooks):
+            self.run_create_runtime_hooks(action.pid)
         elif isinstance(action, c.ApplyResources):
             self.apply_resources(action.pid)
         else:
@@ -80,6 +82,18 @@ class PreparedContainer:
         self.record["pid"] = pid
         self.record["pid_start"] = start_time(pid)
         self.state_dir.write(self.record)
+
+    def run_create_runtime_hooks(self, pid: int) -> None:
+        """prestart (deprecated, run at the same moment) then createRuntime, in the runtime's
+        namespaces, while the init waits before pivot_root."""
+        hooks = self.config.hooks
+        if not (hooks.prestart or hooks.create_runtime):
+            return
+        from corral.supervisor.hooks import run_hooks, state_from_record
+
+        state = state_from_record(self.record, "creating", pid)
+        run_hooks("prestart", hooks.prestart, state)
+        run_hooks("createRuntime", hooks.create_runtime, state)
 
     def apply_resources(self, pid: int) -> None:
         resources = self.config.linux.resources
@@ -171,6 +185,12 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         "pid_ns": config.linux.namespace("pid") is not None,
         "cgroup": cgroup.to_json(),
     }
+    hooks = config.hooks
+    if hooks.poststart or hooks.poststop:  # what `start` and `delete` run, without the config
+        from corral.supervisor.hooks import hooks_to_json
+
+        record["hooks"] = {"poststart": hooks_to_json(hooks.poststart),
+                           "poststop": hooks_to_json(hooks.poststop)}
     prepared = PreparedContainer(state_dir, config, record, cgroup, Bootstrap(
         unshare_flags=bootstrap_ns[0], new_user=bootstrap_ns[1], join=bootstrap_ns[2],
         config=raw, rootfs=rootfs, bundle=bundle, fifo_path=state_dir.fifo, no_pivot=no_pivot,
@@ -178,7 +198,9 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         extra_env=[f"LISTEN_FDS={listen}"] if listen else [],
         cgroupns=_new_cgroupns(config),
         session_keyring=f"_ses.{container_id}" if new_keyring else None,
-        cgroup_mounts=[[name, path] for name, path in cgroup.mount_sources()]))
+        cgroup_mounts=[[name, path] for name, path in cgroup.mount_sources()],
+        container_id=container_id,
+        create_hooks=bool(hooks.prestart or hooks.create_runtime or hooks.create_container)))
     try:
         state_dir.make_fifo()
         state_dir.write(record)

@@ -6,8 +6,12 @@ writes ``usermap_request``, ``pid``, ``waiting`` and ``error`` itself and reads
 
 Framing: a 4-byte big-endian length, then a compact JSON object whose ``type`` names the message.
 
-    parent -> child   Bootstrap, UsermapDone, Run
-    child  -> parent  UsermapRequest, Pid, Ready, Waiting, Error
+    parent -> child   Bootstrap, UsermapDone, HooksDone, Run
+    child  -> parent  UsermapRequest, Pid, HooksDue, Ready, Waiting, Error
+
+HooksDue/HooksDone happen only when ``Bootstrap.create_hooks``: the init, in its namespaces
+and before pivot_root, asks the parent to run the prestart and createRuntime hooks, then runs
+the createContainer hooks itself.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class Bootstrap(Record):
     cgroupns: bool = False  # unshared by init after Run, once the parent put it in its cgroup
     session_keyring: str | None = None  # name of a new session keyring to join (runc's default)
     cgroup_mounts: list[list[str]] = factory(list)
+    container_id: str = ""  # for the OCI state that hooks read on stdin
+    create_hooks: bool = False  # prestart/createRuntime/createContainer hooks: sync before pivot
 
 
 class UsermapRequest(Record):
@@ -58,6 +64,21 @@ class Pid(Record):
     pid: int
 
 
+class HooksDue(Record):
+    """The init's namespaces and mounts exist, pivot_root has not happened: the parent runs
+    the prestart and createRuntime hooks now."""
+
+    type = "hooks_due"
+
+
+class HooksDone(Record):
+    """The runtime's hooks succeeded; the init runs the createContainer hooks next.
+    ``pid``: the init's host pid, for the state those hooks read."""
+
+    type = "hooks_done"
+    pid: int = 0
+
+
 class Ready(Record):
     """Rootfs, mounts and process setup are done; the child waits for Run."""
 
@@ -66,6 +87,7 @@ class Ready(Record):
 
 class Run(Record):
     type = "run"
+    pid: int = 0  # the init's host pid (for the state the startContainer hooks read)
 
 
 class Waiting(Record):
@@ -81,10 +103,12 @@ class Error(Record):
     stage: str = ""
 
 
-Message = Bootstrap | UsermapRequest | UsermapDone | Pid | Ready | Run | Waiting | Error
+Message = (Bootstrap | UsermapRequest | UsermapDone | Pid | HooksDue | HooksDone | Ready | Run
+           | Waiting | Error)
 MESSAGE_TYPES: dict[str, type] = {
     cls.type: cls
-    for cls in (Bootstrap, UsermapRequest, UsermapDone, Pid, Ready, Run, Waiting, Error)
+    for cls in (Bootstrap, UsermapRequest, UsermapDone, Pid, HooksDue, HooksDone, Ready, Run,
+                Waiting, Error)
 }
 
 

@@ -204,6 +204,10 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                 return
             elif isinstance(action, c.Fail):
                 raise action.error
+            elif isinstance(action, c.RunCreateRuntimeHooks):
+                # Hooks may take long: never on the event loop.  Cancellation (the
+                # deadline) abandons the thread; the hook's own timeout ends it.
+                await trio.to_thread.run_sync(prepared.carry_out, action, abandon_on_cancel=True)
             else:
                 prepared.carry_out(action)
                 if isinstance(action, c.RecordPid) and not zygote.exited(action.pid):
