@@ -41,6 +41,10 @@ class Log:
         self._write("error", msg)
         sys.stderr.write(f"corral: {msg}\n")
 
+    def warn(self, msg: str) -> None:
+        self._write("warning", msg)
+        sys.stderr.write(f"corral: warning: {msg}\n")
+
     def debug(self, msg: str) -> None:
         if self.debug_enabled:
             self._write("debug", msg)
@@ -92,7 +96,7 @@ def cmd_create(args, log: Log) -> int:
 
 def cmd_run(args, log: Log) -> int:
     from corral.supervisor.containers import Container
-    from corral.supervisor.foreground import wait_for_exit
+    from corral.supervisor.foreground import forwarding_signals, reap_until
 
     if not args.no_subreaper and not args.detach:
         from corral import nsenter
@@ -100,17 +104,24 @@ def cmd_run(args, log: Log) -> int:
         nsenter.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of the container come to us
     prepared, pid = _create(args, log)
     container = Container(prepared.state_dir, prepared.record)
+    if args.detach:
+        _start_or_delete(container)
+        return 0
+    # Forwarding first: the process may get (and react to) a signal as soon as it runs.
+    with forwarding_signals(pid):
+        _start_or_delete(container)
+        status = reap_until(pid)
+    if not args.keep:
+        container.delete(force=True)
+    return status
+
+
+def _start_or_delete(container) -> None:
     try:
         container.start()
     except BaseException:
         container.delete(force=True)
         raise
-    if args.detach:
-        return 0
-    status = wait_for_exit(pid)
-    if not args.keep:
-        container.delete(force=True)
-    return status
 
 
 def _load(args):
@@ -233,7 +244,26 @@ def _run_ps(ps_args: list[str]) -> tuple[int, str]:
     return os.waitstatus_to_exitcode(wait_status), b"".join(chunks).decode(errors="replace")
 
 
+def cmd_update(args, log: Log) -> int:
+    from corral.supervisor.update import build, update
+
+    resources, warnings = build(args)  # bad input is named before any container is read
+    container = _load(args)
+    for warning in warnings:
+        log.warn(warning)
+    update(container, resources)
+    return 0
+
+
+def cmd_events(args, log: Log) -> int:
+    from corral.supervisor.events import parse_duration, run
+
+    interval = parse_duration(args.interval)
+    return run(_load(args), args.stats, interval)
+
+
 COMMANDS = {
+    "update": cmd_update, "events": cmd_events,
     "spec": cmd_spec, "create": cmd_create, "run": cmd_run, "start": cmd_start,
     "state": cmd_state, "kill": cmd_kill, "delete": cmd_delete, "list": cmd_list,
     "pause": cmd_pause, "resume": cmd_resume, "ps": cmd_ps,

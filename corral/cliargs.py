@@ -93,8 +93,34 @@ COMMANDS = {c.name: c for c in [
     Command("ps", "list a container's processes (ps options after the id)",
             [Opt("-f|--format", "str", "table", ("table", "json")), Opt("-h|--help")],
             [("id", True, None)], tail="ps_args"),
+    Command("update", "change a container's cgroup limits (runc's flags; "
+                      "--resources FILE or - for a LinuxResources JSON)", [
+        Opt("-r|--resources", "str", help="LinuxResources JSON file, - for stdin"),
+        Opt("--memory", "str", help="memory limit (e.g. 64m, 1g, -1)"),
+        Opt("--memory-reservation", "str", help="memory soft limit"),
+        Opt("--memory-swap", "str", help="memory+swap limit (-1 unlimited)"),
+        Opt("--kernel-memory", "str", help="ignored (the kernel no longer enforces it)"),
+        Opt("--kernel-memory-tcp", "str", help="kernel TCP buffer limit (v1)"),
+        Opt("--cpu-share|--cpu-shares", "str", help="CPU shares (relative weight)"),
+        Opt("--cpu-quota", "str", help="CFS quota (µs per period, -1 none)"),
+        Opt("--cpu-period", "str", help="CFS period (µs)"),
+        Opt("--cpu-burst", "str", help="CFS burst (µs)"),
+        Opt("--cpu-rt-runtime", "str", help="realtime runtime (µs, v1)"),
+        Opt("--cpu-rt-period", "str", help="realtime period (µs, v1)"),
+        Opt("--cpu-idle", "str", help="SCHED_IDLE for the cgroup (0 or 1)"),
+        Opt("--cpuset-cpus", "str", help="CPUs to run on (e.g. 0-3,5)"),
+        Opt("--cpuset-mems", "str", help="memory nodes (e.g. 0-1)"),
+        Opt("--pids-limit", "str", help="maximum number of tasks"),
+        Opt("--blkio-weight", "str", help="block IO weight (10-1000)"),
+        Opt("--l3-cache-schema", "str", help="Intel RDT: not supported yet"),
+        Opt("--mem-bw-schema", "str", help="Intel RDT: not supported yet"),
+        Opt("-h|--help")], [("id", True, None)]),
+    Command("events", "print a container's stats and OOM events as JSON lines", [
+        Opt("--stats", help="print one stats object and exit"),
+        Opt("--interval", "str", "5s", help="time between stats (Go duration: 500ms, 2s)"),
+        Opt("-h|--help")], [("id", True, None)]),
     *[Command(name, "not supported yet", rest=True) for name in (
-        "exec", "events", "update", "checkpoint", "restore",
+        "exec", "checkpoint", "restore",
         "features", "supervise", "batch")],
 ]}
 
