@@ -336,7 +336,7 @@ def test_device_rule_lines():
 
 def test_set_devices_writes_in_order(tmp_path, monkeypatch):
     writes = []
-    monkeypatch.setattr(group_mod, "_write", lambda path, data: writes.append((path, data)))
+    monkeypatch.setattr(group_mod, "write", lambda path, data: writes.append((path, data)))
     cg = Cgroup.for_container(parse_mountinfo(V1), "/x", "x")
     cg.set_devices([DeviceRule(False), DeviceRule(True, "c", 1, 3, "rwm")])
     cg.set_devices([])

@@ -8,10 +8,10 @@ error raised. v2: ``cgroup.freeze`` 1/0, done when ``cgroup.events`` says ``froz
 
 from __future__ import annotations
 
-import os
 import time
 
 from ..errors import CgroupError
+from .files import fail, read, read_raw, write
 from .hierarchy import UNIFIED
 
 TYPE_CHECKING = False
@@ -19,25 +19,6 @@ if TYPE_CHECKING:
     from .group import Cgroup
 
 FREEZE_TIMEOUT = 5.0
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError as e:
-        raise CgroupError(f"read {path}: {os.strerror(e.errno or 0)}") from None
-
-
-def _write(path: str, data: str) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, data.encode())
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise CgroupError(f"write {path}: {os.strerror(e.errno or 0)}") from None
 
 
 def where(cgroup: Cgroup) -> tuple[str, str]:
@@ -52,7 +33,7 @@ def where(cgroup: Cgroup) -> tuple[str, str]:
 
 
 def _v2_frozen_event(path: str) -> bool:
-    for line in _read(path + "/cgroup.events").splitlines():
+    for line in read(path + "/cgroup.events").splitlines():
         if line.startswith("frozen "):
             return line.split()[1] == "1"
     return False
@@ -62,11 +43,11 @@ def freeze(cgroup: Cgroup, timeout: float = FREEZE_TIMEOUT) -> None:
     kind, path = where(cgroup)
     deadline = time.monotonic() + timeout
     if kind == "v2":
-        _write(path + "/cgroup.freeze", "1")
+        write(path + "/cgroup.freeze", "1")
         delay = 0.0005
         while not _v2_frozen_event(path):
             if time.monotonic() > deadline:
-                _write(path + "/cgroup.freeze", "0")
+                write(path + "/cgroup.freeze", "0")
                 raise CgroupError(f"{path}: unable to freeze")
             time.sleep(delay)
             delay = min(delay * 2, 0.02)
@@ -76,16 +57,16 @@ def freeze(cgroup: Cgroup, timeout: float = FREEZE_TIMEOUT) -> None:
     while time.monotonic() <= deadline:
         attempt += 1
         if attempt % 50 == 0:  # new tasks keep appearing: thaw, breathe, try again
-            _write(state_file, "THAWED")
+            write(state_file, "THAWED")
             time.sleep(0.01)
-        _write(state_file, "FROZEN")
-        state = _read(state_file).strip()
+        write(state_file, "FROZEN")
+        state = read(state_file).strip()
         if state == "FROZEN":
             return
         if state != "FREEZING":
             raise CgroupError(f"{state_file}: unexpected state {state} after writing FROZEN")
         time.sleep(0.0005 if attempt < 20 else 0.005)
-    _write(state_file, "THAWED")  # never leave it half-frozen
+    write(state_file, "THAWED")  # never leave it half-frozen
     raise CgroupError(f"{path}: unable to freeze")
 
 
@@ -93,7 +74,7 @@ def thaw(cgroup: Cgroup, timeout: float = FREEZE_TIMEOUT) -> None:
     kind, path = where(cgroup)
     deadline = time.monotonic() + timeout
     if kind == "v2":
-        _write(path + "/cgroup.freeze", "0")
+        write(path + "/cgroup.freeze", "0")
         while _v2_frozen_event(path):
             if time.monotonic() > deadline:
                 raise CgroupError(f"{path}: unable to thaw")
@@ -101,8 +82,8 @@ def thaw(cgroup: Cgroup, timeout: float = FREEZE_TIMEOUT) -> None:
         return
     state_file = path + "/freezer.state"
     while True:
-        _write(state_file, "THAWED")
-        if _read(state_file).strip() == "THAWED":
+        write(state_file, "THAWED")
+        if read(state_file).strip() == "THAWED":
             return
         if time.monotonic() > deadline:
             raise CgroupError(f"{path}: unable to thaw")
@@ -112,18 +93,14 @@ def thaw(cgroup: Cgroup, timeout: float = FREEZE_TIMEOUT) -> None:
 def frozen(cgroup: Cgroup) -> bool:
     """Whether the container's own cgroup is frozen (not merely an ancestor); a cgroup that
     no longer exists is not."""
+    kind, path = where(cgroup)
     try:
-        kind, path = where(cgroup)
         if kind == "v2":
-            with open(path + "/cgroup.freeze") as f:
-                return f.read().strip() == "1"
-        with open(path + "/freezer.state") as f:
-            state = f.read().strip()
-        if state == "THAWED":
+            return read_raw(path + "/cgroup.freeze").strip() == "1"
+        if read_raw(path + "/freezer.state").strip() == "THAWED":
             return False
-        with open(path + "/freezer.self_freezing") as f:
-            return f.read().strip() == "1"
+        return read_raw(path + "/freezer.self_freezing").strip() == "1"
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as e:
-        raise CgroupError(f"read freezer state of {path}: {os.strerror(e.errno or 0)}") from None
+        raise fail("read freezer state of", path, e) from None

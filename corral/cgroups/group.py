@@ -7,6 +7,7 @@ import os
 import time
 
 from ..errors import CgroupError, ConfigError, NotSupportedError
+from .files import fail, read, write
 from .hierarchy import UNIFIED, Layout, resolve, split_path
 
 TYPE_CHECKING = False
@@ -21,30 +22,6 @@ _KILL_TIMEOUT = 5.0
 _RMDIR_TIMEOUT = 2.0
 
 
-def _fail(op: str, path: str, e: OSError) -> CgroupError:
-    return CgroupError(f"{op} {path}: {os.strerror(e.errno) if e.errno else e}")
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError as e:
-        raise _fail("read", path, e) from None
-
-
-def _write(path: str, data: str) -> None:
-    """One write(2) per value: cgroup files parse each write as one whole value."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, data.encode())
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise _fail("write", path, e) from None
-
-
 def _populated_dir(path: str) -> bool:
     try:
         with open(path + "/cgroup.procs") as f:
@@ -52,7 +29,7 @@ def _populated_dir(path: str) -> bool:
     except FileNotFoundError:
         return False
     except OSError as e:
-        raise _fail("read", path + "/cgroup.procs", e) from None
+        raise fail("read", path + "/cgroup.procs", e) from None
 
 
 def _mkdirs(top: str, parts: list[str]) -> list[str]:
@@ -76,7 +53,7 @@ def _mkdirs(top: str, parts: list[str]) -> list[str]:
         except OSError as e:
             if e.errno != errno.ENOENT or path == top + "/" + parts[0] \
                     or attempt == _MKDIR_ATTEMPTS - 1:
-                raise _fail("mkdir", path, e) from None
+                raise fail("mkdir", path, e) from None
     raise AssertionError("unreachable")
 
 
@@ -95,7 +72,7 @@ def _rmdir(path: str, patient: bool) -> None:
             if e.errno in (errno.EBUSY, errno.ENOTEMPTY) and not patient:
                 return
             if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                raise _fail("rmdir", path, e) from None
+                raise fail("rmdir", path, e) from None
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
 
@@ -125,7 +102,7 @@ def _procs(path: str) -> list[int]:
             if d == path:
                 return []
         except OSError as e:
-            raise _fail("read", d + "/cgroup.procs", e) from None
+            raise fail("read", d + "/cgroup.procs", e) from None
     return sorted(pids)
 
 
@@ -229,14 +206,14 @@ class Cgroup:
         for part in split_path(leaf[len(top):]):
             here = parent + "/" + part
             for name in ("cpuset.cpus", "cpuset.mems"):
-                value = _read(f"{parent}/{name}").strip()
-                if value and not _read(f"{here}/{name}").strip():
-                    _write(f"{here}/{name}", value)
+                value = read(f"{parent}/{name}").strip()
+                if value and not read(f"{here}/{name}").strip():
+                    write(f"{here}/{name}", value)
             parent = here
 
     def add(self, pid: int) -> None:
         for key, path in self.paths.items():
-            _write(path + "/cgroup.procs", str(pid))
+            write(path + "/cgroup.procs", str(pid))
 
     def _primary(self) -> str:
         """The directory whose cgroup.procs tells who is in the container: the unified
@@ -264,7 +241,7 @@ class Cgroup:
             except FileNotFoundError:
                 return False
             except OSError as e:
-                raise _fail("read", self.paths[UNIFIED] + "/cgroup.events", e) from None
+                raise fail("read", self.paths[UNIFIED] + "/cgroup.events", e) from None
         return bool(self.pids())
 
     def kill_all(self, sig: int, timeout: float = _KILL_TIMEOUT) -> bool:
@@ -281,7 +258,7 @@ class Cgroup:
         while True:
             if use_kill_file:
                 try:
-                    _write(kill_file, "1")
+                    write(kill_file, "1")
                 except CgroupError:
                     if os.path.isdir(self.paths[UNIFIED]):
                         raise
@@ -322,7 +299,7 @@ class Cgroup:
             return
         for rule in rules:
             name = "devices.allow" if rule.allow else "devices.deny"
-            _write(f"{self.paths[key]}/{name}", device_rule_line(rule))
+            write(f"{self.paths[key]}/{name}", device_rule_line(rule))
 
     # -- freezer (pause / resume) -------------------------------------------------------
 

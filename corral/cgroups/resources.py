@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 
 from ..errors import ConfigError
+from .files import read_raw, write_raw
 from .hierarchy import UNIFIED, split_path
 
 TYPE_CHECKING = False
@@ -84,8 +85,7 @@ def _limit_text(value: int) -> str:
 
 def _read(path: str, field: str) -> str:
     try:
-        with open(path) as f:
-            return f.read()
+        return read_raw(path)
     except OSError as e:
         raise ConfigError(field, f"reading {path}: {os.strerror(e.errno or 0)}") from None
 
@@ -103,11 +103,7 @@ def write(directory: str, name: str, value: str, field: str, *,
     if not os.path.exists(path):
         raise ConfigError(field, f"not supported by this host's kernel ({path} is missing)")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
+        write_raw(path, value)
     except OSError as e:
         if tolerate and e.errno == tolerate:
             return False

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 
+from .files import read_or_none
 from .hierarchy import UNIFIED
 
 TYPE_CHECKING = False
@@ -24,17 +25,9 @@ _USER_HZ = 100  # cpuacct.stat counts clock ticks (USER_HZ is 100 on every Linux
 _NS_PER_TICK = 1_000_000_000 // _USER_HZ
 
 
-def _text(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _int(path: str) -> int:
     """A one-number file; "max" is 2^64-1, a missing or unreadable file 0."""
-    text = _text(path)
+    text = read_or_none(path)
     if text is None:
         return 0
     text = text.strip()
@@ -49,7 +42,7 @@ def _int(path: str) -> int:
 def _keyed(path: str) -> dict[str, int]:
     """"key value" lines (memory.stat, cpu.stat, memory.events)."""
     found = {}
-    for line in (_text(path) or "").splitlines():
+    for line in (read_or_none(path) or "").splitlines():
         parts = line.split()
         if len(parts) == 2:
             try:
@@ -77,7 +70,7 @@ def empty() -> dict:
     """Every field Go's encoder prints for zero values of types.Stats."""
     return {
         "cpu": {"usage": {"kernel": 0, "user": 0}, "throttling": {}},
-        "cpuset": {},
+        "cpuset": _cpuset({}),
         "memory": {"usage": {"limit": 0, "failcnt": 0}, "swap": {"limit": 0, "failcnt": 0},
                    "kernel": {"limit": 0, "failcnt": 0},
                    "kernelTCP": {"limit": 0, "failcnt": 0}},
@@ -87,6 +80,31 @@ def empty() -> dict:
         "intel_rdt": {},
         "network_interfaces": None,
     }
+
+
+# runc's types.CPUSet: cpus and mems are omitempty, the other fields always printed.
+_CPUSET_FIELDS = (("cpu_exclusive", "cpuset.cpu_exclusive"),
+                  ("mem_hardwall", "cpuset.mem_hardwall"),
+                  ("mem_exclusive", "cpuset.mem_exclusive"),
+                  ("memory_migrate", "cpuset.memory_migrate"),
+                  ("memory_spread_page", "cpuset.memory_spread_page"),
+                  ("memory_spread_slab", "cpuset.memory_spread_slab"),
+                  ("memory_pressure", "cpuset.memory_pressure"),
+                  ("sched_load_balance", "cpuset.sched_load_balance"),
+                  ("sched_relax_domain_level", "cpuset.sched_relax_domain_level"))
+
+
+def _cpuset(values: dict) -> dict:
+    """types.CPUSet in Go's field order, from ``values`` (missing numbers are 0)."""
+    out: dict = {}
+    if values.get("cpus"):
+        out["cpus"] = values["cpus"]
+    out["cpu_exclusive"] = values.get("cpu_exclusive", 0)
+    if values.get("mems"):
+        out["mems"] = values["mems"]
+    for key, _ in _CPUSET_FIELDS[1:]:
+        out[key] = values.get(key, 0)
+    return out
 
 
 def _omit_zero(d: dict, keep: tuple = ()) -> dict:
@@ -134,10 +152,10 @@ def _v1(cgroup: Cgroup) -> dict:
         total = _int(cpuacct + "/cpuacct.usage")
         if total:
             usage["total"] = total
-        percpu = [int(v) for v in (_text(cpuacct + "/cpuacct.usage_percpu") or "").split()]
+        percpu = [int(v) for v in (read_or_none(cpuacct + "/cpuacct.usage_percpu") or "").split()]
         if percpu:
             usage["percpu"] = percpu
-        all_rows = (_text(cpuacct + "/cpuacct.usage_all") or "").splitlines()[1:]
+        all_rows = (read_or_none(cpuacct + "/cpuacct.usage_all") or "").splitlines()[1:]
         if all_rows:
             rows = [r.split() for r in all_rows if len(r.split()) == 3]
             usage["percpu_user"] = [int(r[1]) for r in rows]
@@ -151,9 +169,10 @@ def _v1(cgroup: Cgroup) -> dict:
             "throttled_time": stat.get("throttled_time", 0)})
     cpuset = _dir(cgroup, "cpuset")
     if cpuset:
-        stats["cpuset"] = _omit_zero({
-            "cpus": _list(_text(cpuset + "/cpuset.cpus")),
-            "mems": _list(_text(cpuset + "/cpuset.mems"))})
+        values = {key: _int(f"{cpuset}/{name}") for key, name in _CPUSET_FIELDS}
+        values["cpus"] = _list(read_or_none(cpuset + "/cpuset.cpus"))
+        values["mems"] = _list(read_or_none(cpuset + "/cpuset.mems"))
+        stats["cpuset"] = _cpuset(values)
     memory = _dir(cgroup, "memory")
     if memory:
         m = stats["memory"]
@@ -177,9 +196,9 @@ def _v1(cgroup: Cgroup) -> dict:
         found = {}
         for key, name in (("ioServiceBytesRecursive", "io_service_bytes_recursive"),
                           ("ioServicedRecursive", "io_serviced_recursive")):
-            entries = _blkio_entries(_text(f"{blkio}/blkio.{name}"))
+            entries = _blkio_entries(read_or_none(f"{blkio}/blkio.{name}"))
             if not entries:  # no CFQ/BFQ accounting: the throttle layer counts too
-                entries = _blkio_entries(_text(f"{blkio}/blkio.throttle.{name}"))
+                entries = _blkio_entries(read_or_none(f"{blkio}/blkio.throttle.{name}"))
             if entries:
                 found[key] = entries
         stats["blkio"] = found
@@ -221,10 +240,10 @@ def _v2(cgroup: Cgroup) -> dict:
     stats["cpu"]["throttling"] = _omit_zero({
         "periods": cpu.get("nr_periods", 0), "throttled_periods": cpu.get("nr_throttled", 0),
         "throttled_time": cpu.get("throttled_usec", 0) * 1000})
-    cpus = _text(d + "/cpuset.cpus.effective")
+    cpus = read_or_none(d + "/cpuset.cpus.effective")
     if cpus is not None:
-        stats["cpuset"] = _omit_zero({"cpus": _list(cpus),
-                                      "mems": _list(_text(d + "/cpuset.mems.effective"))})
+        stats["cpuset"] = _cpuset({
+            "cpus": _list(cpus), "mems": _list(read_or_none(d + "/cpuset.mems.effective"))})
     if os.path.exists(d + "/memory.current"):
         m = stats["memory"]
         raw = _keyed(d + "/memory.stat")
@@ -245,7 +264,7 @@ def _v2(cgroup: Cgroup) -> dict:
         limit = _int(d + "/pids.max")
         stats["pids"] = _omit_zero({"current": _int(d + "/pids.current"),
                                     "limit": 0 if limit == MAX_U64 else limit})
-    io = _text(d + "/io.stat")
+    io = read_or_none(d + "/io.stat")
     if io:
         served_bytes, served = [], []
         for line in io.splitlines():

@@ -1,0 +1,56 @@
+"""Reading and writing cgroup files: the one copy of these helpers for ``corral.cgroups``.
+
+A cgroup file parses each write(2) as one whole value, so a value is written with exactly
+one write on a fresh descriptor. ``read``/``write`` raise ``CgroupError`` naming the file;
+``read_raw``/``write_raw`` let ``OSError`` through for callers that name a config field
+instead (``resources.py``); ``read_or_none`` is for optional files (``stats.py``).
+
+Only ``os`` and corral's own errors: imported by every ``corral create``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import CgroupError
+
+
+def fail(op: str, path: str, e: OSError) -> CgroupError:
+    """``"<op> <path>: <strerror>"``, one line."""
+    return CgroupError(f"{op} {path}: {os.strerror(e.errno) if e.errno else e}")
+
+
+def read_raw(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def write_raw(path: str, data: str) -> None:
+    """One write(2) of ``data``; OSError as the kernel reports it."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    finally:
+        os.close(fd)
+
+
+def read(path: str) -> str:
+    try:
+        return read_raw(path)
+    except OSError as e:
+        raise fail("read", path, e) from None
+
+
+def write(path: str, data: str) -> None:
+    try:
+        write_raw(path, data)
+    except OSError as e:
+        raise fail("write", path, e) from None
+
+
+def read_or_none(path: str) -> str | None:
+    """The file's text, or None if it is missing or unreadable."""
+    try:
+        return read_raw(path)
+    except OSError:
+        return None
