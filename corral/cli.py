@@ -262,7 +262,15 @@ def cmd_events(args, log: Log) -> int:
     return run(_load(args), args.stats, interval)
 
 
+def cmd_features(args, log: Log) -> int:
+    from corral.oci.features import features
+
+    sys.stdout.write(json.dumps(features(), indent=2) + "\n")
+    return 0
+
+
 COMMANDS = {
+    "features": cmd_features,
     "update": cmd_update, "events": cmd_events,
     "spec": cmd_spec, "create": cmd_create, "run": cmd_run, "start": cmd_start,
     "state": cmd_state, "kill": cmd_kill, "delete": cmd_delete, "list": cmd_list,

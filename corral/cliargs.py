@@ -119,9 +119,10 @@ COMMANDS = {c.name: c for c in [
         Opt("--stats", help="print one stats object and exit"),
         Opt("--interval", "str", "5s", help="time between stats (Go duration: 500ms, 2s)"),
         Opt("-h|--help")], [("id", True, None)]),
+    Command("features", "print the runtime-spec features this build and host support (JSON)",
+            [Opt("-h|--help")]),
     *[Command(name, "not supported yet", rest=True) for name in (
-        "exec", "checkpoint", "restore",
-        "features", "supervise", "batch")],
+        "exec", "checkpoint", "restore", "supervise", "batch")],
 ]}
 
 

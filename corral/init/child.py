@@ -1,14 +1,14 @@
 """The child side of creation, from the forked process to exec, as one sequence of steps.
 
-    child_main:  read Bootstrap -> parse config -> oom score, bundle as cwd, fifo handle
-                 (the host's view) -> C stage (namespaces, clone into the pid namespace,
+    child_main:  read Bootstrap -> parse config -> oom score, initial cpus, bundle as cwd,
+                 fifo handle (the host's view) -> idmapped trees (host privileges) -> C stage (namespaces, clone into the pid namespace,
                  setsid, root of the user namespace)
     child_main:  ... -> seccomp: the profile compiled to BPF (libseccomp, from the host's
                  filesystem) before anything else
     init:        loopback -> hostname -> rootfs up to the pivot -> [HooksDue ... HooksDone
                  -> createContainer hooks] -> pivot -> sysctl -> read-only and masked paths
                  -> rlimits -> cwd -> find the executable -> Ready ... wait for Run ... -> umask
-                 -> C finalize (cgroupns, keyring, user, caps, no_new_privs, close fds,
+                 -> scheduler, ioPriority, final cpus, LSM labels, personality -> C finalize (cgroupns, keyring, user, caps, no_new_privs, close fds,
                  Waiting, exec fifo, signal defaults, startContainer hooks, seccomp, exec)
 
 Any failure is sent to the parent as one ``Error`` message and the process exits.
@@ -39,9 +39,16 @@ def child_main(sync_fd: int) -> None:
 
             seccomp = compile_filter(config.linux.seccomp)
         fifo_fd = _before_namespaces(config, boot)
+        idmapped = {}
+        if any(m.uid_mappings for m in config.mounts):
+            from corral.init.mounts import open_idmapped_trees
+
+            idmapped = open_idmapped_trees(config.mounts)
         nsenter.enter_namespaces(sync_fd, boot.unshare_flags, boot.new_user,
-                                 [(t, path) for t, path in boot.join])
-        _init(sync_fd, boot, config, fifo_fd, seccomp)  # only the container's init gets here
+                                 [(t, path) for t, path in boot.join],
+                                 time_offsets=_time_offsets(config.linux.time_offsets))
+        # only the container's init gets here
+        _init(sync_fd, boot, config, fifo_fd, seccomp, idmapped)
     except BaseException as exc:  # noqa: BLE001 - everything goes to the parent
         _report(sync_fd, exc)
     os._exit(1)
@@ -58,11 +65,99 @@ def _before_namespaces(config, boot: p.Bootstrap) -> int:
         except OSError as exc:  # lowering it needs CAP_SYS_RESOURCE on the host
             raise ChildError(f"process.oomScoreAdj: write /proc/self/oom_score_adj: "
                              f"{exc.strerror.lower()}", exc.errno, "oom") from None
+    affinity = config.process.exec_cpu_affinity
+    if affinity is not None and affinity.initial is not None:
+        _set_affinity(affinity.initial, "process.execCPUAffinity.initial")
     os.chdir(boot.bundle)  # relative bind-mount sources are relative to the bundle
     return os.open(boot.fifo_path, os.O_PATH | os.O_CLOEXEC)
 
 
-def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp) -> None:  # it execs
+def _time_offsets(offsets) -> str | None:
+    """linux.timeOffsets as /proc/self/timens_offsets lines ("boottime SECS NANOSECS")."""
+    if not offsets:
+        return None
+    return "".join(f"{clock} {o.secs} {o.nanosecs}\n" for clock, o in offsets.items())
+
+
+def _set_affinity(cpus: str, field: str) -> None:
+    from corral.oci.config import cpu_set
+
+    try:
+        os.sched_setaffinity(0, cpu_set(cpus))
+    except OSError as exc:
+        raise ChildError(f"{field}: sched_setaffinity({cpus}): {exc.strerror.lower()}",
+                         exc.errno, "affinity") from None
+
+
+def _process_attributes(config) -> None:
+    """The process's scheduling, I/O priority, cpus, execution domain and LSM labels, set
+    just before the C finalize stage (after Run): they are inherited through exec and would
+    otherwise slow down (or, for a 32-bit address limit, break) the init's own setup."""
+    from corral.oci import config as spec
+
+    proc = config.process
+    sched = proc.scheduler
+    if sched is not None:
+        flags = 0
+        for name in sched.flags:
+            flags |= spec.SCHED_FLAGS[name]
+        try:
+            nsenter.sched_setattr(spec.SCHED_POLICIES[sched.policy], flags, sched.nice,
+                                  sched.priority, sched.runtime, sched.deadline, sched.period)
+        except OSError as exc:
+            raise ChildError(f"process.scheduler: sched_setattr {sched.policy}: "
+                             f"{os.strerror(exc.errno).lower()}", exc.errno, "scheduler") from None
+    prio = proc.io_priority
+    if prio is not None:
+        try:
+            nsenter.ioprio_set(spec.IOPRIO_CLASSES[prio.io_class] << 13 | prio.priority)
+        except OSError as exc:
+            raise ChildError(f"process.ioPriority: ioprio_set {prio.io_class} {prio.priority}: "
+                             f"{os.strerror(exc.errno).lower()}", exc.errno, "ioprio") from None
+    if proc.exec_cpu_affinity is not None and proc.exec_cpu_affinity.final is not None:
+        _set_affinity(proc.exec_cpu_affinity.final, "process.execCPUAffinity.final")
+    if proc.apparmor_profile:
+        _write_attr(("/proc/thread-self/attr/apparmor/exec", "/proc/thread-self/attr/exec"),
+                    f"exec {proc.apparmor_profile}", "process.apparmorProfile")
+    if proc.selinux_label:
+        _write_attr(("/proc/thread-self/attr/exec",), proc.selinux_label,
+                    "process.selinuxLabel")
+    persona = config.linux.personality
+    if persona is not None:
+        value = spec.PERSONALITY_DOMAINS[persona.domain]
+        for name in persona.flags:
+            value |= spec.PERSONALITY_FLAGS[name]
+        try:
+            nsenter.personality(value)
+        except OSError as exc:
+            raise ChildError(f"linux.personality: personality(0x{value:x}): "
+                             f"{os.strerror(exc.errno).lower()}", exc.errno,
+                             "personality") from None
+
+
+def _write_attr(candidates: tuple[str, ...], value: str, field: str) -> None:
+    """The LSM label of the next exec (the first of the candidate files that exists)."""
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ChildError(f"{field}: open {path}: {exc.strerror.lower()}", exc.errno,
+                             "lsm") from None
+        try:
+            os.write(fd, value.encode())
+        except OSError as exc:
+            raise ChildError(f"{field}: write {path}: {exc.strerror.lower()}", exc.errno,
+                             "lsm") from None
+        finally:
+            os.close(fd)
+        return
+    raise ChildError(f"{field}: none of {', '.join(candidates)} exists", 2, "lsm")
+
+
+def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
+          idmapped: dict[int, int]) -> None:  # it execs
     from corral.init.rootfs import finalize_rootfs, prepare_rootfs
 
     proc = config.process
@@ -89,7 +184,8 @@ def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp) -> Non
     prepare_rootfs(config, boot.rootfs, no_pivot=boot.no_pivot,
                    cgroup_mounts=[tuple(m) for m in boot.cgroup_mounts],
                    in_userns=config.linux.namespace("user") is not None,
-                   before_pivot=create_hooks if boot.create_hooks else None)
+                   before_pivot=create_hooks if boot.create_hooks else None,
+                   idmapped=idmapped)
     _write_sysctls(config.linux.sysctl)  # /proc is the container's; /proc/sys still writable
     finalize_rootfs(config)
     _set_rlimits(proc.rlimits)
@@ -103,6 +199,7 @@ def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp) -> Non
 
     if proc.user.umask is not None:
         os.umask(proc.user.umask)
+    _process_attributes(config)
     start_hooks = config.hooks.start_container
     nsenter.finalize_and_exec(
         start_hooks=[(h.path, list(h.args) or [h.path], list(h.env) or env, h.timeout or 0)

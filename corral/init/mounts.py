@@ -229,10 +229,21 @@ def bind_options(mount, opts: MountOptions) -> MountOptions:
     return MountOptions(opts.flags | extra, opts.cleared, opts.propagation, opts.data)
 
 
-def mount_entry(root: str, index: int, mount, *, cgroup_mounts=()) -> None:
-    """Mount ``config.mounts[index]`` inside ``root``.  Errors name the mount."""
+def mount_entry(root: str, index: int, mount, *, cgroup_mounts=(), idmapped: int | None = None,
+                mount_label: str | None = None) -> None:
+    """Mount ``config.mounts[index]`` inside ``root``.  Errors name the mount.
+    ``idmapped``: the detached idmapped tree made for it before the namespaces
+    (``open_idmapped_trees``), moved into place instead of a bind mount."""
     opts = parse_mount_options(mount.options, f"mounts[{index}].options")
+    if mount_label and mount.type in LABELLED_TYPES and not is_bind(mount, opts):
+        data = f'{opts.data},context="{mount_label}"' if opts.data else f'context="{mount_label}"'
+        opts = MountOptions(opts.flags, opts.cleared, opts.propagation, data)
     try:
+        if idmapped is not None:
+            _mount_idmapped(root, mount, bind_options(mount, opts), idmapped)
+            set_propagation(root, paths.resolve_in_root(root, mount.destination),
+                            opts.propagation)
+            return
         _mount_entry(root, mount, opts, cgroup_mounts)
     except OSError as err:
         raise mount_error(index, mount, err) from err
@@ -328,6 +339,53 @@ def _mount_bind(root: str, mount, opts: MountOptions) -> None:
     else:
         target = paths.create_file_in_root(root, mount.destination)
     bind_mount(root, target, source, opts)
+
+
+#: Filesystems that take linux.mountLabel as their context= option (SELinux hosts only).
+LABELLED_TYPES = frozenset({"tmpfs", "devpts", "mqueue"})
+
+
+def open_idmapped_trees(mounts_) -> dict[int, int]:
+    """For each idmapped bind mount, a detached idmapped copy of its source (host paths,
+    host privileges: call before the namespaces).  {index in config.mounts: fd}."""
+    trees: dict[int, int] = {}
+    try:
+        for i, m in enumerate(mounts_):
+            if not m.uid_mappings:
+                continue
+            opts = parse_mount_options(m.options, f"mounts[{i}].options")
+            recursive = bool(bind_options(m, opts).flags & MS_REC)
+            uid_map = "".join(f"{x.container_id} {x.host_id} {x.size}\n" for x in m.uid_mappings)
+            gid_map = "".join(f"{x.container_id} {x.host_id} {x.size}\n" for x in m.gid_mappings)
+            try:
+                trees[i] = nsenter.idmapped_tree(os.path.abspath(m.source or ""), recursive,
+                                                 uid_map, gid_map)
+            except OSError as err:
+                raise ConfigError(f"mounts[{i}]", f"idmapped mount of {m.source}: "
+                                                  f"{err.strerror}") from None
+    except BaseException:
+        for fd in trees.values():
+            os.close(fd)
+        raise
+    return trees
+
+
+def _mount_idmapped(root: str, mount, opts: MountOptions, tree_fd: int) -> None:
+    """Attach the idmapped tree on the destination, then apply the per-mount flags."""
+    is_dir = stat.S_ISDIR(os.fstat(tree_fd).st_mode)
+    check_proc_destination(root, paths.resolve_in_root(root, mount.destination), mount)
+    if is_dir:
+        target = paths.mkdir_in_root(root, mount.destination)
+    else:
+        target = paths.create_file_in_root(root, mount.destination)
+    fd = paths.open_in_root(root, target)
+    try:
+        nsenter.move_mount(tree_fd, fd, mount.destination)
+    finally:
+        os.close(fd)
+        os.close(tree_fd)
+    if needs_remount(opts):
+        remount_bind(root, target, opts.flags, opts.cleared)
 
 
 def _mount_sysfs(root: str, mount, opts: MountOptions) -> None:

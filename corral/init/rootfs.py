@@ -44,8 +44,9 @@ def setup_rootfs(config, rootfs: str, *, no_pivot: bool = False, cgroup_mounts=(
 
 
 def prepare_rootfs(config, rootfs: str, *, no_pivot: bool = False, cgroup_mounts=(),
-                   in_userns: bool = False, before_pivot=None) -> None:
+                   in_userns: bool = False, before_pivot=None, idmapped=None) -> None:
     """Steps 1-4: on return the process's root and working directory are the container's /.
+    ``idmapped``: {index in config.mounts: detached idmapped tree} (mounts.open_idmapped_trees).
     ``before_pivot()``, when given, runs once everything is mounted, just before step 4 (the
     moment of the createRuntime and createContainer hooks)."""
     root = checked_root(rootfs)
@@ -53,8 +54,10 @@ def prepare_rootfs(config, rootfs: str, *, no_pivot: bool = False, cgroup_mounts
     set_root_propagation(propagation or DEFAULT_ROOT_PROPAGATION)
     make_parent_private(root)
     bind_root(root)
+    idmapped = idmapped or {}
     for i, m in enumerate(config.mounts):
-        mounts.mount_entry(root, i, m, cgroup_mounts=cgroup_mounts)
+        mounts.mount_entry(root, i, m, cgroup_mounts=cgroup_mounts, idmapped=idmapped.get(i),
+                           mount_label=config.linux.mount_label)
     devices.setup_dev(config, root, in_userns=in_userns)
     if before_pivot is not None:
         before_pivot()

@@ -101,10 +101,52 @@ def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> in
     return rc
 
 
+def ns_type(fd: int) -> int:
+    """The CLONE_NEW* type of a namespace file (NS_GET_NSTYPE); OSError(ENOTTY) when the
+    file is not a namespace."""
+    rc = lib.corral_ns_type(fd)
+    _check(rc, "ioctl(NS_GET_NSTYPE)")
+    return rc
+
+
+def sched_setattr(policy: int, flags: int, nice: int, priority: int, runtime: int,
+                  deadline: int, period: int) -> None:
+    _check(lib.corral_sched_setattr(policy, flags, nice, priority, runtime, deadline, period),
+           "sched_setattr")
+
+
+def ioprio_set(ioprio: int) -> None:
+    _check(lib.corral_ioprio_set(ioprio), "ioprio_set")
+
+
+def personality(persona: int) -> None:
+    _check(lib.personality(persona), "personality")
+    # personality() returns the previous persona; a refused one reads back unchanged
+    now = lib.personality(0xFFFFFFFF)
+    if now != persona:
+        raise OSError(22, f"personality: the kernel kept 0x{now:x} instead of 0x{persona:x}")
+
+
+def idmapped_tree(source: str, recursive: bool, uid_map: str, gid_map: str) -> int:
+    """A detached idmapped copy of the host tree ``source`` (see nsenter.c); its fd."""
+    what = ffi.new("char[256]")
+    fd = lib.corral_idmapped_tree(source.encode(), int(recursive), uid_map.encode(),
+                                  gid_map.encode(), what, 256)
+    if fd < 0:
+        err = ffi.errno
+        raise OSError(err, f"{ffi.string(what).decode()}: {os.strerror(err)}")
+    return fd
+
+
+def move_mount(from_fd: int, to_fd: int, what: str) -> None:
+    _check(lib.corral_move_mount(from_fd, to_fd), f"move_mount to {what}")
+
+
 def enter_namespaces(sync_fd: int, unshare_flags: int, new_user: bool,
-                     join: Sequence[tuple[int, str]]) -> None:
+                     join: Sequence[tuple[int, str]], time_offsets: str | None = None) -> None:
     """Runs the C stage.  Returns only in the container's init (inside every namespace);
-    on failure the C side has already reported the error to the parent, so exit at once."""
+    on failure the C side has already reported the error to the parent, so exit at once.
+    ``time_offsets``: the text for /proc/self/timens_offsets of a new time namespace."""
     keep = [ffi.new("char[]", path.encode()) for _, path in join]
     paths = ffi.new("const char *[]", keep or [ffi.NULL])
     types = ffi.new("int[]", [t for t, _ in join] or [0])
@@ -116,6 +158,8 @@ def enter_namespaces(sync_fd: int, unshare_flags: int, new_user: bool,
     cfg.njoin = len(join)
     cfg.join_paths = paths
     cfg.join_types = types
+    offsets = ffi.new("char[]", time_offsets.encode()) if time_offsets else ffi.NULL
+    cfg.time_offsets = offsets
     if lib.corral_nsenter(cfg) != 0:
         os._exit(1)
 

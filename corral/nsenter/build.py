@@ -20,6 +20,7 @@ ffibuilder.cdef(
         int njoin;
         const char *const *join_paths;
         const int *join_types;
+        const char *time_offsets;
     };
     struct finalize_config {
         int sync_fd;
@@ -48,6 +49,14 @@ ffibuilder.cdef(
     int corral_finalize(const struct finalize_config *cfg);
     int corral_pivot_root(const char *new_root, const char *put_old);
     int corral_loopback_up(void);
+    int corral_ns_type(int fd);
+    int corral_sched_setattr(uint32_t policy, uint64_t flags, int32_t nice, uint32_t priority,
+                             uint64_t runtime, uint64_t deadline, uint64_t period);
+    int corral_ioprio_set(int ioprio);
+    int corral_idmapped_tree(const char *source, int recursive, const char *uid_map,
+                             const char *gid_map, char *what, size_t what_len);
+    int corral_move_mount(int from_fd, int to_fd);
+    int personality(unsigned long persona);
 
     int mount(const char *source, const char *target, const char *fstype,
               unsigned long flags, const void *data);
@@ -60,7 +69,7 @@ ffibuilder.cdef(
 )
 ffibuilder.set_source(
     "corral.nsenter._nsenter",
-    '#include <sys/mount.h>\n#include <sys/prctl.h>\n#include <sys/socket.h>\n'
+    '#include <sys/mount.h>\n#include <sys/personality.h>\n#include <sys/prctl.h>\n#include <sys/socket.h>\n'
     '#include <unistd.h>\n#include "nsenter.h"\n',
     sources=["corral/nsenter/nsenter.c"],
     include_dirs=["corral/nsenter"],

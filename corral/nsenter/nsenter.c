@@ -8,8 +8,8 @@
  *
  * Two entry points, each a named sequence of stages:
  *
- *   corral_nsenter():   stage_join -> stage_userns -> stage_unshare -> stage_clone ->
- *                       stage_init_session
+ *   corral_nsenter():   stage_timens_open -> stage_join -> stage_userns -> stage_unshare ->
+ *                       stage_timens -> stage_clone -> stage_init_session
  *                       returns 0 in the container's init (the grandchild); the intermediate
  *                       process reports the init's pid and exits.
  *   corral_finalize():  stage_cgroupns -> stage_keyring -> stage_bounding -> stage_user ->
@@ -49,6 +49,8 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/keyctl.h>
+#include <linux/mount.h>
+#include <linux/nsfs.h>
 #include <linux/seccomp.h>
 
 #include "nsenter.h"
@@ -58,6 +60,16 @@
 #endif
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
+#endif
+#ifndef CLONE_NEWTIME
+#define CLONE_NEWTIME 0x00000080
+#endif
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
 #endif
 #ifndef CAP_SYS_ADMIN
 #define CAP_SYS_ADMIN 21
@@ -188,15 +200,14 @@ static const char *ns_name(int type)
     case CLONE_NEWNET: return "network";
     case CLONE_NEWPID: return "pid";
     case CLONE_NEWCGROUP: return "cgroup";
-#ifdef CLONE_NEWTIME
     case CLONE_NEWTIME: return "time";
-#endif
     default: return "unknown";
     }
 }
 
-/* Opens every path first (later setns calls change what paths mean), then joins the user
- * namespace before the others, as the kernel needs for the others to be permitted. */
+/* Opens every path first (later setns calls change what paths mean) and checks that each is
+ * a namespace of the asked type, then joins the user namespace before the others, as the
+ * kernel needs for the others to be permitted. */
 static int stage_join(const struct nsenter_config *cfg)
 {
     int fds[16];
@@ -209,6 +220,17 @@ static int stage_join(const struct nsenter_config *cfg)
         if (fds[i] < 0) {
             send_error(cfg->sync_fd, "join", errno, "open %s namespace %s",
                        ns_name(cfg->join_types[i]), cfg->join_paths[i]);
+            return -1;
+        }
+        int type = ioctl(fds[i], NS_GET_NSTYPE);
+        if (type < 0 && errno != ENOTTY) {
+            send_error(cfg->sync_fd, "join", errno, "linux.namespaces: %s", cfg->join_paths[i]);
+            return -1;
+        }
+        if (type != cfg->join_types[i]) { /* ENOTTY: not a namespace file at all */
+            send_error(cfg->sync_fd, "join", 0, "linux.namespaces: %s is not a %s namespace",
+                       cfg->join_paths[i], ns_name(cfg->join_types[i]));
+            errno = EINVAL;
             return -1;
         }
     }
@@ -255,6 +277,42 @@ static int stage_unshare(const struct nsenter_config *cfg)
 {
     if (cfg->unshare_flags && unshare(cfg->unshare_flags) < 0) {
         send_error(cfg->sync_fd, "unshare", errno, "unshare namespaces 0x%x", cfg->unshare_flags);
+        return -1;
+    }
+    return 0;
+}
+
+/* /proc/self/timens_offsets is opened before anything else, with the caller's credentials:
+ * the write is checked against the opener's capabilities (CAP_SYS_TIME over the new time
+ * namespace's user namespace), and /proc/self may not be ours to open once we are in a new
+ * user namespace and non-dumpable. */
+static int stage_timens_open(const struct nsenter_config *cfg)
+{
+    if (!cfg->time_offsets)
+        return -2;
+    int fd = open("/proc/self/timens_offsets", O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        send_error(cfg->sync_fd, "timens", errno, "linux.timeOffsets: open "
+                   "/proc/self/timens_offsets");
+    return fd;
+}
+
+/* After unshare(CLONE_NEWTIME) the new namespace is our time_for_children and holds no task
+ * yet: its offsets can be written only now, and the clone (the init) is its first member. */
+static int stage_timens(const struct nsenter_config *cfg, int fd)
+{
+    if (fd == -2)
+        return 0;
+    size_t len = strlen(cfg->time_offsets);
+    ssize_t n = write(fd, cfg->time_offsets, len);
+    if (n < 0 || (size_t)n != len) {
+        send_error(cfg->sync_fd, "timens", n < 0 ? errno : EIO,
+                   "linux.timeOffsets: write /proc/self/timens_offsets");
+        close(fd);
+        return -1;
+    }
+    if (close(fd) < 0) {
+        send_error(cfg->sync_fd, "timens", errno, "linux.timeOffsets: close");
         return -1;
     }
     return 0;
@@ -329,7 +387,11 @@ int corral_nsenter(const struct nsenter_config *cfg)
         send_error(cfg->sync_fd, "start", errno, "prctl(PR_SET_DUMPABLE)");
         return -1;
     }
-    if (stage_join(cfg) < 0 || stage_userns(cfg) < 0 || stage_unshare(cfg) < 0)
+    int timens_fd = stage_timens_open(cfg);
+    if (timens_fd == -1)
+        return -1;
+    if (stage_join(cfg) < 0 || stage_userns(cfg) < 0 || stage_unshare(cfg) < 0 ||
+        stage_timens(cfg, timens_fd) < 0)
         return -1;
     if (stage_clone(cfg) < 0 || stage_init_session(cfg) < 0)
         return -1;
@@ -707,4 +769,133 @@ int corral_loopback_up(void)
     close(s);
     errno = err;
     return rc;
+}
+
+
+/* The CLONE_NEW* type of a namespace file (NS_GET_NSTYPE), or -1 (ENOTTY: not one). */
+int corral_ns_type(int fd)
+{
+    return ioctl(fd, NS_GET_NSTYPE);
+}
+
+/* process.scheduler: sched_setattr(2) on the calling thread (glibc has no wrapper). */
+struct corral_sched_attr {
+    uint32_t size, sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime, sched_deadline, sched_period;
+};
+
+int corral_sched_setattr(uint32_t policy, uint64_t flags, int32_t nice, uint32_t priority,
+                         uint64_t runtime, uint64_t deadline, uint64_t period)
+{
+    struct corral_sched_attr attr = {sizeof(attr), policy, flags, nice, priority,
+                                     runtime, deadline, period};
+    return (int)syscall(SYS_sched_setattr, 0, &attr, 0);
+}
+
+/* process.ioPriority: ioprio_set(IOPRIO_WHO_PROCESS, self, class << 13 | level). */
+int corral_ioprio_set(int ioprio)
+{
+    return (int)syscall(SYS_ioprio_set, 1, 0, ioprio);
+}
+
+static int write_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    size_t len = strlen(text);
+    ssize_t n = write(fd, text, len);
+    int err = n < 0 ? errno : (size_t)n != len ? EIO : 0;
+    if (close(fd) < 0 && !err)
+        err = errno;
+    errno = err;
+    return err ? -1 : 0;
+}
+
+/* mounts[i].uidMappings/gidMappings: a detached, idmapped copy of the host tree `source`
+ * (open_tree(OPEN_TREE_CLONE) + mount_setattr(MOUNT_ATTR_IDMAP)), made with the host's
+ * privileges before the namespaces; the init moves it into place (corral_move_mount).
+ * The idmap is the user namespace of a helper child that holds those maps and exits.
+ * Returns the tree's descriptor, or -1 with errno and the failed step in `what`. */
+int corral_idmapped_tree(const char *source, int recursive, const char *uid_map,
+                         const char *gid_map, char *what, size_t what_len)
+{
+    int gate[2], userns = -1, tree = -1, err = 0;
+    char path[64], byte = 0;
+    if (pipe2(gate, O_CLOEXEC) < 0) {
+        snprintf(what, what_len, "pipe");
+        return -1;
+    }
+    pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+    if (pid < 0) {
+        err = errno;
+        snprintf(what, what_len, "create a user namespace for the idmap");
+        goto out_pipe;
+    }
+    if (pid == 0) { /* holds the namespace until the parent is done with it */
+        close(gate[1]);
+        while (read(gate[0], &byte, 1) < 0 && errno == EINTR)
+            ;
+        _exit(0);
+    }
+    snprintf(path, sizeof(path), "/proc/%d/uid_map", (int)pid);
+    if (write_file(path, uid_map) < 0) {
+        err = errno;
+        snprintf(what, what_len, "write the idmap's uid_map");
+        goto out_child;
+    }
+    snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
+    if (write_file(path, gid_map) < 0) {
+        err = errno;
+        snprintf(what, what_len, "write the idmap's gid_map");
+        goto out_child;
+    }
+    snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
+    userns = open(path, O_RDONLY | O_CLOEXEC);
+    if (userns < 0) {
+        err = errno;
+        snprintf(what, what_len, "open the idmap's user namespace");
+        goto out_child;
+    }
+    tree = (int)syscall(SYS_open_tree, AT_FDCWD, source,
+                        OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0));
+    if (tree < 0) {
+        err = errno;
+        snprintf(what, what_len, "open_tree %s", source);
+        goto out_child;
+    }
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.attr_set = MOUNT_ATTR_IDMAP;
+    attr.userns_fd = (uint64_t)userns;
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0),
+                &attr, sizeof(attr)) < 0) {
+        err = errno;
+        snprintf(what, what_len, "idmap %s (mount_setattr)", source);
+        close(tree);
+        tree = -1;
+    }
+out_child:
+    if (userns >= 0)
+        close(userns);
+    close(gate[1]);
+    gate[1] = -1;
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+out_pipe:
+    close(gate[0]);
+    if (gate[1] >= 0)
+        close(gate[1]);
+    errno = err;
+    return err ? -1 : tree;
+}
+
+/* Attaches a detached tree (corral_idmapped_tree) on the (O_PATH) descriptor `to_fd`. */
+int corral_move_mount(int from_fd, int to_fd)
+{
+    return (int)syscall(SYS_move_mount, from_fd, "", to_fd, "",
+                        MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
 }

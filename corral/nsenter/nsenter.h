@@ -10,6 +10,8 @@ struct nsenter_config {
     int njoin;                 /* namespaces to join by path */
     const char *const *join_paths;
     const int *join_types;     /* CLONE_NEW* of each path */
+    const char *time_offsets;  /* written to /proc/self/timens_offsets after unshare(TIME),
+                                  before the clone (lines "monotonic S NS"), or NULL */
 };
 
 struct corral_hook {
@@ -48,3 +50,10 @@ int corral_nsenter(const struct nsenter_config *cfg);
 int corral_finalize(const struct finalize_config *cfg);
 int corral_pivot_root(const char *new_root, const char *put_old);
 int corral_loopback_up(void);
+int corral_ns_type(int fd);
+int corral_sched_setattr(uint32_t policy, uint64_t flags, int32_t nice, uint32_t priority,
+                         uint64_t runtime, uint64_t deadline, uint64_t period);
+int corral_ioprio_set(int ioprio);
+int corral_idmapped_tree(const char *source, int recursive, const char *uid_map,
+                         const char *gid_map, char *what, size_t what_len);
+int corral_move_mount(int from_fd, int to_fd);

@@ -16,17 +16,19 @@ from corral.errors import ConfigError, NotSupportedError
 from corral.oci.capabilities import cap_number
 
 
+class IdMapping(Record):
+    container_id: int
+    host_id: int
+    size: int
+
+
 class Mount(Record):
     destination: str
     type: str | None = None
     source: str | None = None
     options: tuple[str, ...] = ()
-
-
-class IdMapping(Record):
-    container_id: int
-    host_id: int
-    size: int
+    uid_mappings: tuple[IdMapping, ...] = ()  # an idmapped bind mount (both or neither)
+    gid_mappings: tuple[IdMapping, ...] = ()
 
 
 class Namespace(Record):
@@ -55,6 +57,32 @@ class User(Record):
     additional_gids: tuple[int, ...] = ()
 
 
+class Scheduler(Record):
+    """``process.scheduler``: sched_setattr(2) for the init (inherited by the process)."""
+
+    policy: str  # SCHED_OTHER SCHED_FIFO ...
+    nice: int = 0
+    priority: int = 0
+    flags: tuple[str, ...] = ()
+    runtime: int = 0  # ns, SCHED_DEADLINE only
+    deadline: int = 0
+    period: int = 0
+
+
+class IOPriority(Record):
+    """``process.ioPriority``: ioprio_set(2) for the process."""
+
+    io_class: str  # IOPRIO_CLASS_RT BE IDLE
+    priority: int = 0
+
+
+class CPUAffinity(Record):
+    """``process.execCPUAffinity``: cpu lists ("0-3,5") before the namespaces and at exec."""
+
+    initial: str | None = None
+    final: str | None = None
+
+
 class Process(Record):
     args: tuple[str, ...]
     cwd: str
@@ -65,6 +93,21 @@ class Process(Record):
     rlimits: tuple[Rlimit, ...] = ()
     no_new_privileges: bool = False
     oom_score_adj: int | None = None
+    scheduler: Scheduler | None = None
+    io_priority: IOPriority | None = None
+    exec_cpu_affinity: CPUAffinity | None = None
+    apparmor_profile: str | None = None
+    selinux_label: str | None = None
+
+
+class Personality(Record):
+    domain: str  # LINUX LINUX32
+    flags: tuple[str, ...] = ()
+
+
+class TimeOffset(Record):
+    secs: int = 0
+    nanosecs: int = 0
 
 
 class Device(Record):
@@ -219,6 +262,10 @@ class Linux(Record):
     readonly_paths: tuple[str, ...] = ()
     sysctl: dict[str, str] = factory(dict)  # key (dotted, or a /proc/sys relative path): value
     seccomp: Seccomp | None = None
+    time_offsets: dict[str, TimeOffset] = factory(dict)  # "monotonic" / "boottime"
+    personality: Personality | None = None
+    mount_label: str | None = None
+    intel_rdt: dict | None = None  # kept as given: refused by the host checks (no resctrl)
 
     def namespace(self, ns_type: str) -> Namespace | None:
         for ns in self.namespaces:
@@ -279,17 +326,8 @@ _HOOKS = ("prestart", "createRuntime", "createContainer", "startContainer", "pos
 _PROCESS_UNSUPPORTED = (
     "consoleSize",
     "commandLine",
-    "apparmorProfile",
-    "selinuxLabel",
-    "scheduler",
-    "ioPriority",
-    "execCPUAffinity",
 )
 _LINUX_UNSUPPORTED = (
-    "intelRdt",
-    "personality",
-    "timeOffsets",
-    "mountLabel",
     "memoryPolicy",
     "netDevices",
     "rdma",
@@ -461,7 +499,87 @@ def _process(obj: dict, path: str) -> Process:
         rlimits=_rlimits(obj, path),
         no_new_privileges=_opt(obj, "noNewPrivileges", path, bool, False),
         oom_score_adj=_int(obj, "oomScoreAdj", path, -1000, 1000),
+        scheduler=_scheduler(obj, path),
+        io_priority=_io_priority(obj, path),
+        exec_cpu_affinity=_exec_cpu_affinity(obj, path),
+        apparmor_profile=_opt(obj, "apparmorProfile", path, str) or None,
+        selinux_label=_opt(obj, "selinuxLabel", path, str) or None,
     )
+
+
+# ---- process.scheduler, ioPriority, execCPUAffinity -------------------------------------------
+
+#: sched_setattr(2) policies (SCHED_ISO is reserved: mainline kernels refuse it).
+SCHED_POLICIES = {"SCHED_OTHER": 0, "SCHED_FIFO": 1, "SCHED_RR": 2, "SCHED_BATCH": 3,
+                  "SCHED_ISO": 4, "SCHED_IDLE": 5, "SCHED_DEADLINE": 6}
+SCHED_FLAGS = {"SCHED_FLAG_RESET_ON_FORK": 0x01, "SCHED_FLAG_RECLAIM": 0x02,
+               "SCHED_FLAG_DL_OVERRUN": 0x04, "SCHED_FLAG_KEEP_POLICY": 0x08,
+               "SCHED_FLAG_KEEP_PARAMS": 0x10, "SCHED_FLAG_UTIL_CLAMP_MIN": 0x20,
+               "SCHED_FLAG_UTIL_CLAMP_MAX": 0x40}
+IOPRIO_CLASSES = {"IOPRIO_CLASS_RT": 1, "IOPRIO_CLASS_BE": 2, "IOPRIO_CLASS_IDLE": 3}
+
+
+def _scheduler(obj: dict, path: str) -> Scheduler | None:
+    sched = _opt(obj, "scheduler", path, dict, {})
+    if not sched:
+        return None
+    path = f"{path}.scheduler"
+    policy = _req(sched, "policy", path, str)
+    if policy not in SCHED_POLICIES:
+        raise ConfigError(f"{path}.policy", f"unknown scheduling policy {policy!r}")
+    priority = _int(sched, "priority", path, 0, 99) or 0
+    if policy in ("SCHED_FIFO", "SCHED_RR"):
+        if priority < 1:
+            raise ConfigError(f"{path}.priority", f"{policy} needs a priority from 1 to 99")
+    elif priority:
+        raise ConfigError(f"{path}.priority", f"must be 0 for {policy} (only SCHED_FIFO and "
+                                              f"SCHED_RR have priorities)")
+    flags = _strs(sched, "flags", path)
+    for i, flag in enumerate(flags):
+        if flag not in SCHED_FLAGS:
+            raise ConfigError(f"{path}.flags[{i}]", f"unknown scheduler flag {flag!r}")
+    times = {key: _int(sched, key, path, 0, _U64) or 0 for key in ("runtime", "deadline",
+                                                                    "period")}
+    if policy != "SCHED_DEADLINE":
+        for key, value in times.items():
+            if value:
+                raise ConfigError(f"{path}.{key}", f"only SCHED_DEADLINE takes a {key}")
+    return Scheduler(policy=policy, nice=_int(sched, "nice", path, -20, 19) or 0,
+                     priority=priority, flags=flags, **times)
+
+
+def _io_priority(obj: dict, path: str) -> IOPriority | None:
+    prio = _opt(obj, "ioPriority", path, dict, {})
+    if not prio:
+        return None
+    path = f"{path}.ioPriority"
+    io_class = _req(prio, "class", path, str)
+    if io_class not in IOPRIO_CLASSES:
+        raise ConfigError(f"{path}.class", f"unknown I/O priority class {io_class!r}")
+    return IOPriority(io_class=io_class, priority=_int(prio, "priority", path, 0, 7) or 0)
+
+
+def cpu_set(value: str) -> set[int]:
+    """A cpu list ("0-3,5") as a set of cpu numbers (already validated by _cpu_list)."""
+    cpus: set[int] = set()
+    for part in value.split(","):
+        lo, _, hi = part.strip().partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def _exec_cpu_affinity(obj: dict, path: str) -> CPUAffinity | None:
+    affinity = _opt(obj, "execCPUAffinity", path, dict, {})
+    if not affinity:
+        return None
+    path = f"{path}.execCPUAffinity"
+    found = {}
+    for key in ("initial", "final"):
+        value = _cpu_list(affinity, key, path)
+        if value is not None and len(cpu_set(value)) == 0:
+            raise ConfigError(f"{path}.{key}", "names no cpu")
+        found[key] = value
+    return CPUAffinity(**found)
 
 
 def _user(obj: dict, path: str) -> User:
@@ -518,14 +636,24 @@ def _rlimit(obj: dict, path: str) -> Rlimit:
 
 def _mount(obj: object, path: str) -> Mount:
     _check(obj, path, dict)
-    # Idmapped mounts (runtime-spec 1.1) are not implemented yet.
-    _unsupported(obj, ("uidMappings", "gidMappings"), path)
-    return Mount(
+    uid_mappings = _mappings(obj, "uidMappings", path)
+    gid_mappings = _mappings(obj, "gidMappings", path)
+    if bool(uid_mappings) != bool(gid_mappings):
+        missing = "gidMappings" if uid_mappings else "uidMappings"
+        raise ConfigError(f"{path}.{missing}", "an idmapped mount needs both uidMappings and "
+                                               "gidMappings")
+    mount = Mount(
         destination=_absolute(_req(obj, "destination", path, str), f"{path}.destination"),
         type=_opt(obj, "type", path, str) or None,
         source=_opt(obj, "source", path, str) or None,
         options=_strs(obj, "options", path),
+        uid_mappings=uid_mappings,
+        gid_mappings=gid_mappings,
     )
+    if uid_mappings and not (mount.type in ("bind", "rbind", "none", None)
+                             or "bind" in mount.options or "rbind" in mount.options):
+        raise ConfigError(f"{path}.uidMappings", "only bind mounts can be idmapped here")
+    return mount
 
 
 def _uts_name(data: dict, key: str, linux: Linux) -> str | None:
@@ -555,8 +683,8 @@ def _annotations(data: dict) -> dict[str, str]:
 def _linux(obj: dict, path: str) -> Linux:
     _unsupported(obj, _LINUX_UNSUPPORTED, path)
     namespaces = _namespaces(obj, path)
-    uid_mappings = tuple(_mapping(m, where) for where, m in _items(obj, "uidMappings", path))
-    gid_mappings = tuple(_mapping(m, where) for where, m in _items(obj, "gidMappings", path))
+    uid_mappings = _mappings(obj, "uidMappings", path)
+    gid_mappings = _mappings(obj, "gidMappings", path)
     _check_user_namespace(namespaces, uid_mappings, gid_mappings, path)
     propagation = _opt(obj, "rootfsPropagation", path, str) or None
     if propagation is not None and propagation not in _PROPAGATIONS:
@@ -579,7 +707,65 @@ def _linux(obj: dict, path: str) -> Linux:
         readonly_paths=tuple(_absolute(p, w) for w, p in _items(obj, "readonlyPaths", path)),
         sysctl=_sysctl(obj, path, namespaces),
         seccomp=_seccomp(obj, path),
+        time_offsets=_time_offsets(obj, path, namespaces),
+        personality=_personality(obj, path),
+        mount_label=_opt(obj, "mountLabel", path, str) or None,
+        intel_rdt=_opt(obj, "intelRdt", path, dict) or None,
     )
+
+
+# ---- linux.timeOffsets, linux.personality -----------------------------------------------------
+
+#: personality(2): the execution domains and flags (linux/personality.h).
+PERSONALITY_DOMAINS = {"LINUX": 0x0000, "LINUX32": 0x0008}
+PERSONALITY_FLAGS = {
+    "UNAME26": 0x0020000, "ADDR_NO_RANDOMIZE": 0x0040000, "FDPIC_FUNCPTRS": 0x0080000,
+    "MMAP_PAGE_ZERO": 0x0100000, "ADDR_COMPAT_LAYOUT": 0x0200000,
+    "READ_IMPLIES_EXEC": 0x0400000, "ADDR_LIMIT_32BIT": 0x0800000,
+    "SHORT_INODE": 0x1000000, "WHOLE_SECONDS": 0x2000000, "STICKY_TIMEOUTS": 0x4000000,
+    "ADDR_LIMIT_3GB": 0x8000000,
+}
+TIME_CLOCKS = ("monotonic", "boottime")  # the clocks a time namespace offsets
+
+
+def _time_offsets(obj: dict, path: str, namespaces) -> dict[str, TimeOffset]:
+    offsets = _opt(obj, "timeOffsets", path, dict, {})
+    if not offsets:
+        return {}
+    path = f"{path}.timeOffsets"
+    time_ns = next((ns for ns in namespaces if ns.type == "time"), None)
+    if time_ns is None:
+        raise ConfigError(path, "time offsets need a new time namespace "
+                                "(linux.namespaces has no \"time\" entry)")
+    if time_ns.path is not None:
+        raise ConfigError(path, "time offsets cannot be set when joining an existing time "
+                                "namespace")
+    found = {}
+    for clock, value in offsets.items():
+        where = f"{path}.{clock}"
+        if clock not in TIME_CLOCKS:
+            raise ConfigError(where, f"unknown clock {clock!r} (a time namespace offsets "
+                                     f"monotonic and boottime)")
+        _check(value, where, dict)
+        found[clock] = TimeOffset(secs=_int(value, "secs", where, -(1 << 63), _I64_MAX) or 0,
+                                  nanosecs=_int(value, "nanosecs", where, 0, 999_999_999) or 0)
+    return found
+
+
+def _personality(obj: dict, path: str) -> Personality | None:
+    value = _opt(obj, "personality", path, dict, {})
+    if not value:
+        return None
+    path = f"{path}.personality"
+    domain = _req(value, "domain", path, str)
+    if domain not in PERSONALITY_DOMAINS:
+        raise ConfigError(f"{path}.domain", f"unknown execution domain {domain!r} "
+                                            f"(LINUX or LINUX32)")
+    flags = _strs(value, "flags", path)
+    for i, flag in enumerate(flags):
+        if flag not in PERSONALITY_FLAGS:
+            raise ConfigError(f"{path}.flags[{i}]", f"unknown personality flag {flag!r}")
+    return Personality(domain=domain, flags=flags)
 
 
 # ---- linux.sysctl -----------------------------------------------------------------------------
@@ -721,8 +907,6 @@ def _namespaces(obj: dict, path: str) -> tuple[Namespace, ...]:
         kind = _req(_check(item, where, dict), "type", where, str)
         if kind not in NAMESPACE_TYPES:
             raise ConfigError(f"{where}.type", f"unknown namespace type {kind!r}")
-        if kind == "time":
-            raise NotSupportedError(f'{where}.type "time"')
         if kind in seen:
             raise ConfigError(f"{where}.type", f"duplicate namespace type {kind}")
         ns_path = _opt(item, "path", where, str) or None  # "" is no path, as in Go
@@ -730,6 +914,21 @@ def _namespaces(obj: dict, path: str) -> tuple[Namespace, ...]:
             _absolute(ns_path, f"{where}.path")
         seen[kind] = Namespace(kind, ns_path)
     return tuple(seen.values())
+
+
+def _mappings(obj: dict, key: str, path: str) -> tuple[IdMapping, ...]:
+    """An id map; the kernel refuses ranges that overlap on either side: named here."""
+    found = tuple(_mapping(m, where) for where, m in _items(obj, key, path))
+    for i, a in enumerate(found):
+        for j in range(i):
+            b = found[j]
+            for side, lo_a, lo_b in (("container", a.container_id, b.container_id),
+                                     ("host", a.host_id, b.host_id)):
+                if lo_a < lo_b + b.size and lo_b < lo_a + a.size:
+                    raise ConfigError(f"{_join(path, key)}[{i}]",
+                                      f"{side} ids {lo_a}-{lo_a + a.size - 1} overlap "
+                                      f"{_join(path, key)}[{j}] ({lo_b}-{lo_b + b.size - 1})")
+    return found
 
 
 def _mapping(obj: object, path: str) -> IdMapping:

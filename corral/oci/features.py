@@ -1,0 +1,121 @@
+"""``corral features``: the runtime-spec features document (features.md), telling what this
+build implements and, where it depends on the host, what this host supports: probed, never
+assumed.  Every list here is the one the code itself uses to accept a config, so a claimed
+feature is always one ``parse_config`` and the init accept (tests/test_features.py)."""
+
+from __future__ import annotations
+
+import os
+
+from corral import OCI_VERSION, __version__
+
+HOOKS = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+         "poststop"]
+
+
+def mount_options() -> list[str]:
+    from corral.init.mounts import FLAG_OPTIONS, PROPAGATION_OPTIONS
+
+    return sorted(set(FLAG_OPTIONS) | set(PROPAGATION_OPTIONS))
+
+
+def namespaces() -> list[str]:
+    """The namespace types corral accepts that this kernel has (/proc/self/ns)."""
+    from corral.oci.config import NAMESPACE_TYPES
+
+    proc_names = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts",
+                  "user": "user", "cgroup": "cgroup", "time": "time"}
+    return sorted(t for t in NAMESPACE_TYPES if os.path.exists(f"/proc/self/ns/{proc_names[t]}"))
+
+
+def capabilities() -> list[str]:
+    """The capabilities corral knows, up to this kernel's last one."""
+    from corral.oci.capabilities import ALL_CAPS
+
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+    except (OSError, ValueError):
+        last = len(ALL_CAPS) - 1
+    return list(ALL_CAPS[: last + 1])
+
+
+def _seccomp_flag_supported(flag: int) -> bool:
+    """seccomp(SECCOMP_SET_MODE_FILTER, flag, NULL): EFAULT means the kernel knows the flag
+    (it got as far as reading the program), EINVAL that it does not (runc's probe)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    rc = libc.syscall(ctypes.c_long(317), ctypes.c_long(1), ctypes.c_long(flag), None)
+    return rc < 0 and ctypes.get_errno() == 14  # EFAULT
+
+
+def _arch_usable(lib, arch: str) -> bool:
+    """libseccomp knows the architecture and can add it to a filter for this one (a filter
+    cannot mix byte orders: big-endian ones are refused on x86_64)."""
+    token = lib.seccomp_arch_resolve_name(arch[len("SCMP_ARCH_"):].lower().encode())
+    if token == 0:
+        return False
+    ctx = lib.seccomp_init(0x7FFF0000)  # SCMP_ACT_ALLOW
+    try:
+        rc = lib.seccomp_arch_add(ctx, token)
+    finally:
+        lib.seccomp_release(ctx)
+    return rc == 0 or rc == -17  # EEXIST: the native one
+
+
+def seccomp() -> dict:
+    from corral.oci.config import (SECCOMP_ACTIONS, SECCOMP_ARCHES, SECCOMP_FLAGS,
+                                   SECCOMP_OPERATORS)
+
+    try:
+        from corral.init.seccomp import _load
+
+        _ffi, lib = _load()
+    except Exception:  # noqa: BLE001 - no libseccomp: no seccomp support
+        return {"enabled": False}
+    archs = [a for a in sorted(SECCOMP_ARCHES) if _arch_usable(lib, a)]
+    return {
+        "enabled": True,
+        "actions": sorted(SECCOMP_ACTIONS - {"SCMP_ACT_NOTIFY"}),  # NOTIFY is refused
+        "operators": sorted(SECCOMP_OPERATORS),
+        "archs": archs,
+        "knownFlags": sorted(SECCOMP_FLAGS),
+        "supportedFlags": sorted(name for name, bit in SECCOMP_FLAGS.items()
+                                 if _seccomp_flag_supported(bit)),
+    }
+
+
+def idmap_supported() -> bool:
+    """mount_setattr(2) (Linux 5.12) exists: an empty call fails with EINVAL, not ENOSYS."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    rc = libc.syscall(ctypes.c_long(442), ctypes.c_long(-1), None, ctypes.c_long(0), None,
+                      ctypes.c_long(0))
+    return not (rc < 0 and ctypes.get_errno() == 38)  # ENOSYS
+
+
+def features() -> dict:
+    from corral.oci import host
+
+    return {
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": OCI_VERSION,
+        "hooks": HOOKS,
+        "mountOptions": mount_options(),
+        "linux": {
+            "namespaces": namespaces(),
+            "capabilities": capabilities(),
+            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False,
+                       "rdma": False},
+            "seccomp": seccomp(),
+            "apparmor": {"enabled": host.apparmor_enabled()},
+            "selinux": {"enabled": host.selinux_enabled()},
+            "intelRdt": {"enabled": False},  # refused everywhere (not implemented yet)
+            "mountExtensions": {"idmap": {"enabled": idmap_supported()}},
+        },
+        "annotations": {"org.corral.version": __version__},
+    }
