@@ -337,15 +337,17 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(cliargs.usage(command))
             return 0
         if args.systemd_cgroup:
-            raise NotSupportedError("--systemd-cgroup")
+            from corral.cgroups.hierarchy import systemd_unsupported
+
+            raise systemd_unsupported("--systemd-cgroup")
         if args.global_rootless not in (None, "false", "auto"):
             raise NotSupportedError("--rootless")
         if command.name not in COMMANDS:
             raise NotSupportedError(f"corral {command.name}")
         if args.root is None:
-            from corral.oci.state import DEFAULT_ROOT
+            from corral.oci.state import default_root
 
-            args.root = DEFAULT_ROOT
+            args.root = default_root()
         return COMMANDS[command.name](args, log)
     except CorralError as exc:
         log.error(str(exc))

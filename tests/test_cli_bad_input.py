@@ -87,10 +87,9 @@ def test_existing_id(corral, make_bundle):
 
 def test_unsupported_feature_is_named(corral, make_bundle):
     b = make_bundle()
-    b.config["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_NOTIFY"}
+    b.config["linux"]["memoryPolicy"] = {"mode": "MPOL_BIND", "nodes": "0"}
     b.write()
-    assert_one_line_error(create(corral, b),
-                          "linux.seccomp.defaultAction SCMP_ACT_NOTIFY: not supported yet")
+    assert_one_line_error(create(corral, b), "linux.memoryPolicy: not supported yet")
 
 
 def test_failing_mount_cleans_up(corral, make_bundle):

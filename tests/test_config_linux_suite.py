@@ -454,8 +454,10 @@ def test_idmapped_mount_needs_both_maps():
 # ---- rootless ---------------------------------------------------------------------------------
 
 
-def test_rootless_is_refused_with_a_clear_error(make_bundle, tmp_path, mapped_root_can_reach):
-    """corral as an unprivileged user (uid 1000): refused before anything is made."""
+def test_rootless_without_userns_is_refused_with_a_clear_error(make_bundle, tmp_path,
+                                                              mapped_root_can_reach):
+    """corral as an unprivileged user (uid 1000) on a config without a user namespace:
+    refused before anything is made (tests/test_rootless.py runs the rootless spec)."""
     import subprocess
 
     from tests.conftest import CORRAL
@@ -468,5 +470,6 @@ def test_rootless_is_refused_with_a_clear_error(make_bundle, tmp_path, mapped_ro
                            *CORRAL, "--root", str(root), "create", "-b", b.path, b.id],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert "rootless containers (corral run as uid 1000): not supported yet" in proc.stderr
+    assert ("linux.namespaces: rootless (corral run as uid 1000): the container needs a user "
+            "namespace") in proc.stderr
     assert os.listdir(root) == []

@@ -85,6 +85,8 @@ def test_seccomp_entries_compile(features):
                           "args": [{"index": 0, "value": 1, "op": op}
                                    for op in seccomp["operators"][:1]]}],
         }
+        if action == "SCMP_ACT_NOTIFY":
+            config["linux"]["seccomp"]["listenerPath"] = "/run/agent.sock"
         program, _flags = compile_filter(parse_config(config).linux.seccomp)
         assert program
     for op in seccomp["operators"]:

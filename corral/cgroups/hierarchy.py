@@ -140,6 +140,15 @@ def own_cgroups(proc_self_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:
     return found
 
 
+def systemd_unsupported(what: str, detail: str = "") -> CgroupError | NotSupportedError:
+    """systemd cgroup management (``--systemd-cgroup``, a ``slice:prefix:name``
+    cgroupsPath): on a host where systemd is not running (no ``/run/systemd/system``,
+    sd_booted's test) that is what the error says; elsewhere it is not written yet."""
+    if not os.path.isdir("/run/systemd/system"):
+        return CgroupError(f"{what}{detail}: systemd is not running on this host")
+    return NotSupportedError(f"{what}{detail}")
+
+
 def split_path(path: str, field: str = "linux.cgroupsPath") -> list[str]:
     """Components of a cgroup path; ``..`` is refused rather than resolved, so no path
     can climb out of the cgroup it is relative to."""
@@ -162,7 +171,7 @@ def resolve(layout: Layout, cgroups_path: str | None, container_id: str,
     if not cgroups_path:
         cgroups_path = f"/{default_parent}/{container_id}"
     elif cgroups_path[0] != "/" and cgroups_path.count(":") == 2:
-        raise NotSupportedError("--systemd-cgroup / systemd cgroupsPath")
+        raise systemd_unsupported("linux.cgroupsPath", f" (systemd form {cgroups_path!r})")
     parts = split_path(cgroups_path)
     own = None if cgroups_path[0] == "/" else own_cgroups(proc_self_cgroup)
     dirs = {}

@@ -4,7 +4,8 @@
                  fifo handle (the host's view) -> idmapped trees (host privileges) -> C stage (namespaces, clone into the pid namespace,
                  setsid, root of the user namespace)
     child_main:  ... -> seccomp: the profile compiled to BPF (libseccomp, from the host's
-                 filesystem) before anything else
+                 filesystem) before anything else; with SCMP_ACT_NOTIFY rules, connected to
+                 the agent at listenerPath (the host's view, after the fifo handle)
     init:        loopback -> hostname -> rootfs up to the pivot -> [HooksDue ... HooksDone
                  -> createContainer hooks] -> pivot -> sysctl -> read-only and masked paths
                  -> rlimits -> cwd -> find the executable -> Ready ... wait for Run ... -> umask
@@ -39,6 +40,12 @@ def child_main(sync_fd: int) -> None:
 
             seccomp = compile_filter(config.linux.seccomp)
         fifo_fd = _before_namespaces(config, boot)
+        listener_fd = -1
+        if seccomp is not None and config.linux.seccomp.notifies:
+            from corral.init.seccomp import connect_listener
+            import corral.supervisor.hooks  # noqa: F401 - for the state, after the pivot
+
+            listener_fd = connect_listener(config.linux.seccomp.listener_path)
         idmapped = {}
         if any(m.uid_mappings for m in config.mounts):
             from corral.init.mounts import open_idmapped_trees
@@ -48,7 +55,7 @@ def child_main(sync_fd: int) -> None:
                                  [(t, path) for t, path in boot.join],
                                  time_offsets=_time_offsets(config.linux.time_offsets))
         # only the container's init gets here
-        _init(sync_fd, boot, config, fifo_fd, seccomp, idmapped)
+        _init(sync_fd, boot, config, fifo_fd, seccomp, idmapped, listener_fd)
     except BaseException as exc:  # noqa: BLE001 - everything goes to the parent
         _report(sync_fd, exc)
     os._exit(1)
@@ -157,7 +164,7 @@ def _write_attr(candidates: tuple[str, ...], value: str, field: str) -> None:
 
 
 def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
-          idmapped: dict[int, int]) -> None:  # it execs
+          idmapped: dict[int, int], listener_fd: int = -1) -> None:  # it execs
     from corral.init.rootfs import finalize_rootfs, prepare_rootfs
 
     proc = config.process
@@ -201,11 +208,19 @@ def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
         os.umask(proc.user.umask)
     _process_attributes(config)
     start_hooks = config.hooks.start_container
+    listener = None
+    if listener_fd >= 0:
+        from corral.init.seccomp import process_state
+
+        # "running" as crun sends it: the agent gets it once `start` has let the process go
+        listener = (listener_fd, process_state(
+            config.linux.seccomp, config.oci_version,
+            _state(boot, config, "running", run.pid), run.pid))
     nsenter.finalize_and_exec(
         start_hooks=[(h.path, list(h.args) or [h.path], list(h.env) or env, h.timeout or 0)
                      for h in start_hooks],
         hook_state=_state(boot, config, "created", run.pid) if start_hooks else None,
-        seccomp=seccomp,
+        seccomp=seccomp, seccomp_listener=listener,
         sync_fd=sync_fd, uid=proc.user.uid, gid=proc.user.gid,
         groups=list(proc.user.additional_gids), caps=_cap_masks(proc.capabilities),
         no_new_privs=proc.no_new_privileges,

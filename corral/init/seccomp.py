@@ -10,13 +10,20 @@ Conversions follow runc (libcontainer/seccomp/seccomp_linux.go): ``SCMP_ACT_ERRN
 ``SCMP_ACT_TRACE`` return ``errnoRet`` (default EPERM); syscall names libseccomp does not know
 for this architecture are skipped; several conditions on one argument become one rule each
 (libseccomp cannot AND two comparisons of one argument).
+
+``SCMP_ACT_NOTIFY``: the child connects to ``listenerPath`` before it enters the namespaces
+(the host's view; relative to the bundle, like runc, which runs in it), so a missing or
+refusing listener fails ``create`` cleanly; the init prepares the containerProcessState JSON
+after ``Run`` (it then knows its host pid); stage_seccomp loads the filter with
+SECCOMP_FILTER_FLAG_NEW_LISTENER and sends the JSON with the notify fd (SCM_RIGHTS).
 """
 
 from __future__ import annotations
 
 import os
 
-from corral.errors import ConfigError
+from corral import jsonlite as json
+from corral.errors import ChildError, ConfigError
 
 _CDEF = """
 typedef void *scmp_filter_ctx;
@@ -74,6 +81,8 @@ def action_value(action: str, errno_ret: int | None) -> int:
         return 0x7FF00000 | (ret & 0xFFFF)
     if action == "SCMP_ACT_LOG":
         return 0x7FFC0000
+    if action == "SCMP_ACT_NOTIFY":
+        return 0x7FC00000
     if action == "SCMP_ACT_ALLOW":
         return 0x7FFF0000
     raise ConfigError("linux.seccomp", f"action {action}: not supported yet")
@@ -157,3 +166,40 @@ def _export(lib, ctx) -> bytes:
 def _check(rc: int, where: str) -> None:
     if rc < 0:
         raise ConfigError(where, f"libseccomp: {os.strerror(-rc).lower()}")
+
+
+_SUN_PATH_MAX = 107  # sizeof(sun_path) - 1
+
+
+def connect_listener(path: str) -> int:
+    """A connected SOCK_STREAM socket to the seccomp agent (close-on-exec), as a raw fd."""
+    import socket
+
+    where = "linux.seccomp.listenerPath"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    dir_fd = -1
+    try:
+        target = path
+        if len(os.fsencode(path)) > _SUN_PATH_MAX:  # reach it through its directory
+            dir_fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_CLOEXEC)
+            target = f"/proc/self/fd/{dir_fd}/{os.path.basename(path)}"
+        sock.connect(target)
+    except OSError as exc:
+        sock.close()
+        text = (exc.strerror or str(exc)).lower()
+        raise ChildError(f"{where}: connect to the seccomp agent at {path}: {text}",
+                         exc.errno or 0, "seccomp") from None
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+    return sock.detach()
+
+
+def process_state(seccomp, oci_version: str, state: bytes, pid: int) -> bytes:
+    """The containerProcessState the agent receives with the notify fd (runtime-spec
+    config-linux.md#seccomp): ``state`` is the container's state JSON."""
+    doc = {"ociVersion": oci_version, "fds": ["seccompFd"], "pid": pid}
+    if seccomp.listener_metadata:
+        doc["metadata"] = seccomp.listener_metadata
+    doc["state"] = json.loads(state)
+    return json.dumps(doc, separators=(",", ":")).encode()

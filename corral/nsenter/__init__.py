@@ -170,7 +170,8 @@ def finalize_and_exec(*, sync_fd: int, uid: int, gid: int, groups: Sequence[int]
                       session_keyring: str | None,
                       argv: Sequence[str], env: Sequence[str],
                       start_hooks: Sequence[tuple] = (), hook_state: bytes | None = None,
-                      seccomp: tuple[bytes, int] | None = None) -> None:
+                      seccomp: tuple[bytes, int] | None = None,
+                      seccomp_listener: tuple[int, bytes] | None = None) -> None:
     """The last steps before exec, in C.  Never returns: on failure the error was sent to
     the parent and the process exits."""
     keep = []
@@ -221,6 +222,14 @@ def finalize_and_exec(*, sync_fd: int, uid: int, gid: int, groups: Sequence[int]
         cfg.hook_state_fd = state_fd
     # seccomp: (BPF program bytes, SECCOMP_FILTER_FLAG_* bits)
     cfg.seccomp_filter = ffi.NULL
+    cfg.seccomp_listener_fd = -1
+    if seccomp is not None and seccomp_listener is not None:
+        # (connected socket to the SCMP_ACT_NOTIFY agent, containerProcessState JSON)
+        listener_fd, listener_state = seccomp_listener
+        state = ffi.new("char[]", listener_state)
+        keep.append(state)
+        cfg.seccomp_listener_fd = listener_fd
+        cfg.seccomp_listener_state = state
     if seccomp is not None:
         program, flags = seccomp
         filt = ffi.from_buffer(program)

@@ -44,6 +44,8 @@ ffibuilder.cdef(
         int seccomp_len;
         unsigned int seccomp_flags;
         int seccomp_sysadmin;
+        int seccomp_listener_fd;
+        const char *seccomp_listener_state;
     };
     int corral_nsenter(const struct nsenter_config *cfg);
     int corral_finalize(const struct finalize_config *cfg);

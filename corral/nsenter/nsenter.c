@@ -16,7 +16,7 @@
  *                       stage_nondumpable -> stage_caps -> stage_nnp ->
  *                       stage_check_exec -> stage_close_fds -> (report "waiting") ->
  *                       stage_fifo -> stage_signals -> stage_start_hooks ->
- *                       stage_seccomp -> execve
+ *                       stage_seccomp (-> the notify fd to the seccomp agent) -> execve
  *
  * After "waiting" the parent is gone (create returned): errors from then on go to stderr and
  * the init exits 127 without running the container's process.
@@ -43,6 +43,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -259,8 +260,16 @@ static int stage_userns(const struct nsenter_config *cfg)
     char frame[96];
     if (!cfg->new_user)
         return 0;
+    /* Rootless: an unprivileged parent can open /proc/<pid>/{uid_map,gid_map,setgroups} only
+     * while they are its own, i.e. while we are dumpable (runc does the same).  Nothing else
+     * runs in the new namespace yet; non-dumpable again as soon as the maps are written. */
+    int rootless = geteuid() != 0;
     if (unshare(CLONE_NEWUSER) < 0) {
         send_error(cfg->sync_fd, "userns", errno, "unshare user namespace");
+        return -1;
+    }
+    if (rootless && prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "userns", errno, "prctl(PR_SET_DUMPABLE) for the id maps");
         return -1;
     }
     snprintf(frame, sizeof(frame), "{\"type\":\"usermap_request\",\"pid\":%d}", (int)getpid());
@@ -268,6 +277,10 @@ static int stage_userns(const struct nsenter_config *cfg)
         return -1;
     if (expect_frame(cfg->sync_fd, "{\"type\":\"usermap_done\"}") < 0) {
         send_error(cfg->sync_fd, "userns", errno, "waiting for the id maps");
+        return -1;
+    }
+    if (rootless && prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+        send_error(cfg->sync_fd, "userns", errno, "prctl(PR_SET_DUMPABLE)");
         return -1;
     }
     return 0;
@@ -452,7 +465,10 @@ static int stage_bounding(const struct finalize_config *cfg, int last)
  * asks for the new user. */
 static int stage_user(const struct finalize_config *cfg)
 {
-    if (cfg->set_groups && setgroups((size_t)cfg->ngroups, cfg->groups) < 0) {
+    /* EPERM for an empty list: a rootless user namespace has setgroups denied (the kernel
+     * requires it for an unprivileged gid_map); there is nothing to drop that we could. */
+    if (cfg->set_groups && setgroups((size_t)cfg->ngroups, cfg->groups) < 0 &&
+        !(errno == EPERM && cfg->ngroups == 0)) {
         send_error(cfg->sync_fd, "user", errno, "setgroups");
         return -1;
     }
@@ -688,10 +704,61 @@ static int stage_start_hooks(const struct finalize_config *cfg)
     return 0;
 }
 
+/* SCMP_ACT_NOTIFY: hands the notify fd to the agent in one sendmsg whose SCM_RIGHTS travels
+ * with the containerProcessState JSON (a long state's rest follows without it).  MSG_NOSIGNAL:
+ * SIGPIPE has its default disposition again by now. */
+static int send_listener(const struct finalize_config *cfg, int notify_fd)
+{
+    const char *data = cfg->seccomp_listener_state;
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {(void *)data, strlen(data)};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    memset(&control, 0, sizeof(control));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &notify_fd, sizeof(int));
+    while (iov.iov_len > 0) {
+        ssize_t n = sendmsg(cfg->seccomp_listener_fd, &msg, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue; /* nothing went: the fd is sent again with the retry */
+            return -1;
+        }
+        iov.iov_base = (char *)iov.iov_base + n;
+        iov.iov_len -= (size_t)n;
+        msg.msg_control = NULL; /* the fd went with the first bytes */
+        msg.msg_controllen = 0;
+    }
+    return 0;
+}
+
 /* The seccomp filter (BPF compiled by libseccomp in the init, corral/init/seccomp.py) is the
  * last step before execve, so that it filters as little of the runtime's own work as
  * possible: the profile need allow only execve (and capset when CAP_SYS_ADMIN was kept for
- * the load).  seccomp(2) when flags are asked for (LOG, SPEC_ALLOW, ...), else prctl. */
+ * the load).  seccomp(2) when flags are asked for (LOG, SPEC_ALLOW, ...), else prctl.
+ *
+ * With a listener (SCMP_ACT_NOTIFY rules, linux.seccomp.listenerPath) the filter is loaded
+ * with SECCOMP_FILTER_FLAG_NEW_LISTENER, which returns the notify fd; it can exist only once
+ * the filter is loaded, so the hand-over necessarily runs under the filter.  The order is
+ * crun's (runc does the same with its parent as the go-between): the runtime connected to
+ * the agent before create returned (corral/init/seccomp.py, connect_listener), and here,
+ * right after the load: sendmsg(JSON + SCM_RIGHTS) -> close(notify fd) -> close(socket) ->
+ * [capset dropping CAP_SYS_ADMIN] -> execve.  So the notify rules apply from the load, not
+ * only after exec: config.py refuses SCMP_ACT_NOTIFY as the default action and for sendmsg
+ * (runc refuses it for the write it uses): nobody holds the fd yet to answer them; close,
+ * capset and execve, when the profile sends them to the agent, are the agent's to answer
+ * (it has the fd by then).  On a failure the notify fd is closed first: with no listener
+ * left, notified syscalls (our error message's write) fail with ENOSYS instead of waiting. */
 static int stage_seccomp(const struct finalize_config *cfg, int last)
 {
     struct sock_fprog prog;
@@ -700,13 +767,31 @@ static int stage_seccomp(const struct finalize_config *cfg, int last)
         return 0;
     prog.len = (unsigned short)cfg->seccomp_len;
     prog.filter = (struct sock_filter *)cfg->seccomp_filter;
-    if (cfg->seccomp_flags)
+    if (cfg->seccomp_listener_fd >= 0) {
+        /* TSYNC and NEW_LISTENER exclude each other (without TSYNC_ESRCH); this process has
+         * one thread, TSYNC has nothing to do. */
+        unsigned int flags = (cfg->seccomp_flags & ~(unsigned int)SECCOMP_FILTER_FLAG_TSYNC) |
+                             SECCOMP_FILTER_FLAG_NEW_LISTENER;
+        rc = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &prog);
+    } else if (cfg->seccomp_flags)
         rc = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, cfg->seccomp_flags, &prog);
     else
         rc = prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0);
     if (rc < 0) {
         dprintf(2, "corral: linux.seccomp: load the filter: %s\n", strerror(errno));
         return -1;
+    }
+    if (cfg->seccomp_listener_fd >= 0) {
+        int notify_fd = rc;
+        if (send_listener(cfg, notify_fd) < 0) {
+            int err = errno;
+            close(notify_fd);
+            dprintf(2, "corral: linux.seccomp.listenerPath: send the notify fd to the seccomp "
+                       "agent: %s\n", strerror(err));
+            return -1;
+        }
+        close(notify_fd);
+        close(cfg->seccomp_listener_fd);
     }
     if (cfg->seccomp_sysadmin && set_caps(cfg, last, 0) < 0) {
         dprintf(2, "corral: linux.seccomp: drop CAP_SYS_ADMIN after loading the filter "

@@ -44,6 +44,9 @@ struct finalize_config {
     unsigned int seccomp_flags; /* SECCOMP_FILTER_FLAG_*: 0 uses prctl(PR_SET_SECCOMP) */
     int seccomp_sysadmin;      /* CAP_SYS_ADMIN kept in E/P only to load the filter (no
                                   no_new_privs): dropped right after it */
+    int seccomp_listener_fd;   /* SCMP_ACT_NOTIFY: socket connected to the agent at
+                                  linux.seccomp.listenerPath, or -1 */
+    const char *seccomp_listener_state; /* containerProcessState JSON sent with the fd */
 };
 
 int corral_nsenter(const struct nsenter_config *cfg);

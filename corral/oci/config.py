@@ -247,6 +247,13 @@ class Seccomp(Record):
     architectures: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     syscalls: tuple[SeccompSyscall, ...] = ()
+    listener_path: str | None = None  # SCMP_ACT_NOTIFY: the agent's UNIX socket
+    listener_metadata: str | None = None  # passed to the agent as is
+
+    @property
+    def notifies(self) -> bool:
+        """Some rule hands its syscalls to the listener (SCMP_ACT_NOTIFY)."""
+        return any(rule.action == "SCMP_ACT_NOTIFY" for rule in self.syscalls)
 
 
 class Linux(Record):
@@ -856,9 +863,12 @@ def _seccomp_action(obj: dict, key: str, path: str) -> str:
     action = _req(obj, key, path, str)
     if action not in SECCOMP_ACTIONS:
         raise ConfigError(_join(path, key), f"unknown seccomp action {action!r}")
-    if action == "SCMP_ACT_NOTIFY":
-        raise NotSupportedError(f"{_join(path, key)} SCMP_ACT_NOTIFY")
     return action
+
+
+#: What the runtime itself calls after the filter is loaded and before the agent holds the
+#: notify fd (nsenter.c, stage_seccomp): a notification for it could never be answered.
+SECCOMP_NOTIFY_REFUSED = frozenset({"sendmsg"})
 
 
 def _seccomp(obj: dict, path: str) -> Seccomp | None:
@@ -866,7 +876,6 @@ def _seccomp(obj: dict, path: str) -> Seccomp | None:
     if not seccomp:
         return None
     path = f"{path}.seccomp"
-    _unsupported(seccomp, ("listenerPath", "listenerMetadata"), path)
     for where, arch in _items(seccomp, "architectures", path):
         if _check(arch, where, str) not in SECCOMP_ARCHES:
             raise ConfigError(where, f"unknown seccomp architecture {arch!r}")
@@ -889,16 +898,39 @@ def _seccomp(obj: dict, path: str) -> Seccomp | None:
                 index=_int(arg, "index", arg_where, 0, 5, required=True),
                 value=_int(arg, "value", arg_where, 0, _U64, required=True),
                 value_two=_int(arg, "valueTwo", arg_where, 0, _U64) or 0, op=op))
+        action = _seccomp_action(item, "action", where)
+        if action == "SCMP_ACT_NOTIFY":
+            for name in names:
+                if name in SECCOMP_NOTIFY_REFUSED:
+                    raise ConfigError(f"{where}.names", f"SCMP_ACT_NOTIFY cannot apply to "
+                                      f"{name}: the runtime calls it to hand the listener its "
+                                      f"fd, before anyone can answer")
         syscalls.append(SeccompSyscall(
-            names=names, action=_seccomp_action(item, "action", where),
+            names=names, action=action,
             errno_ret=_int(item, "errnoRet", where, 0, 0xFFFF), args=tuple(args)))
-    return Seccomp(
-        default_action=_seccomp_action(seccomp, "defaultAction", path),
+    default_action = _seccomp_action(seccomp, "defaultAction", path)
+    if default_action == "SCMP_ACT_NOTIFY":
+        # runc refuses it too: the runtime's own syscalls after the load would wait on a
+        # listener that does not have the notify fd yet.
+        raise ConfigError(f"{path}.defaultAction", "SCMP_ACT_NOTIFY cannot be the default "
+                                                   "action (only a rule's)")
+    listener_path = _opt(seccomp, "listenerPath", path, str, None)
+    if listener_path == "":
+        raise ConfigError(f"{path}.listenerPath", "must not be empty")
+    result = Seccomp(
+        default_action=default_action,
         default_errno_ret=_int(seccomp, "defaultErrnoRet", path, 0, 0xFFFF),
         architectures=_strs(seccomp, "architectures", path),
         flags=_strs(seccomp, "flags", path),
         syscalls=tuple(syscalls),
+        listener_path=listener_path,
+        listener_metadata=_opt(seccomp, "listenerMetadata", path, str, None),
     )
+    if result.notifies and listener_path is None:
+        first = next(i for i, r in enumerate(syscalls) if r.action == "SCMP_ACT_NOTIFY")
+        raise ConfigError(f"{path}.listenerPath", f"is required by SCMP_ACT_NOTIFY "
+                                                  f"({path}.syscalls[{first}].action)")
+    return result
 
 
 def _namespaces(obj: dict, path: str) -> tuple[Namespace, ...]:

@@ -14,6 +14,16 @@ import time
 from corral.errors import ConfigError, ContainerExists, ContainerNotFound
 
 DEFAULT_ROOT = "/run/corral"
+
+
+def default_root() -> str:
+    """``/run/corral``; for a non-root caller (rootless) ``$XDG_RUNTIME_DIR/corral`` when
+    that is set, as runc uses ``$XDG_RUNTIME_DIR/runc`` (``/run/user/<uid>/runc``)."""
+    if os.geteuid() != 0:
+        runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime_dir:
+            return os.path.join(runtime_dir, "corral")
+    return DEFAULT_ROOT
 STATE_FILE = "state.json"
 FIFO_NAME = "exec.fifo"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")

@@ -63,9 +63,18 @@ class Container:
         return state
 
     def _cgroup(self):
+        """The container's cgroup; a rootless container without a delegated cgroup has
+        none (``"cgroup": null`` in its record): what needs one fails clearly."""
         from corral.cgroups import Cgroup
 
+        if not self.record.get("cgroup"):
+            from corral.supervisor.rootless import no_cgroup
+
+            raise no_cgroup()
         return Cgroup.from_json(self.record["cgroup"])
+
+    def has_cgroup(self) -> bool:
+        return bool(self.record.get("cgroup"))
 
     # ---- start ----
 
@@ -127,13 +136,16 @@ class Container:
     def kill(self, sig: int, all_processes: bool = False) -> None:
         status = self.status()
         if all_processes:
-            self._cgroup().kill_all(sig)
+            if self.has_cgroup():
+                self._cgroup().kill_all(sig)
+            elif status in (CREATED, RUNNING, PAUSED):
+                self._signal_without_cgroup(sig)
             return
         if status not in (CREATED, RUNNING, PAUSED):
             raise ContainerStateError("container not running")
         self._signal_init(sig)
         # A paused init gets the signal when resumed; SIGKILL thaws it so it dies now (runc).
-        if status == PAUSED and sig == signal.SIGKILL:
+        if status == PAUSED and sig == signal.SIGKILL and self.has_cgroup():
             self._cgroup().thaw()
 
     # ---- pause, resume, ps ----
@@ -152,6 +164,32 @@ class Container:
     def processes(self) -> list[int]:
         """Host pids of every process in the container's cgroup."""
         return self._cgroup().pids()
+
+    def _signal_without_cgroup(self, sig: int) -> None:
+        """kill --all with no cgroup (rootless): every process of the init's own pid
+        namespace (the init first), or, sharing the host's, the init alone."""
+        self._signal_init(sig)
+        if not self.record.get("pid_ns"):
+            return
+        try:
+            ns = os.readlink(f"/proc/{self.pid}/ns/pid")
+        except OSError:
+            return
+        for name in os.listdir("/proc"):
+            if not name.isdigit() or int(name) == self.pid:
+                continue
+            try:
+                if os.readlink(f"/proc/{name}/ns/pid") != ns:
+                    continue
+                pidfd = os.pidfd_open(int(name))
+            except OSError:
+                continue  # gone, or not ours to see
+            try:
+                signal.pidfd_send_signal(pidfd, sig)
+            except OSError:
+                pass
+            finally:
+                os.close(pidfd)
 
     def _signal_init(self, sig: int) -> None:
         """Through a pidfd checked against the start time: never signals a reused pid."""
@@ -176,12 +214,16 @@ class Container:
         if status not in (STOPPED, CREATED) and not force:
             raise ContainerStateError(
                 f"cannot delete container {self.id} that is not stopped: {status}")
-        cgroup = self._cgroup()
+        cgroup = self._cgroup() if self.has_cgroup() else None
         # Leftovers (a container without its own pid namespace keeps them after init exits).
-        cgroup.kill_all(signal.SIGKILL)
+        # Without a cgroup (rootless) the init's pid namespace dies with it; without one of
+        # those either, nothing tracks them (as with runc).
+        if cgroup is not None:
+            cgroup.kill_all(signal.SIGKILL)
         if status in (CREATED, RUNNING, PAUSED):
             self._wait_gone(5.0)
-        cgroup.destroy()
+        if cgroup is not None:
+            cgroup.destroy()
         self.state_dir.remove()
         self._run_hooks("poststop", STOPPED, 0)
 

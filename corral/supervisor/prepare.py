@@ -14,7 +14,7 @@ import _signal as signal  # `signal` itself imports enum: ~3 ms
 
 from corral import nsenter
 from corral.cgroups import Cgroup, detect
-from corral.errors import CgroupError, ConfigError, CorralError, NotSupportedError
+from corral.errors import CgroupError, ConfigError, CorralError
 from corral.oci.config import Config, DeviceRule, IdMapping, load_bundle
 from corral.oci.state import StateDir, rfc3339_now, validate_id
 from corral.procfs import is_alive, start_time
@@ -33,7 +33,9 @@ NS_FLAGS = {
 
 
 class PreparedContainer:
-    def __init__(self, state_dir: StateDir, config: Config, record: dict, cgroup: Cgroup,
+    """``cgroup`` is None for a rootless container without a delegated cgroup."""
+
+    def __init__(self, state_dir: StateDir, config: Config, record: dict, cgroup: Cgroup | None,
                  bootstrap: Bootstrap) -> None:
         self.state_dir = state_dir
         self.config = config
@@ -67,6 +69,8 @@ class PreparedContainer:
             raise TypeError(f"not a host-side action: {action!r}")
 
     def join_cgroup(self, pid: int) -> None:
+        if self.cgroup is None:
+            return
         try:
             self.cgroup.add(pid)
         except CgroupError:
@@ -76,6 +80,11 @@ class PreparedContainer:
 
     def write_id_maps(self, pid: int) -> None:
         linux = self.config.linux
+        if os.geteuid() != 0:
+            from corral.supervisor.rootless import write_id_maps
+
+            write_id_maps(pid, linux.uid_mappings, linux.gid_mappings)
+            return
         _write_map(f"/proc/{pid}/gid_map", linux.gid_mappings, "linux.gidMappings")
         _write_map(f"/proc/{pid}/uid_map", linux.uid_mappings, "linux.uidMappings")
 
@@ -97,6 +106,8 @@ class PreparedContainer:
         run_hooks("createRuntime", hooks.create_runtime, state)
 
     def apply_resources(self, pid: int) -> None:
+        if self.cgroup is None:
+            return  # rootless without a delegated cgroup: prepare refused any resources
         resources = self.config.linux.resources
         if not resources.empty():
             self.cgroup.set_resources(resources)
@@ -117,7 +128,7 @@ class PreparedContainer:
         """Removes everything made for this container; safe to call on any partial state.
         The cgroup only once create() made it: before, its path may be someone else's."""
         try:
-            if self.cgroup_made:
+            if self.cgroup_made and self.cgroup is not None:
                 try:
                     self.cgroup.kill_all(signal.SIGKILL)
                 finally:
@@ -161,16 +172,16 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
     """Validates everything that can be validated before touching the host, then makes the
     state dir (claiming the id), the exec fifo and the cgroup."""
     validate_id(container_id)
-    if os.geteuid() != 0:
-        # Rootless needs an unprivileged id-map path (setgroups deny, single-id maps), a
-        # cgroup fallback when none is delegated, and state/kill paths that work without
-        # one: not done yet.  Refused up front rather than failing half-way.
-        raise NotSupportedError(f"rootless containers (corral run as uid {os.geteuid()})")
     bundle = os.path.abspath(bundle)
     config, raw = load_bundle(bundle)
     from corral.oci.host import check_host
 
     check_host(config)
+    rootless = os.geteuid() != 0
+    if rootless:
+        from corral.supervisor import rootless as rl
+
+        rl.check_config(config)
     rootfs = os.path.join(bundle, config.root_path)
     bootstrap_ns = _namespaces(config)
     listen = listen_fds
@@ -178,6 +189,12 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         raise ConfigError("--preserve-fds", "must not be negative")
     layout = detect()
     cgroup = Cgroup.for_container(layout, config.linux.cgroups_path, container_id)
+    if rootless and not rl.cgroup_delegated(cgroup):
+        rl.check_no_cgroup(config)
+        sys.stderr.write(f"corral: warning: rootless: no cgroup for {container_id} (the "
+                         f"cgroup parent of {cgroup.path} is not writable by uid "
+                         f"{os.geteuid()}: not delegated)\n")
+        cgroup = None
 
     state_dir = StateDir(root, container_id)
     state_dir.create()
@@ -192,7 +209,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         "annotations": dict(config.annotations),
         "owner": "",
         "pid_ns": config.linux.namespace("pid") is not None,
-        "cgroup": cgroup.to_json(),
+        "cgroup": cgroup.to_json() if cgroup is not None else None,
     }
     hooks = config.hooks
     if hooks.poststart or hooks.poststop:  # what `start` and `delete` run, without the config
@@ -207,16 +224,18 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         extra_env=[f"LISTEN_FDS={listen}"] if listen else [],
         cgroupns=_new_cgroupns(config),
         session_keyring=f"_ses.{container_id}" if new_keyring else None,
-        cgroup_mounts=[[name, path] for name, path in cgroup.mount_sources()],
+        cgroup_mounts=([[name, path] for name, path in cgroup.mount_sources()]
+                       if cgroup is not None else []),
         container_id=container_id,
         create_hooks=bool(hooks.prestart or hooks.create_runtime or hooks.create_container)))
     try:
         state_dir.make_fifo()
         state_dir.write(record)
-        cgroup.create()  # on failure it removes what it made itself
-        prepared.cgroup_made = True
-        record["cgroup"] = cgroup.to_json()
-        state_dir.write(record)
+        if cgroup is not None:
+            cgroup.create()  # on failure it removes what it made itself
+            prepared.cgroup_made = True
+            record["cgroup"] = cgroup.to_json()
+            state_dir.write(record)
     except BaseException:
         prepared.undo()
         raise

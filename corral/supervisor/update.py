@@ -197,15 +197,13 @@ def build(args) -> tuple:
 
 def update(container, resources) -> None:
     """Writes ``resources`` into the container's cgroup (created, running or paused)."""
-    from corral.cgroups import Cgroup
-
     from .containers import CREATED, PAUSED, RUNNING
 
     if container.status() not in (CREATED, RUNNING, PAUSED):
         raise ContainerStateError("container not running")
+    cgroup = container._cgroup()  # a rootless container may have none: a clear error
     if resources.empty():
         return
-    cgroup = Cgroup.from_json(container.record["cgroup"])
     for path in cgroup.paths.values():
         if not os.path.isdir(path):
             raise ContainerStateError(f"container not running (its cgroup {path} is gone)")
