@@ -1,65 +1,19 @@
 """cffi build script (API mode): compiled at install time by setup.py's ``cffi_modules``."""
 
+import os
+
 from cffi import FFI
 
-ffibuilder = FFI()
-ffibuilder.cdef(
-    """
-    typedef unsigned int gid_t;
-    struct corral_hook {
-        const char *path;
-        char *const *argv;
-        char *const *envp;
-        int timeout;
-    };
-    struct nsenter_config {
-        int sync_fd;
-        int unshare_flags;
-        int new_user;
-        int in_user_ns;
-        int njoin;
-        const char *const *join_paths;
-        const int *join_types;
-        const char *time_offsets;
-    };
-    struct finalize_config {
-        int sync_fd;
-        uint32_t uid, gid;
-        int set_groups;
-        int ngroups;
-        const gid_t *groups;
-        int unshare_cgroupns;
-        const char *session_keyring;
-        uint64_t cap_bounding, cap_effective, cap_permitted, cap_inheritable, cap_ambient;
-        int no_new_privs;
-        int first_cloexec_fd;
-        int fifo_fd;
-        const char *path;
-        char *const *argv;
-        char *const *envp;
-        int nstart_hooks;
-        const struct corral_hook *start_hooks;
-        int hook_state_fd;
-        const void *seccomp_filter;
-        int seccomp_len;
-        unsigned int seccomp_flags;
-        int seccomp_sysadmin;
-        int seccomp_listener_fd;
-        const char *seccomp_listener_state;
-    };
-    int corral_nsenter(const struct nsenter_config *cfg);
-    int corral_finalize(const struct finalize_config *cfg);
-    int corral_pivot_root(const char *new_root, const char *put_old);
-    int corral_loopback_up(void);
-    int corral_ns_type(int fd);
-    int corral_sched_setattr(uint32_t policy, uint64_t flags, int32_t nice, uint32_t priority,
-                             uint64_t runtime, uint64_t deadline, uint64_t period);
-    int corral_ioprio_set(int ioprio);
-    int corral_idmapped_tree(const char *source, int recursive, const char *uid_map,
-                             const char *gid_map, char *what, size_t what_len);
-    int corral_move_mount(int from_fd, int to_fd);
-    int personality(unsigned long persona);
+HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nsenter.h")
 
+ffibuilder = FFI()
+# nsenter.h is the one description of the structs and entry points, for the C file and for
+# cffi alike; cffi's parser takes it once its preprocessor lines are gone.
+with open(HEADER) as f:
+    header = "".join(line for line in f if not line.startswith("#"))
+ffibuilder.cdef(
+    "typedef unsigned int gid_t;\n" + header + """
+    int personality(unsigned long persona);
     int mount(const char *source, const char *target, const char *fstype,
               unsigned long flags, const void *data);
     int umount2(const char *target, int flags);

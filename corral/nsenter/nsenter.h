@@ -1,4 +1,5 @@
-/* Shared between nsenter.c and the cffi cdef in build.py: keep the two in step. */
+/* The interface of nsenter.c, read by nsenter.c and by build.py (cffi's cdef). Declarations
+ * only: build.py drops the preprocessor lines and cffi parses the rest. */
 #include <stdint.h>
 #include <sys/types.h>
 
