@@ -20,8 +20,9 @@ def test_errno_rule_denies_mkdir_only(corral, make_bundle):
                ["sh", "-c", "mkdir /tmp/x; echo rc=$?; touch /tmp/y && ls /tmp"],
                {"defaultAction": "SCMP_ACT_ALLOW", "flags": ["SECCOMP_FILTER_FLAG_LOG"],
                 "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+                # arm_fadvise64_64 exists on arm only: libseccomp knows it, and skips it here.
                 "syscalls": [DENY_MKDIR,
-                             {"names": ["no_such_syscall"], "action": "SCMP_ACT_ERRNO"}]})
+                             {"names": ["arm_fadvise64_64"], "action": "SCMP_ACT_ERRNO"}]})
     assert "Operation not permitted" in proc.stderr
     assert "rc=1" in proc.stdout and "y" in proc.stdout.split()
     assert proc.returncode == 0
@@ -80,6 +81,9 @@ def test_without_no_new_privileges_for_an_unprivileged_user(corral, make_bundle)
         {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO",
          "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_ALMOST"}]}]},
      "linux.seccomp.syscalls[0].args[0].op"),
+    ({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+        {"names": ["mkdir", "mkdri"], "action": "SCMP_ACT_ERRNO"}]},
+     "linux.seccomp.syscalls[0].names[1]"),
 ])
 def test_bad_profile_names_the_field(corral, make_bundle, seccomp, field):
     b = make_bundle()

@@ -7,9 +7,11 @@ namespaces (so the host's library is found).  The program is exported with
 stage_seccomp) loads it as the last step before execve.
 
 Conversions follow runc (libcontainer/seccomp/seccomp_linux.go): ``SCMP_ACT_ERRNO`` and
-``SCMP_ACT_TRACE`` return ``errnoRet`` (default EPERM); syscall names libseccomp does not know
-for this architecture are skipped; several conditions on one argument become one rule each
-(libseccomp cannot AND two comparisons of one argument).
+``SCMP_ACT_TRACE`` return ``errnoRet`` (default EPERM); several conditions on one argument
+become one rule each (libseccomp cannot AND two comparisons of one argument).  Unlike runc, a
+syscall name libseccomp does not know at all is an error naming it, never a silent skip (a
+typo would otherwise leave a syscall allowed); names it knows for other architectures only
+are left to libseccomp, which ignores them here.
 
 ``SCMP_ACT_NOTIFY``: the child connects to ``listenerPath`` before it enters the namespaces
 (the host's view; relative to the bundle, like runc, which runs in it), so a missing or
@@ -131,10 +133,11 @@ def _add_rule(ffi, lib, ctx, rule, where: str, default: int) -> None:
         groups = [rule.args]
     else:
         groups = [(a,) for a in rule.args]
-    for name in rule.names:
+    for j, name in enumerate(rule.names):
         nr = lib.seccomp_syscall_resolve_name(name.encode())
         if nr == _NR_SCMP_ERROR:
-            continue  # unknown to libseccomp on this architecture: runc ignores it too
+            raise ConfigError(f"{where}.names[{j}]",
+                              f"unknown syscall {name!r} (libseccomp does not know it)")
         for group in groups:
             cmps = ffi.new("struct scmp_arg_cmp[]", max(1, len(group)))
             for j, arg in enumerate(group):
