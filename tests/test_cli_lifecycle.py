@@ -261,3 +261,17 @@ def test_preserve_fds_must_be_open(corral, make_bundle):
     b = make_bundle(["true"])
     proc = corral("create", "--preserve-fds", "5", "-b", b.path, b.id, check=False)
     assert proc.returncode == 1 and "--preserve-fds: fd 3 is not open" in proc.stderr
+
+
+def test_start_of_a_container_whose_process_exited(corral, make_bundle):
+    """runtime.md: start of a container that is not `created` is an error; a created
+    container whose init died is `stopped`."""
+    b = make_bundle(["true"])
+    corral("create", "-b", b.path, b.id)
+    pid = corral.state(b.id)["pid"]
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    assert corral.state(b.id)["status"] == "stopped"
+    proc = corral("start", b.id, check=False)
+    assert proc.returncode == 1 and "cannot start a container that has stopped" in proc.stderr
+    corral("delete", b.id)

@@ -306,3 +306,26 @@ def test_oom_score_with_a_user_namespace(corral, make_bundle, tmp_path):
         c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
         c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
     assert run(corral, make_bundle, "cat /proc/self/oom_score_adj", edit).stdout == "17\n"
+
+
+def test_user_namespace_rootfs_owned_by_the_mapped_ids(corral, make_bundle, tmp_path):
+    """The container's root is host uid 100000 and its rootfs belongs to 100000: inside,
+    everything is root's and writable; on the host, what it writes belongs to 100000."""
+    path = str(tmp_path)
+    while path.startswith("/tmp/pytest-of-"):
+        os.chmod(path, 0o755)
+        path = os.path.dirname(path)
+    b = make_bundle(["sh", "-c", "stat -c '%u:%g' /bin/busybox /etc/passwd; touch /made-here"])
+    for dirpath, dirnames, filenames in os.walk(b.rootfs):
+        for name in [*dirnames, *filenames]:
+            os.lchown(os.path.join(dirpath, name), 100000, 100000)
+    os.lchown(b.rootfs, 100000, 100000)
+    b.config["root"]["readonly"] = False
+    b.config["linux"]["namespaces"].append({"type": "user"})
+    b.config["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    b.config["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    b.write()
+    out = corral("run", "-b", b.path, b.id).stdout.split()
+    assert out == ["0:0", "0:0"]
+    st = os.stat(os.path.join(b.rootfs, "made-here"))
+    assert (st.st_uid, st.st_gid) == (100000, 100000)
