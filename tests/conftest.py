@@ -6,10 +6,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -97,14 +99,7 @@ class Corral:
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 60,
                  **kwargs) -> subprocess.CompletedProcess:
-        """Output goes through files, not pipes: a created container inherits the
-        command's stdio and keeps it open long after the command exits."""
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.run([*CORRAL, "--root", self.root, *args], timeout=timeout,
-                                  stdout=out, stderr=err, **kwargs)
-            out.seek(0)
-            err.seek(0)
-            proc.stdout, proc.stderr = out.read().decode(), err.read().decode()
+        proc = run_capturing([*CORRAL, "--root", self.root, *args], timeout=timeout, **kwargs)
         if check and proc.returncode != 0:
             raise AssertionError(f"corral {' '.join(args)} exited {proc.returncode}: "
                                  f"{proc.stderr.strip()}")
@@ -116,6 +111,41 @@ class Corral:
     def cleanup(self) -> None:
         for cid in os.listdir(self.root) if os.path.isdir(self.root) else []:
             self("delete", "--force", cid, check=False)
+
+
+def run_capturing(argv: list[str], timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run with text output through files, not pipes: a created container
+    inherits the command's stdio and keeps it open long after the command exits."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.run(argv, timeout=timeout, stdout=out, stderr=err, **kwargs)
+        out.seek(0)
+        err.seek(0)
+        proc.stdout, proc.stderr = out.read().decode(), err.read().decode()
+    return proc
+
+
+def read_line(stream, deadline: float) -> bytes:
+    """One line from a process's pipe, failing the test at the deadline (time.monotonic)."""
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        assert left > 0, f"no line in time (have {line!r})"
+        if select.select([stream], [], [], left)[0]:
+            chunk = os.read(stream.fileno(), 1)
+            if not chunk:
+                return line
+            line += chunk
+    return line
+
+
+@pytest.fixture
+def mapped_root_can_reach(tmp_path):
+    """A user-namespaced container's root (a mapped host uid) must reach its rootfs, as with
+    runc: open up pytest's 0700 temp directories."""
+    path = str(tmp_path)
+    while path.startswith("/tmp/pytest-of-"):
+        os.chmod(path, 0o755)
+        path = os.path.dirname(path)
 
 
 @pytest.fixture

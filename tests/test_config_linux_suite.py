@@ -43,15 +43,6 @@ def add_ns(config: dict, **ns) -> None:
     config["linux"]["namespaces"].append(ns)
 
 
-@pytest.fixture
-def mapped_root_can_reach(tmp_path):
-    """The mapped root (host uid 100000) must reach its rootfs: open pytest's 0700 dirs."""
-    path = str(tmp_path)
-    while path.startswith("/tmp/pytest-of-"):
-        os.chmod(path, 0o755)
-        path = os.path.dirname(path)
-
-
 def userns(config: dict) -> None:
     add_ns(config, type="user")
     config["linux"].update(USERNS_MAPS)

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from tests.conftest import CORRAL
 
@@ -220,14 +219,10 @@ def test_rootfs_propagation(corral, make_bundle):
     assert "shared:" in run(corral, make_bundle, show, edit).stdout
 
 
-def test_user_namespace_with_maps_written_by_the_parent(corral, make_bundle, tmp_path):
+def test_user_namespace_with_maps_written_by_the_parent(corral, make_bundle,
+                                                        mapped_root_can_reach):
     """Root in the container is host uid 100000: the parent wrote the maps; devices are
     bind-mounted from the host since mknod is not allowed in a user namespace."""
-    # The mapped root must reach its rootfs (as with runc): open up pytest's 0700 temp dirs.
-    path = str(tmp_path)
-    while path.startswith("/tmp/pytest-of-"):
-        os.chmod(path, 0o755)
-        path = os.path.dirname(path)
 
     def edit(c):
         c["linux"]["namespaces"].append({"type": "user"})
@@ -294,11 +289,7 @@ def test_init_leads_its_own_session(corral, make_bundle):
     assert out.stdout.split() == ["1", "1"]  # session and process group are pid 1's own
 
 
-def test_oom_score_with_a_user_namespace(corral, make_bundle, tmp_path):
-    path = str(tmp_path)
-    while path.startswith("/tmp/pytest-of-"):
-        os.chmod(path, 0o755)
-        path = os.path.dirname(path)
+def test_oom_score_with_a_user_namespace(corral, make_bundle, mapped_root_can_reach):
 
     def edit(c):
         c["process"]["oomScoreAdj"] = 17
@@ -308,13 +299,10 @@ def test_oom_score_with_a_user_namespace(corral, make_bundle, tmp_path):
     assert run(corral, make_bundle, "cat /proc/self/oom_score_adj", edit).stdout == "17\n"
 
 
-def test_user_namespace_rootfs_owned_by_the_mapped_ids(corral, make_bundle, tmp_path):
+def test_user_namespace_rootfs_owned_by_the_mapped_ids(corral, make_bundle,
+                                                       mapped_root_can_reach):
     """The container's root is host uid 100000 and its rootfs belongs to 100000: inside,
     everything is root's and writable; on the host, what it writes belongs to 100000."""
-    path = str(tmp_path)
-    while path.startswith("/tmp/pytest-of-"):
-        os.chmod(path, 0o755)
-        path = os.path.dirname(path)
     b = make_bundle(["sh", "-c", "stat -c '%u:%g' /bin/busybox /etc/passwd; touch /made-here"])
     for dirpath, dirnames, filenames in os.walk(b.rootfs):
         for name in [*dirnames, *filenames]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import time
 
@@ -13,7 +12,7 @@ import pytest
 from corral.cgroups import Cgroup, stats
 from corral.errors import ConfigError
 from corral.supervisor import events as events_mod
-from tests.conftest import CORRAL
+from tests.conftest import CORRAL, read_line
 
 
 def test_parse_duration():
@@ -101,19 +100,6 @@ def test_events_refusals(corral, make_bundle):
     assert proc.returncode == 1 and "container not running" in proc.stderr
 
 
-def _read_line(stream, deadline):
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        assert left > 0, f"no event in time (have {line!r})"
-        if select.select([stream], [], [], left)[0]:
-            chunk = os.read(stream.fileno(), 1)
-            if not chunk:
-                return line
-            line += chunk
-    return line
-
-
 def test_stream_reports_oom_and_ends(corral, make_bundle):
     b = make_bundle(["sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo $x"])
     b.config["linux"]["resources"] = {"memory": {"limit": 32 << 20, "swap": 32 << 20}}
@@ -124,12 +110,12 @@ def test_stream_reports_oom_and_ends(corral, make_bundle):
                                b.id], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
-        first = json.loads(_read_line(stream.stdout, deadline))  # the watch is set up
+        first = json.loads(read_line(stream.stdout, deadline))  # the watch is set up
         assert first["type"] == "stats" and first["id"] == b.id
         corral("start", b.id)
         seen = []
         while True:
-            line = _read_line(stream.stdout, deadline)
+            line = read_line(stream.stdout, deadline)
             if not line:
                 break
             seen.append(json.loads(line))

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import time
 
 import pytest
 
-from corral.cgroups import UNIFIED, Cgroup, Layout, detect
+from corral.cgroups import UNIFIED, Cgroup, detect
 from corral.cgroups import resources as res_mod
 from corral.oci.config import parse_config
-from tests.conftest import CGROUP_PARENT, CORRAL, cgroup_dirs, reap_exited
+from tests.conftest import CGROUP_PARENT, CORRAL, cgroup_dirs, read_line, reap_exited
 
 REAL = detect()
 V1_HOST = REAL.mode in ("v1", "hybrid")
@@ -57,19 +56,6 @@ def _wait_for(predicate, timeout=5.0, what="condition"):
     while not predicate():
         assert time.monotonic() < end, f"timed out waiting for {what}"
         time.sleep(0.01)
-
-
-def _read_line(stream, deadline):
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        assert left > 0, f"no event in time (have {line!r})"
-        if select.select([stream], [], [], left)[0]:
-            chunk = os.read(stream.fileno(), 1)
-            if not chunk:
-                return line
-            line += chunk
-    return line
 
 
 def _reap(pid):
@@ -124,12 +110,12 @@ def test_oom_run_exits_137_events_reports_it_and_nothing_is_left(corral, make_bu
                                        "100ms", b.id], stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE)
             deadline = time.monotonic() + 15
-            first = json.loads(_read_line(stream.stdout, deadline))  # the watch is set up
+            first = json.loads(read_line(stream.stdout, deadline))  # the watch is set up
             assert first["type"] == "stats"
             assert first["data"]["memory"]["usage"]["limit"] == 32 << 20
             open(os.path.join(b.rootfs, "tmp", "go"), "w").close()
             seen = []
-            while line := _read_line(stream.stdout, deadline):
+            while line := read_line(stream.stdout, deadline):
                 seen.append(json.loads(line))
             assert stream.wait(5) == 0, stream.stderr.read()
             assert run.wait(15) == 137, _read(out.name)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import CGROUP_PARENT, CORRAL, cgroup_dirs
+from tests.conftest import CGROUP_PARENT, CORRAL, cgroup_dirs, run_capturing
 
 UID = 1000
 SETPRIV = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", "--inh-caps=-all"]
@@ -34,13 +34,8 @@ class User:
     def __call__(self, *args: str, root: bool = True, cwd: str | None = None,
                  check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         argv = [*SETPRIV, *CORRAL, *(["--root", self.root] if root else []), *args]
-        # Through files: a created container keeps the command's stdio open.
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                  env=self.env, cwd=cwd or self.home, timeout=timeout)
-            out.seek(0)
-            err.seek(0)
-            proc.stdout, proc.stderr = out.read().decode(), err.read().decode()
+        proc = run_capturing(argv, timeout=timeout, stdin=subprocess.DEVNULL, env=self.env,
+                             cwd=cwd or self.home)
         if check and proc.returncode != 0:
             raise AssertionError(f"corral {' '.join(args)} exited {proc.returncode}: "
                                  f"{proc.stderr.strip()}")
