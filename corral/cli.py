@@ -70,13 +70,13 @@ def _create(args, log: Log) -> tuple:
     from corral.supervisor.blocking import create_container
     from corral.supervisor.prepare import prepare
 
-    if args.console_socket:
-        raise NotSupportedError("--console-socket")
     listen = _listen_fds()
     _check_fds_open(3, args.preserve_fds + listen)
     prepared = prepare(args.root, args.id, args.bundle, no_pivot=args.no_pivot,
                        preserve_fds=args.preserve_fds, listen_fds=listen,
-                       new_keyring=not args.no_new_keyring)
+                       new_keyring=not args.no_new_keyring,
+                       console_socket=args.console_socket,
+                       detach=getattr(args, "detach", True))
     log.debug(f"created host side of {args.id}")
     pid = create_container(prepared)
     try:
@@ -114,6 +114,45 @@ def cmd_run(args, log: Log) -> int:
     if not args.keep:
         container.delete(force=True)
     return status
+
+
+def cmd_exec(args, log: Log) -> int:
+    """runc's exec: foreground, the process is our child (CLONE_PARENT): signals are
+    forwarded to it and its status is ours (128+N for signal N); --detach returns once it
+    runs.  The pid file is written either way."""
+    from corral.supervisor.blocking import create_container
+    from corral.supervisor.execution import prepare_exec
+
+    _check_fds_open(3, args.preserve_fds)
+    prepared = prepare_exec(args)
+    pid = create_container(prepared)
+    if args.detach:
+        try:
+            if args.pid_file:
+                _write_pid_file(args.pid_file, pid)
+        except BaseException:
+            _kill_exec(pid)
+            raise
+        return 0
+    from corral.supervisor.foreground import exit_status, forwarding_signals
+
+    with forwarding_signals(pid):
+        try:
+            if args.pid_file:
+                _write_pid_file(args.pid_file, pid)
+        except BaseException:
+            _kill_exec(pid)
+            raise
+        _, raw = os.waitpid(pid, 0)
+    return exit_status(raw)
+
+
+def _kill_exec(pid: int) -> None:
+    try:
+        os.kill(pid, 9)  # our child: its pid is not reused until reaped
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
 
 
 def _start_or_delete(container) -> None:
@@ -272,6 +311,7 @@ def cmd_features(args, log: Log) -> int:
 COMMANDS = {
     "features": cmd_features,
     "update": cmd_update, "events": cmd_events,
+    "exec": cmd_exec,
     "spec": cmd_spec, "create": cmd_create, "run": cmd_run, "start": cmd_start,
     "state": cmd_state, "kill": cmd_kill, "delete": cmd_delete, "list": cmd_list,
     "pause": cmd_pause, "resume": cmd_resume, "ps": cmd_ps,

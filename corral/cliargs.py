@@ -18,8 +18,10 @@ class Opt:
                  help: str = "", dest: str | None = None) -> None:
         self.names = names.split("|")
         self.dest = dest or self.names[-1].lstrip("-").replace("-", "_")
-        self.kind = kind  # bool | str | int
+        self.kind = kind  # bool | str | int | list (repeatable str)
         self.default = False if kind == "bool" and default is None else default
+        if kind == "list":
+            self.default = ()
         self.choices = choices
         self.help = help
 
@@ -121,8 +123,25 @@ COMMANDS = {c.name: c for c in [
         Opt("-h|--help")], [("id", True, None)]),
     Command("features", "print the runtime-spec features this build and host support (JSON)",
             [Opt("-h|--help")]),
+    Command("exec", "run a new process in a running container (the container's process "
+                    "config, overridden by the flags; or --process FILE)", [
+        Opt("-p|--process", "str", help="an OCI process JSON (the other process flags are "
+                                        "ignored)"),
+        Opt("-e|--env", "list", help="NAME=value added to the environment (repeatable)"),
+        Opt("--cwd", "str", help="working directory inside the container"),
+        Opt("-u|--user", "str", help="UID[:GID]"),
+        Opt("-g|--additional-gids", "list", help="an additional group id (repeatable)"),
+        Opt("-c|--cap", "list", help="a capability to add (repeatable)"),
+        Opt("--no-new-privs", help="set no_new_privs"),
+        Opt("-t|--tty", help="a terminal (needs --console-socket)"),
+        Opt("--console-socket", "str", help="UNIX socket that receives the pty master"),
+        Opt("-d|--detach", help="return once the process runs"),
+        Opt("--pid-file", "str", help="write the process's pid here"),
+        Opt("--preserve-fds", "int", 0, help="pass fds 3..3+N-1 to the process"),
+        Opt("--ignore-paused", help="exec in a paused container (not supported yet)"),
+        Opt("-h|--help")], [("id", True, None)], tail="command"),
     *[Command(name, "not supported yet", rest=True) for name in (
-        "exec", "checkpoint", "restore", "supervise", "batch")],
+        "checkpoint", "restore", "supervise", "batch")],
 ]}
 
 
@@ -195,7 +214,10 @@ def _parse_flags(argv: list[str], opts: list[Opt], values: dict, where: str,
             i += 1
         else:
             raise ConfigError("", f"{where}: {name} needs a value")
-        values[opt.dest] = _convert(opt, name, raw, where)
+        if opt.kind == "list":
+            values[opt.dest] = (*values[opt.dest], raw)
+        else:
+            values[opt.dest] = _convert(opt, name, raw, where)
     return positionals
 
 

@@ -174,3 +174,81 @@ def test_decoder_only_raises_protocol_errors(data):
         p.FrameDecoder().feed(len(data).to_bytes(4, "big") + data)
     except ProtocolError:
         pass
+
+
+# ---- exec: a new process in an existing container ---------------------------------------
+
+def exec_bootstrap(new_user=False):
+    return p.Bootstrap(unshare_flags=0, new_user=new_user, join=[[0x20000000, "/proc/1/ns/pid"]],
+                       config={}, rootfs="/r", bundle="/b", fifo_path="", exec=True)
+
+
+EXEC_HAPPY = {
+    c.State.AWAIT_PID: (p.Pid(42), c.State.AWAIT_READY),
+    c.State.AWAIT_READY: (p.Ready(), c.State.AWAIT_WAITING),
+    c.State.AWAIT_WAITING: (p.Waiting(), c.State.DONE),
+}
+
+
+def exec_machine_in(state):
+    m = c.CreationMachine(exec_bootstrap())
+    if state is c.State.START:
+        return m
+    m.start(100)
+    while m.state is not state:
+        m.receive(EXEC_HAPPY[m.state][0])
+    return m
+
+
+def test_exec_happy_path_only_joins_the_cgroup_and_runs():
+    m = c.CreationMachine(exec_bootstrap())
+    assert m.start(100) == [c.Send(exec_bootstrap())]
+    assert m.state is c.State.AWAIT_PID
+    assert m.receive(p.Pid(42)) == [c.JoinCgroup(42)]  # no RecordPid: the init's record stays
+    assert m.state is c.State.AWAIT_READY
+    assert m.receive(p.Ready()) == [c.Send(p.Run(42))]  # no ApplyResources
+    assert m.receive(p.Waiting()) == [c.Done(42)]
+    assert m.state is c.State.DONE and m.init_pid == 42
+
+
+def test_exec_never_asks_for_id_maps():
+    """Joining the container's user namespace needs no maps: a new_user flag is ignored."""
+    m = c.CreationMachine(exec_bootstrap(new_user=True))
+    m.start(100)
+    assert m.state is c.State.AWAIT_PID
+
+
+@pytest.mark.parametrize("state", list(EXEC_HAPPY))
+@pytest.mark.parametrize("msg", ALL_MESSAGES, ids=lambda m: m.type)
+def test_exec_every_message_in_every_waiting_state(state, msg):
+    m = exec_machine_in(state)
+    actions = m.receive(msg)
+    expected, next_state = EXEC_HAPPY[state]
+    if msg == expected:
+        assert m.state is next_state
+        assert not any(isinstance(a, (c.Fail, c.RecordPid, c.ApplyResources,
+                                      c.RunCreateRuntimeHooks, c.WriteIdMaps))
+                       for a in actions)
+    elif isinstance(msg, p.Error):
+        assert actions == [c.Fail(m.error)]
+        assert isinstance(m.error, ChildError) and str(m.error) == "boom"
+        assert m.state is c.State.FAILED
+    else:
+        assert m.state is c.State.FAILED
+        assert isinstance(m.error, ProtocolError)
+        assert msg.type in str(m.error) and state in str(m.error)
+
+
+@pytest.mark.parametrize("msg", ALL_MESSAGES, ids=lambda m: m.type)
+def test_exec_messages_before_start_and_after_the_end_are_protocol_errors(msg):
+    assert isinstance(exec_machine_in(c.State.START).receive(msg)[0].error, ProtocolError)
+    assert isinstance(exec_machine_in(c.State.DONE).receive(msg)[0].error, ProtocolError)
+
+
+@pytest.mark.parametrize("state", [c.State.START, *EXEC_HAPPY])
+def test_exec_child_gone_fails_every_unfinished_state(state):
+    m = exec_machine_in(state)
+    if state is c.State.START:
+        m.start(1)
+    [fail] = m.child_gone()
+    assert isinstance(fail.error, ProtocolError) and "exited" in str(fail.error)

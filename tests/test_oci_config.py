@@ -519,11 +519,18 @@ def test_document_must_be_an_object(doc):
     assert "must hold a JSON object" in str(refused(doc))
 
 
+def test_terminal_and_console_size_are_parsed():
+    doc = minimal()
+    doc["process"].update(terminal=True, consoleSize={"height": 24, "width": 80})
+    p = parse_config(doc).process
+    assert p.terminal and p.console_size == (24, 80)
+    doc["process"]["consoleSize"] = {"height": -1, "width": 80}
+    assert "process.consoleSize.height" in str(refused(doc))
+
+
 # --------------------------------------------------------------------------- not supported yet
 
 UNSUPPORTED = [
-    ("process.terminal", True, "process.terminal"),
-    ("process.consoleSize", {"height": 24, "width": 80}, "process.consoleSize"),
     ("process.commandLine", "app.exe", "process.commandLine"),
     ("linux", {"resources": {"rdma": {"mlx5_1": {"hcaHandles": 1}}}}, "linux.resources.rdma"),
     ("linux", {"memoryPolicy": {"mode": "MPOL_BIND"}}, "linux.memoryPolicy"),

@@ -39,6 +39,13 @@ def child_main(sync_fd: int) -> None:
             from corral.init.seccomp import compile_filter
 
             seccomp = compile_filter(config.linux.seccomp)
+        console = None
+        if boot.console_socket:
+            from corral.init.terminal import connect_console
+
+            console = connect_console(boot.console_socket)  # the host's view
+        if boot.exec:
+            _exec_child(sync_fd, boot, config, seccomp, console)
         fifo_fd = _before_namespaces(config, boot)
         listener_fd = -1
         if seccomp is not None and config.linux.seccomp.notifies:
@@ -55,7 +62,7 @@ def child_main(sync_fd: int) -> None:
                                  [(t, path) for t, path in boot.join],
                                  time_offsets=_time_offsets(config.linux.time_offsets))
         # only the container's init gets here
-        _init(sync_fd, boot, config, fifo_fd, seccomp, idmapped, listener_fd)
+        _init(sync_fd, boot, config, fifo_fd, seccomp, idmapped, listener_fd, console)
     except BaseException as exc:  # noqa: BLE001 - everything goes to the parent
         _report(sync_fd, exc)
     os._exit(1)
@@ -164,7 +171,7 @@ def _write_attr(candidates: tuple[str, ...], value: str, field: str) -> None:
 
 
 def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
-          idmapped: dict[int, int], listener_fd: int = -1) -> None:  # it execs
+          idmapped: dict[int, int], listener_fd: int = -1, console=None) -> None:  # it execs
     from corral.init.rootfs import finalize_rootfs, prepare_rootfs
 
     proc = config.process
@@ -197,9 +204,44 @@ def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
     finalize_rootfs(config)
     _set_rlimits(proc.rlimits)
     _enter_cwd(proc.cwd)
+    _run_process(sync_fd, boot, config, fifo_fd, seccomp, listener_fd, console)
+
+
+def _exec_child(sync_fd: int, boot: p.Bootstrap, config, seccomp, console) -> None:  # it execs
+    """`corral exec`: join every namespace of the container's init (the paths in
+    ``boot.join``; after the mount namespace `/` is the container's root), then the same
+    process setup and C finalize as the init's, without the rootfs or the exec fifo.
+    Nothing is imported once in the container's mount namespace: the host's files are gone."""
+    import corral.oci.capabilities  # noqa: F401 - _cap_masks, after the namespaces
+    listener_fd = -1
+    if seccomp is not None and config.linux.seccomp.notifies:
+        from corral.init.seccomp import connect_listener
+        import corral.supervisor.hooks  # noqa: F401 - for the state, after setns
+
+        listener_fd = connect_listener(config.linux.seccomp.listener_path)
+    nsenter.enter_namespaces(sync_fd, 0, False, [(t, path) for t, path in boot.join])
+    # only the new process gets here, inside every namespace of the container
+    proc = config.process
+    _set_rlimits(proc.rlimits)
+    try:
+        os.chdir(proc.cwd)
+    except OSError as exc:
+        raise ChildError(f'chdir to cwd ("{proc.cwd}") set in config.json failed: '
+                         f'{exc.strerror.lower()}', exc.errno, "cwd") from None
+    _run_process(sync_fd, boot, config, -1, seccomp, listener_fd, console)
+
+
+def _run_process(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
+                 listener_fd: int, console) -> None:  # it execs
+    """From the container's root and cwd to exec: shared by the init and `corral exec`."""
+    proc = config.process
     env = list(proc.env) + list(boot.extra_env)
     path = find_executable(proc.args[0], env)
     env = _with_home(env, proc.user.uid)
+    if console is not None:
+        from corral.init.terminal import setup_terminal
+
+        setup_terminal(console, proc.console_size, proc.user.uid, proc.user.gid)
 
     p.write_message(sync_fd, p.Ready())
     run = _expect(sync_fd, p.Run)
@@ -207,7 +249,7 @@ def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
     if proc.user.umask is not None:
         os.umask(proc.user.umask)
     _process_attributes(config)
-    start_hooks = config.hooks.start_container
+    start_hooks = () if boot.exec else config.hooks.start_container  # the init's alone
     listener = None
     if listener_fd >= 0:
         from corral.init.seccomp import process_state

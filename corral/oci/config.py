@@ -89,6 +89,7 @@ class Process(Record):
     user: User = factory(User)
     env: tuple[str, ...] = ()
     terminal: bool = False
+    console_size: tuple[int, int] | None = None  # (height, width) of the terminal
     capabilities: Capabilities | None = None
     rlimits: tuple[Rlimit, ...] = ()
     no_new_privileges: bool = False
@@ -331,7 +332,6 @@ _HOOKS = ("prestart", "createRuntime", "createContainer", "startContainer", "pos
 # Spec fields corral does not implement yet.  Refused when set, so a container never runs
 # with less isolation than its config asked for; empty values are fine (tools write ``{}``).
 _PROCESS_UNSUPPORTED = (
-    "consoleSize",
     "commandLine",
 )
 _LINUX_UNSUPPORTED = (
@@ -487,8 +487,12 @@ def _hook(obj: object, path: str) -> Hook:
 
 def _process(obj: dict, path: str) -> Process:
     _unsupported(obj, _PROCESS_UNSUPPORTED, path)
-    if _opt(obj, "terminal", path, bool, False):
-        raise NotSupportedError(f"{path}.terminal")
+    terminal = _opt(obj, "terminal", path, bool, False)
+    size = _opt(obj, "consoleSize", path, dict)
+    console_size = None
+    if size:  # {} is what tools write for none
+        console_size = (_int(size, "height", f"{path}.consoleSize", 0, 0xFFFF) or 0,
+                         _int(size, "width", f"{path}.consoleSize", 0, 0xFFFF) or 0)
     args = _strs(obj, "args", path)
     if not args:
         raise ConfigError(f"{path}.args", "is required and must name a program")
@@ -501,7 +505,8 @@ def _process(obj: dict, path: str) -> Process:
         cwd=_absolute(_req(obj, "cwd", path, str), f"{path}.cwd"),
         user=User() if user is None else _user(user, f"{path}.user"),
         env=tuple(_env(item, where) for where, item in _items(obj, "env", path)),
-        terminal=False,
+        terminal=terminal,
+        console_size=console_size,
         capabilities=None if caps is None else _capabilities(caps, f"{path}.capabilities"),
         rlimits=_rlimits(obj, path),
         no_new_privileges=_opt(obj, "noNewPrivileges", path, bool, False),

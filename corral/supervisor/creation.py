@@ -10,6 +10,13 @@ driver of the supervisor (``trio_driver.py``), and is tested without any process
 AWAIT_USERMAP_REQUEST only with a new user namespace, AWAIT_HOOKS only when the bootstrap
 says there are create-time hooks (``Bootstrap.create_hooks``).
 
+For ``corral exec`` (``Bootstrap.exec``) the same states without the optional ones:
+
+    START --start(child)--> AWAIT_PID --> AWAIT_READY --> AWAIT_WAITING --> DONE
+
+and fewer actions: Pid only joins the cgroup (the container's pid record is the init's),
+Ready only sends Run (the container's resources are already set).
+
 Each state names the one message it accepts; an ``Error`` from the child fails any state;
 anything else is a ``ProtocolError``.  Once DONE or FAILED the machine accepts nothing more.
 """
@@ -98,7 +105,8 @@ class CreationMachine:
         if self.state is not State.START:
             return self._fail(ProtocolError(f"start() while {self.state}"))
         self.child_pid = child_pid
-        self.state = (State.AWAIT_USERMAP_REQUEST if self.bootstrap.new_user
+        self.state = (State.AWAIT_USERMAP_REQUEST
+                      if self.bootstrap.new_user and not self.bootstrap.exec
                       else State.AWAIT_PID)
         return [Send(self.bootstrap)]
 
@@ -134,6 +142,9 @@ class CreationMachine:
 
     def _on_pid(self, msg: p.Pid) -> list[Action]:
         self.init_pid = msg.pid
+        if self.bootstrap.exec:
+            self.state = State.AWAIT_READY
+            return [JoinCgroup(msg.pid)]
         self.state = State.AWAIT_HOOKS if self.bootstrap.create_hooks else State.AWAIT_READY
         return [RecordPid(msg.pid), JoinCgroup(msg.pid)]
 
@@ -143,6 +154,8 @@ class CreationMachine:
 
     def _on_ready(self, msg: p.Ready) -> list[Action]:
         self.state = State.AWAIT_WAITING
+        if self.bootstrap.exec:
+            return [Send(p.Run(self.init_pid))]
         return [ApplyResources(self.init_pid), Send(p.Run(self.init_pid))]
 
     def _on_waiting(self, msg: p.Waiting) -> list[Action]:

@@ -14,7 +14,7 @@ import _signal as signal  # `signal` itself imports enum: ~3 ms
 
 from corral import nsenter
 from corral.cgroups import Cgroup, detect
-from corral.errors import CgroupError, ConfigError, CorralError
+from corral.errors import CgroupError, ConfigError, CorralError, NotSupportedError
 from corral.oci.config import Config, DeviceRule, IdMapping, load_bundle
 from corral.oci.state import StateDir, rfc3339_now, validate_id
 from corral.procfs import is_alive, start_time
@@ -168,12 +168,15 @@ def _write_map(path: str, mappings: tuple[IdMapping, ...], field: str) -> None:
 
 def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False,
             preserve_fds: int = 0, listen_fds: int = 0,
-            new_keyring: bool = True) -> PreparedContainer:
+            new_keyring: bool = True, console_socket: str | None = None,
+            detach: bool = True) -> PreparedContainer:
     """Validates everything that can be validated before touching the host, then makes the
-    state dir (claiming the id), the exec fifo and the cgroup."""
+    state dir (claiming the id), the exec fifo and the cgroup.  ``detach``: the caller
+    returns before the process ends (create, run -d)."""
     validate_id(container_id)
     bundle = os.path.abspath(bundle)
     config, raw = load_bundle(bundle)
+    _check_terminal(config, console_socket, detach)
     from corral.oci.host import check_host
 
     check_host(config)
@@ -227,6 +230,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         cgroup_mounts=([[name, path] for name, path in cgroup.mount_sources()]
                        if cgroup is not None else []),
         container_id=container_id,
+        console_socket=os.path.abspath(console_socket) if console_socket else None,
         create_hooks=bool(hooks.prestart or hooks.create_runtime or hooks.create_container)))
     try:
         state_dir.make_fifo()
@@ -240,6 +244,18 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         prepared.undo()
         raise
     return prepared
+
+
+def _check_terminal(config: Config, console_socket: str | None, detach: bool) -> None:
+    """runc's rules (and messages): a terminal goes to the console socket; without one only
+    a foreground run could relay it, which corral does not do yet."""
+    if config.process.terminal and not console_socket:
+        if detach:
+            raise CorralError("cannot allocate tty if runc will detach without setting "
+                              "console socket")
+        raise NotSupportedError("process.terminal without --console-socket (foreground run)")
+    if console_socket and not config.process.terminal:
+        raise CorralError("cannot use console socket if runc will not allocate tty")
 
 
 def _namespaces(config: Config) -> tuple[int, bool, list[list]]:

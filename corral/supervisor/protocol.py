@@ -44,6 +44,11 @@ class Bootstrap(Record):
     cgroup_mounts: list[list[str]] = factory(list)
     container_id: str = ""  # for the OCI state that hooks read on stdin
     create_hooks: bool = False  # prestart/createRuntime/createContainer hooks: sync before pivot
+    # `corral exec`: a new process in an existing container.  `join` holds every namespace of
+    # its init, nothing is unshared, no rootfs, no exec fifo; the parent only joins the
+    # process to the cgroup (no pid record, no resources, no hooks).
+    exec: bool = False
+    console_socket: str | None = None  # process.terminal: the pty master goes there (host path)
 
 
 class UsermapRequest(Record):

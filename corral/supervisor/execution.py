@@ -1,0 +1,166 @@
+"""`corral exec`: a new process in an existing container, through the creation engine.
+
+The process is built as runc builds it: ``--process FILE`` (an OCI process JSON) as it is, or
+the container's own ``config.json`` process overridden by the flags.  It goes to the child
+inside a copy of the container's config (so the same parser checks it, naming the field, and
+the container's seccomp, apparmor, rlimits apply); the ``Bootstrap`` says ``exec``: join
+every namespace of the init by ``/proc/<pid>/ns/*``, no rootfs, no exec fifo.  The parent
+side only joins the process to the container's cgroup.
+"""
+
+from __future__ import annotations
+
+import os
+
+from corral import jsonlite as json
+from corral.errors import ConfigError, ContainerStateError, CorralError, NotSupportedError
+from corral.oci.config import parse_config
+from corral.supervisor.containers import CREATED, PAUSED, RUNNING, Container
+from corral.supervisor.protocol import Bootstrap
+
+# /proc/<pid>/ns/<name> of each linux.namespaces type
+_PROC_NS = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts",
+            "user": "user", "cgroup": "cgroup", "time": "time"}
+
+
+class PreparedExec:
+    """What the blocking driver needs: the bootstrap, the host-side actions, the undo."""
+
+    def __init__(self, container: Container, bootstrap: Bootstrap) -> None:
+        self.container = container
+        self.bootstrap = bootstrap
+
+    @property
+    def id(self) -> str:
+        return self.container.id
+
+    def carry_out(self, action) -> None:
+        from corral.supervisor import creation as c
+
+        if not isinstance(action, c.JoinCgroup):
+            raise TypeError(f"not an exec action: {action!r}")
+        if self.container.has_cgroup():
+            from corral.cgroups import Cgroup
+
+            Cgroup.from_json(self.container.record["cgroup"]).add(action.pid)
+
+    def undo_after_failure(self) -> None:
+        """Nothing on the host was made for an exec (the driver kills the processes)."""
+
+
+def _read_process_file(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError("--process", f"{path}: {exc.strerror.lower()}") from None
+    try:
+        proc = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError("--process", f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(proc, dict):
+        raise ConfigError("--process", f"{path} must hold a JSON object")
+    return proc
+
+
+def _parse_user(text: str) -> tuple[int, int | None]:
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise ConfigError("--user", "invalid format; valid format is 'UID[:GID]'")
+    ids = []
+    for part in parts:
+        if not part.isdigit() or int(part) > 0xFFFFFFFF:
+            raise ConfigError("--user", f"{text!r}: UID[:GID] must be numbers")
+        ids.append(int(part))
+    return ids[0], ids[1] if len(ids) > 1 else None
+
+
+def build_process(args, base: dict) -> dict:
+    """The process JSON of the exec: ``--process`` alone, or ``base`` (the container's
+    config process) with runc's overrides."""
+    if args.process:
+        return _read_process_file(args.process)
+    if not args.command:
+        raise ConfigError("", "exec: the command is missing (exec ID COMMAND [ARGS...], "
+                              "or --process FILE)")
+    proc = json.loads(json.dumps(base))  # a deep copy
+    proc["args"] = list(args.command)
+    proc["terminal"] = bool(args.tty)
+    proc["env"] = list(proc.get("env") or []) + list(args.env)
+    if args.cwd:
+        proc["cwd"] = args.cwd
+    user = dict(proc.get("user") or {"uid": 0, "gid": 0})
+    if args.user:
+        uid, gid = _parse_user(args.user)
+        user["uid"] = uid
+        if gid is not None:
+            user["gid"] = gid
+    gids = []
+    for i, raw in enumerate(args.additional_gids):
+        if not raw.isdigit() or int(raw) > 0xFFFFFFFF:
+            raise ConfigError("--additional-gids", f"{raw!r} is not a group id")
+        gids.append(int(raw))
+    if gids:
+        user["additionalGids"] = list(user.get("additionalGids") or []) + gids
+    proc["user"] = user
+    if args.cap:
+        from corral.oci.capabilities import cap_number
+
+        caps = dict(proc.get("capabilities") or {})
+        for name in args.cap:
+            try:
+                cap_number(name)
+            except ValueError as exc:
+                raise ConfigError("--cap", str(exc)) from None
+            for key in ("bounding", "effective", "permitted"):
+                caps[key] = list(caps.get(key) or []) + [name]
+            # ambient needs the capability inheritable too: only when the config has some
+            if caps.get("inheritable"):
+                caps["ambient"] = list(caps.get("ambient") or []) + [name]
+        proc["capabilities"] = caps
+    if args.no_new_privs:
+        proc["noNewPrivileges"] = True
+    return proc
+
+
+def prepare_exec(args) -> PreparedExec:
+    container = Container.load(args.root, args.id)
+    status = container.status()
+    if status == PAUSED and not args.ignore_paused:
+        raise ContainerStateError("cannot exec in a paused container")
+    if status == PAUSED:
+        # The new process would freeze in the cgroup before it could report back.
+        raise NotSupportedError("--ignore-paused")
+    if status not in (CREATED, RUNNING):
+        raise ContainerStateError("container not running")
+    if args.preserve_fds < 0:
+        raise ConfigError("--preserve-fds", "must not be negative")
+    bundle = container.record["bundle"]
+    from corral.oci.config import load_bundle
+
+    config, raw = load_bundle(bundle)
+    raw = dict(raw)
+    raw["process"] = build_process(args, raw.get("process") or {})
+    config = parse_config(raw)
+    if config.process.terminal and not args.console_socket:
+        if args.detach:
+            raise CorralError("cannot allocate tty if runc will detach without setting "
+                              "console socket")
+        raise NotSupportedError("exec with a terminal and no --console-socket")
+    if args.console_socket and not config.process.terminal:
+        raise CorralError("cannot use console socket if runc will not allocate tty")
+    pid = container.pid
+    join = []
+    for ns in config.linux.namespaces:
+        name = _PROC_NS.get(ns.type)
+        if name is None:
+            raise NotSupportedError(f"linux.namespaces: {ns.type} namespace")
+        from corral.supervisor.prepare import NS_FLAGS
+
+        join.append([NS_FLAGS[ns.type], f"/proc/{pid}/ns/{name}"])
+    return PreparedExec(container, Bootstrap(
+        unshare_flags=0, new_user=False, join=join, config=raw,
+        rootfs=container.record["rootfs"], bundle=bundle, fifo_path="",
+        preserve_fds=args.preserve_fds, session_keyring=f"_ses.{container.id}",
+        container_id=container.id, exec=True,
+        console_socket=os.path.abspath(args.console_socket) if args.console_socket else None))
