@@ -140,8 +140,29 @@ COMMANDS = {c.name: c for c in [
         Opt("--preserve-fds", "int", 0, help="pass fds 3..3+N-1 to the process"),
         Opt("--ignore-paused", help="exec in a paused container (not supported yet)"),
         Opt("-h|--help")], [("id", True, None)], tail="command"),
-    *[Command(name, "not supported yet", rest=True) for name in (
-        "checkpoint", "restore", "supervise", "batch")],
+    # Not supported yet, but their --help answers (podman probes `checkpoint --help` to
+    # learn whether the runtime can checkpoint): runc's flags, for the usage text only.
+    Command("checkpoint", "checkpoint a running container (not supported yet)", [
+        Opt("--image-path", "str", help="where to save the image"),
+        Opt("--work-path", "str", help="where to save CRIU's logs"),
+        Opt("--parent-path", "str", help="the previous image, relative to --image-path"),
+        Opt("--leave-running", help="leave the process running afterwards"),
+        Opt("--tcp-established"), Opt("--ext-unix-sk"), Opt("--shell-job"),
+        Opt("--lazy-pages"), Opt("--status-fd", "str"), Opt("--page-server", "str"),
+        Opt("--file-locks"), Opt("--pre-dump"), Opt("--manage-cgroups-mode", "str"),
+        Opt("--empty-ns", "list"), Opt("--auto-dedup"), Opt("-h|--help")],
+        [("id", True, None)], rest=True),
+    Command("restore", "restore a container from a checkpoint (not supported yet)", [
+        Opt("--console-socket", "str"), Opt("--image-path", "str"),
+        Opt("--work-path", "str"), Opt("--tcp-established"), Opt("--ext-unix-sk"),
+        Opt("--shell-job"), Opt("--file-locks"), Opt("--manage-cgroups-mode", "str"),
+        Opt("-b|--bundle", "str", "."), Opt("-d|--detach"), Opt("--pid-file", "str"),
+        Opt("--no-subreaper"), Opt("--no-pivot"), Opt("--empty-ns", "list"),
+        Opt("--auto-dedup"), Opt("--lazy-pages"), Opt("--lsm-profile", "str"),
+        Opt("--lsm-mount-context", "str"), Opt("-h|--help")],
+        [("id", True, None)], rest=True),
+    *[Command(name, "not supported yet", [Opt("-h|--help")], rest=True)
+      for name in ("supervise", "batch")],
 ]}
 
 
@@ -156,6 +177,8 @@ def parse(argv: list[str]) -> tuple[Args, Command | None]:
         raise ConfigError("", f"unknown command {name!r}")
     if command.rest:
         values["rest"] = rest
+        flags = rest[: rest.index("--")] if "--" in rest else rest
+        values["help"] = any(a in ("-h", "--help") for a in flags)
         return Args(**values), command
     for opt in command.opts:
         values[opt.dest] = opt.default
@@ -251,4 +274,4 @@ def _describe(opt: Opt) -> str:
     names = ", ".join(opt.names)
     if opt.kind != "bool":
         names += " " + ("|".join(opt.choices) if opt.choices else opt.kind.upper())
-    return f"  {names:<30}{opt.help}"
+    return f"  {names:<30}{opt.help}".rstrip()

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 packages=(busybox-static libseccomp2 python3 python3-venv python3-dev gcc libc6-dev util-linux)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(runc)
+  # runc to compare with; podman (conmon, containers-common) and containerd to drive corral.
+  packages+=(runc podman containerd)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -77,6 +77,45 @@ def reap_exited() -> None:
                 pass
 
 
+def wait_for_our_processes(timeout: float) -> None:
+    """Engines' daemonized helpers (conmon and podman's exit command, containerd's shims) are
+    reparented to this process (a subreaper): wait for them to exit; kill what remains."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reap_exited()
+        alive = [pid for pid, state in our_children() if state != "Z"]
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            for pid in alive:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            return
+        time.sleep(0.05)
+
+
+def unmount_under(path: str) -> None:
+    """Lazily unmount every mount at or below ``path`` (an engine's private storage)."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in reversed(points):
+        if point == path or point.startswith(path + "/"):
+            subprocess.run(["umount", "-l", point], check=False)
+
+
+def remove_cgroups(relative: str) -> None:
+    """Remove the (empty) cgroup ``relative`` and everything below it, in every hierarchy."""
+    for hierarchy in os.listdir("/sys/fs/cgroup"):
+        base = os.path.join("/sys/fs/cgroup", hierarchy, relative.lstrip("/"))
+        if not os.path.isdir(base):
+            continue
+        for dirpath, _dirs, _files in sorted(os.walk(base), key=lambda e: -len(e[0])):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
+
+
 @pytest.fixture(scope="session")
 def rootfs_template(tmp_path_factory) -> str:
     return build_rootfs(str(tmp_path_factory.mktemp("template") / "rootfs"))

@@ -1,0 +1,154 @@
+"""containerd 1.6 (through containerd-shim-runc-v2, `ctr run --runc-binary`) with corral as
+the runtime: a private daemon (config, sockets, root and state in a temp dir, CRI off), the
+runtime's state and the fifos in that dir too, the busybox rootfs as `--rootfs` and cgroups
+under the tests' parent.  The daemon is stopped by its pid.  Skipped only where containerd is
+not installed (`scripts/setup.sh --test` installs it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from corral.images import build_rootfs
+from tests.conftest import (CGROUP_PARENT, CORRAL, remove_cgroups, run_capturing, unmount_under,
+                            wait_for_our_processes)
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("containerd") is None or shutil.which("ctr") is None
+    or shutil.which("containerd-shim-runc-v2") is None,
+    reason="containerd is not installed (scripts/setup.sh --test installs it)")
+
+RUN_CONTAINERD = "/run/containerd"  # the shims' sockets (/run/containerd/s) are always here
+
+CONFIG = """\
+version = 2
+root = "{w}/root"
+state = "{w}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{w}/containerd.sock"
+[ttrpc]
+  address = "{w}/containerd.sock.ttrpc"
+[debug]
+  address = "{w}/debug.sock"
+[metrics]
+  address = ""
+"""
+
+
+class Ctr:
+    def __init__(self, workdir: str) -> None:
+        self.w = workdir
+        self.rootfs = build_rootfs(os.path.join(workdir, "rootfs"))
+        self.cgroup_parent = f"/{CGROUP_PARENT}/containerd"
+
+    def __call__(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return run_capturing(["ctr", "--address", f"{self.w}/containerd.sock", "--namespace",
+                              "corraltest", *args], timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def ok(self, *args: str, timeout: float = 60) -> str:
+        proc = self(*args, timeout=timeout)
+        assert proc.returncode == 0, (f"ctr {' '.join(args)} exited {proc.returncode}: "
+                                      f"{proc.stderr.strip()}")
+        return proc.stdout
+
+    def runtime_flags(self) -> list[str]:
+        return ["--runc-binary", CORRAL[0], "--runc-root", f"{self.w}/runc",
+                "--fifo-dir", f"{self.w}/fifo"]
+
+    def run(self, cid: str, *args: str) -> subprocess.CompletedProcess:
+        # --rootfs is a switch: the image argument is then the rootfs directory.
+        return self("run", *self.runtime_flags(), "--cgroup", f"{self.cgroup_parent}/{cid}",
+                    *args[:-1], "--rootfs", self.rootfs, cid, *args[-1])
+
+    def cleanup(self) -> None:
+        for cid in self("container", "list", "--quiet").stdout.split():
+            self("task", "kill", "--all", "--signal", "KILL", cid)
+            self("task", "delete", "--force", cid)
+            self("container", "delete", cid)
+
+
+@pytest.fixture
+def ctr(_no_leaks):
+    had_run_dir = os.path.exists(RUN_CONTAINERD)
+    workdir = tempfile.mkdtemp(prefix="corral-ctrd-")  # socket paths stay short
+    with open(os.path.join(workdir, "config.toml"), "w") as f:
+        f.write(CONFIG.format(w=workdir))
+    log = open(os.path.join(workdir, "containerd.log"), "w")
+    daemon = subprocess.Popen(["containerd", "--config", os.path.join(workdir, "config.toml")],
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    c = Ctr(workdir)
+    try:
+        deadline = time.monotonic() + 20
+        while c("version").returncode != 0:
+            assert daemon.poll() is None and time.monotonic() < deadline, \
+                open(log.name).read()
+            time.sleep(0.05)
+        yield c
+    finally:
+        try:
+            c.cleanup()
+        finally:
+            daemon.terminate()  # our own child, by its pid
+            try:
+                daemon.wait(10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+            log.close()
+            wait_for_our_processes(20)  # the shims
+            unmount_under(workdir)
+            remove_cgroups(c.cgroup_parent)
+            shutil.rmtree(workdir, ignore_errors=True)
+            if not had_run_dir:
+                for path in (os.path.join(RUN_CONTAINERD, "s"), RUN_CONTAINERD):
+                    try:
+                        os.rmdir(path)
+                    except OSError:
+                        pass
+
+
+def test_containerd_run_rm_output_and_exit_code(ctr):
+    proc = ctr.run("c1", "--rm", ["sh", "-c", "echo hi; echo err >&2; exit 3"])
+    assert (proc.returncode, proc.stdout) == (3, "hi\n"), proc.stderr
+    assert "err" in proc.stderr
+    assert ctr.ok("container", "list", "--quiet") == ""
+
+
+def test_containerd_detached_exec_ps_pause_kill(ctr):
+    script = "trap 'exit 7' TERM; echo started; while :; do sleep 0.1; done"
+    proc = ctr.run("c2", "--detach", ["sh", "-c", script])
+    assert proc.returncode == 0, proc.stderr
+    pid = int(ctr.ok("task", "ls").split("\n")[1].split()[1])
+    with open(f"/proc/{pid}/cgroup") as f:
+        assert f"{ctr.cgroup_parent}/c2" in f.read()
+    proc = ctr("task", "exec", "--fifo-dir", f"{ctr.w}/fifo", "--exec-id", "e1", "c2",
+               "sh", "-c", "echo in-exec $(cat /proc/1/cmdline | tr '\\0' ' '); exit 5")
+    assert (proc.returncode, proc.stdout) == (5, f"in-exec sh -c {script}\n"), proc.stderr
+    assert str(pid) in ctr.ok("task", "ps", "c2").split()
+    ctr.ok("task", "pause", "c2")
+    assert "PAUSED" in ctr.ok("task", "ls")
+    ctr.ok("task", "resume", "c2")
+    ctr.ok("task", "kill", "c2")  # SIGTERM: the trap exits 7
+    deadline = time.monotonic() + 20
+    while "STOPPED" not in ctr.ok("task", "ls"):
+        assert time.monotonic() < deadline, "the task did not stop"
+        time.sleep(0.05)
+    proc = ctr("task", "delete", "c2")
+    assert proc.returncode == 0 and "exit code 7" in proc.stderr, proc.stderr
+    ctr.ok("container", "delete", "c2")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["/bin/no-such-program"], "no such file or directory"),
+    (["no-such-program"], "executable file not found"),
+])
+def test_containerd_reports_runtime_errors(ctr, argv, message):
+    proc = ctr.run("c3", "--rm", argv)
+    assert proc.returncode != 0 and "OCI runtime create failed" in proc.stderr, proc.stderr
+    assert message in proc.stderr, proc.stderr
