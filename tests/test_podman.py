@@ -14,6 +14,7 @@ import tempfile
 import pytest
 
 from corral.images import build_rootfs
+from corral.oci.state import DEFAULT_ROOT
 from tests.conftest import (CGROUP_PARENT, CORRAL, remove_cgroups, run_capturing, unmount_under,
                             wait_for_our_processes)
 
@@ -66,6 +67,7 @@ class Podman:
 @pytest.fixture
 def podman(tmp_path, _no_leaks):
     had_var_lib = os.path.exists(VAR_LIB_CONTAINERS)
+    had_state_root = os.path.exists(DEFAULT_ROOT)  # podman calls corral without --root
     workdir = tempfile.mkdtemp(prefix="corral-podman-")  # podman: runroot < 50 characters
     p = Podman(workdir)
     rootfs = build_rootfs(os.path.join(workdir, "rootfs"))
@@ -84,6 +86,8 @@ def podman(tmp_path, _no_leaks):
         shutil.rmtree(workdir, ignore_errors=True)
         if not had_var_lib:
             shutil.rmtree(VAR_LIB_CONTAINERS, ignore_errors=True)
+        if not had_state_root and os.path.isdir(DEFAULT_ROOT):
+            os.rmdir(DEFAULT_ROOT)  # empty: every container was removed above
 
 
 def test_podman_run_rm_output_and_exit_code(podman):
