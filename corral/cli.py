@@ -127,32 +127,28 @@ def cmd_exec(args, log: Log) -> int:
     prepared = prepare_exec(args)
     pid = create_container(prepared)
     if args.detach:
-        try:
-            if args.pid_file:
-                _write_pid_file(args.pid_file, pid)
-        except BaseException:
-            _kill_exec(pid)
-            raise
+        _publish_exec_pid(args.pid_file, pid)
         return 0
     from corral.supervisor.foreground import exit_status, forwarding_signals
 
     with forwarding_signals(pid):
-        try:
-            if args.pid_file:
-                _write_pid_file(args.pid_file, pid)
-        except BaseException:
-            _kill_exec(pid)
-            raise
+        _publish_exec_pid(args.pid_file, pid)
         _, raw = os.waitpid(pid, 0)
     return exit_status(raw)
 
 
-def _kill_exec(pid: int) -> None:
+def _publish_exec_pid(pid_file: str | None, pid: int) -> None:
+    """The pid file, or, if it cannot be written, no process either."""
     try:
-        os.kill(pid, 9)  # our child: its pid is not reused until reaped
-        os.waitpid(pid, 0)
-    except OSError:
-        pass
+        if pid_file:
+            _write_pid_file(pid_file, pid)
+    except BaseException:
+        try:
+            os.kill(pid, 9)  # our child: its pid is not reused until reaped
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
+        raise
 
 
 def _start_or_delete(container) -> None:

@@ -22,6 +22,7 @@ import resource
 
 from corral import nsenter
 from corral.errors import ChildError, CorralError
+from corral.supervisor import hooks  # not lazily: after pivot_root the host's files are gone
 from corral.supervisor import protocol as p
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -50,7 +51,6 @@ def child_main(sync_fd: int) -> None:
         listener_fd = -1
         if seccomp is not None and config.linux.seccomp.notifies:
             from corral.init.seccomp import connect_listener
-            import corral.supervisor.hooks  # noqa: F401 - for the state, after the pivot
 
             listener_fd = connect_listener(config.linux.seccomp.listener_path)
         idmapped = {}
@@ -175,8 +175,6 @@ def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
     from corral.init.rootfs import finalize_rootfs, prepare_rootfs
 
     proc = config.process
-    if boot.create_hooks or config.hooks.start_container:
-        import corral.supervisor.hooks  # noqa: F401 - the host's modules are gone after pivot
     own_netns = config.linux.namespace("network")
     if own_netns is not None and own_netns.path is None:
         nsenter.loopback_up()
@@ -190,9 +188,7 @@ def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
         p.write_message(sync_fd, p.HooksDue())
         done = _expect(sync_fd, p.HooksDone)
         if config.hooks.create_container:
-            from corral.supervisor.hooks import run_hooks
-
-            run_hooks("createContainer", config.hooks.create_container,
+            hooks.run_hooks("createContainer", config.hooks.create_container,
                       _state(boot, config, "creating", done.pid))
 
     prepare_rootfs(config, boot.rootfs, no_pivot=boot.no_pivot,
@@ -212,11 +208,9 @@ def _exec_child(sync_fd: int, boot: p.Bootstrap, config, seccomp, console) -> No
     ``boot.join``; after the mount namespace `/` is the container's root), then the same
     process setup and C finalize as the init's, without the rootfs or the exec fifo.
     Nothing is imported once in the container's mount namespace: the host's files are gone."""
-    import corral.oci.capabilities  # noqa: F401 - _cap_masks, after the namespaces
     listener_fd = -1
     if seccomp is not None and config.linux.seccomp.notifies:
         from corral.init.seccomp import connect_listener
-        import corral.supervisor.hooks  # noqa: F401 - for the state, after setns
 
         listener_fd = connect_listener(config.linux.seccomp.listener_path)
     nsenter.enter_namespaces(sync_fd, 0, False, [(t, path) for t, path in boot.join])
@@ -272,9 +266,7 @@ def _run_process(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
 
 
 def _state(boot: p.Bootstrap, config, status: str, pid: int) -> bytes:
-    from corral.supervisor.hooks import oci_state
-
-    return oci_state(config.oci_version, boot.container_id, boot.bundle, status, pid,
+    return hooks.oci_state(config.oci_version, boot.container_id, boot.bundle, status, pid,
                      config.annotations)
 
 

@@ -15,6 +15,7 @@ import stat
 
 from corral import nsenter
 from corral.errors import ConfigError, NotSupportedError
+from corral.oci.config import id_map_text
 from corral.record import Record
 from corral.init import paths
 from corral.init.paths import reason
@@ -331,14 +332,17 @@ def _mount_bind(root: str, mount, opts: MountOptions) -> None:
         raise ConfigError("", "a bind mount needs a source")
     # Host path; relative ones are relative to the bundle (our working directory now).
     source = os.path.abspath(mount.source)
-    is_dir = stat.S_ISDIR(os.stat(source).st_mode)
-    check_proc_destination(root, paths.resolve_in_root(root, mount.destination), mount)
-    # The mount point: a directory for a directory, an empty file for anything else.
-    if is_dir:
-        target = paths.mkdir_in_root(root, mount.destination)
-    else:
-        target = paths.create_file_in_root(root, mount.destination)
+    target = _mount_point(root, mount, stat.S_ISDIR(os.stat(source).st_mode))
     bind_mount(root, target, source, opts)
+
+
+def _mount_point(root: str, mount, is_dir: bool) -> str:
+    """The destination, checked and made: a directory for a directory, an empty file for
+    anything else."""
+    check_proc_destination(root, paths.resolve_in_root(root, mount.destination), mount)
+    if is_dir:
+        return paths.mkdir_in_root(root, mount.destination)
+    return paths.create_file_in_root(root, mount.destination)
 
 
 #: Filesystems that take linux.mountLabel as their context= option (SELinux hosts only).
@@ -355,11 +359,10 @@ def open_idmapped_trees(mounts_) -> dict[int, int]:
                 continue
             opts = parse_mount_options(m.options, f"mounts[{i}].options")
             recursive = bool(bind_options(m, opts).flags & MS_REC)
-            uid_map = "".join(f"{x.container_id} {x.host_id} {x.size}\n" for x in m.uid_mappings)
-            gid_map = "".join(f"{x.container_id} {x.host_id} {x.size}\n" for x in m.gid_mappings)
             try:
                 trees[i] = nsenter.idmapped_tree(os.path.abspath(m.source or ""), recursive,
-                                                 uid_map, gid_map)
+                                                 id_map_text(m.uid_mappings),
+                                                 id_map_text(m.gid_mappings))
             except OSError as err:
                 raise ConfigError(f"mounts[{i}]", f"idmapped mount of {m.source}: "
                                                   f"{err.strerror}") from None
@@ -372,12 +375,7 @@ def open_idmapped_trees(mounts_) -> dict[int, int]:
 
 def _mount_idmapped(root: str, mount, opts: MountOptions, tree_fd: int) -> None:
     """Attach the idmapped tree on the destination, then apply the per-mount flags."""
-    is_dir = stat.S_ISDIR(os.fstat(tree_fd).st_mode)
-    check_proc_destination(root, paths.resolve_in_root(root, mount.destination), mount)
-    if is_dir:
-        target = paths.mkdir_in_root(root, mount.destination)
-    else:
-        target = paths.create_file_in_root(root, mount.destination)
+    target = _mount_point(root, mount, stat.S_ISDIR(os.fstat(tree_fd).st_mode))
     fd = paths.open_in_root(root, target)
     try:
         nsenter.move_mount(tree_fd, fd, mount.destination)

@@ -22,6 +22,11 @@ class IdMapping(Record):
     size: int
 
 
+def id_map_text(mappings) -> str:
+    """The kernel's uid_map/gid_map text for a list of mappings."""
+    return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
+
+
 class Mount(Record):
     destination: str
     type: str | None = None

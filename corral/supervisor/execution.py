@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from corral import jsonlite as json
+from corral.cliargs import read_json_object
 from corral.errors import ConfigError, ContainerStateError, CorralError, NotSupportedError
 from corral.oci.config import parse_config
 from corral.supervisor.containers import CREATED, PAUSED, RUNNING, Container
@@ -48,21 +49,6 @@ class PreparedExec:
         """Nothing on the host was made for an exec (the driver kills the processes)."""
 
 
-def _read_process_file(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ConfigError("--process", f"{path}: {exc.strerror.lower()}") from None
-    try:
-        proc = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError("--process", f"{path}: invalid JSON: {exc}") from None
-    if not isinstance(proc, dict):
-        raise ConfigError("--process", f"{path} must hold a JSON object")
-    return proc
-
-
 def _parse_user(text: str) -> tuple[int, int | None]:
     parts = text.split(":")
     if len(parts) > 2:
@@ -79,7 +65,7 @@ def build_process(args, base: dict) -> dict:
     """The process JSON of the exec: ``--process`` alone, or ``base`` (the container's
     config process) with runc's overrides."""
     if args.process:
-        return _read_process_file(args.process)
+        return read_json_object(args.process, "--process")
     if not args.command:
         raise ConfigError("", "exec: the command is missing (exec ID COMMAND [ARGS...], "
                               "or --process FILE)")

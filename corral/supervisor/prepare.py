@@ -15,7 +15,7 @@ import _signal as signal  # `signal` itself imports enum: ~3 ms
 from corral import nsenter
 from corral.cgroups import Cgroup, detect
 from corral.errors import CgroupError, ConfigError, CorralError, NotSupportedError
-from corral.oci.config import Config, DeviceRule, IdMapping, load_bundle
+from corral.oci.config import Config, DeviceRule, load_bundle
 from corral.oci.state import StateDir, rfc3339_now, validate_id
 from corral.procfs import is_alive, start_time
 from corral.supervisor.protocol import Bootstrap
@@ -79,14 +79,9 @@ class PreparedContainer:
             # The init already died: its own Error message (or EOF) follows and says why.
 
     def write_id_maps(self, pid: int) -> None:
-        linux = self.config.linux
-        if os.geteuid() != 0:
-            from corral.supervisor.rootless import write_id_maps
+        from corral.supervisor.rootless import write_id_maps
 
-            write_id_maps(pid, linux.uid_mappings, linux.gid_mappings)
-            return
-        _write_map(f"/proc/{pid}/gid_map", linux.gid_mappings, "linux.gidMappings")
-        _write_map(f"/proc/{pid}/uid_map", linux.uid_mappings, "linux.uidMappings")
+        write_id_maps(pid, self.config.linux.uid_mappings, self.config.linux.gid_mappings)
 
     def record_pid(self, pid: int) -> None:
         self.record["pid"] = pid
@@ -155,15 +150,6 @@ def device_rules(config: Config) -> list[DeviceRule]:
     rules += [DeviceRule(True, d.type if d.type in ("b", "c") else "c", d.major, d.minor)
               for d in config.linux.devices if d.type != "p"]
     return rules
-
-
-def _write_map(path: str, mappings: tuple[IdMapping, ...], field: str) -> None:
-    text = "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
-    try:
-        with open(path, "w") as f:
-            f.write(text)
-    except OSError as exc:
-        raise ConfigError(field, f"writing {path}: {exc.strerror}") from None
 
 
 def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False,

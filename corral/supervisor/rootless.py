@@ -24,6 +24,7 @@ import os
 import shutil
 
 from corral.errors import ConfigError, CorralError
+from corral.oci.config import id_map_text
 
 NO_CGROUP = "container has no cgroup (rootless without a delegated cgroup)"
 
@@ -148,25 +149,26 @@ def check_no_cgroup(config) -> None:
                           "parent is not writable)")
 
 
-# ---- the id maps, written by an unprivileged parent ---------------------------------------
+# ---- the id maps, written by the parent (root or not) ---------------------------------------
 
 
 def write_id_maps(pid: int, uid_mappings, gid_mappings) -> None:
-    """gid first: the kernel refuses an unprivileged gid_map until setgroups says deny."""
-    uid, gid = os.geteuid(), os.getegid()
-    if _own_single(gid_mappings, gid):
-        _write(f"/proc/{pid}/setgroups", "deny", "linux.gidMappings")
-        _write(f"/proc/{pid}/gid_map", _map_text(gid_mappings), "linux.gidMappings")
-    else:
-        _helper("newgidmap", pid, gid_mappings, "linux.gidMappings")
-    if _own_single(uid_mappings, uid):
-        _write(f"/proc/{pid}/uid_map", _map_text(uid_mappings), "linux.uidMappings")
-    else:
-        _helper("newuidmap", pid, uid_mappings, "linux.uidMappings")
+    """The parent's half of a new user namespace, for every parent: root writes any map;
+    an unprivileged one writes only a single-id map of its own id and leaves wider maps to
+    newgidmap/newuidmap.  gid first: the kernel refuses an unprivileged gid_map until
+    setgroups says deny."""
+    privileged = os.geteuid() == 0
+    _write_map(pid, "gid", gid_mappings, os.getegid(), privileged, "linux.gidMappings")
+    _write_map(pid, "uid", uid_mappings, os.geteuid(), privileged, "linux.uidMappings")
 
 
-def _map_text(mappings) -> str:
-    return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
+def _write_map(pid: int, kind: str, mappings, own: int, privileged: bool, field: str) -> None:
+    if not privileged and not _own_single(mappings, own):
+        _helper(f"new{kind}map", pid, mappings, field)
+        return
+    if not privileged and kind == "gid":
+        _write(f"/proc/{pid}/setgroups", "deny", field)
+    _write(f"/proc/{pid}/{kind}_map", id_map_text(mappings), field)
 
 
 def _write(path: str, text: str, field: str) -> None:
@@ -174,7 +176,7 @@ def _write(path: str, text: str, field: str) -> None:
         with open(path, "w") as f:
             f.write(text)
     except OSError as exc:
-        raise ConfigError(field, f"rootless: writing {path}: {exc.strerror}") from None
+        raise ConfigError(field, f"writing {path}: {exc.strerror}") from None
 
 
 def _helper(name: str, pid: int, mappings, field: str) -> None:

@@ -12,9 +12,8 @@ warning, as runc 1.2 does.
 from __future__ import annotations
 
 import os
-import sys
 
-from corral import jsonlite as json
+from corral.cliargs import read_json_object
 from corral.errors import ConfigError, ContainerStateError, NotSupportedError
 
 R = "linux.resources"
@@ -125,32 +124,14 @@ def check_fields(data: dict, where: str = R) -> None:
                 _check_known(item, name, known, f"{where}.{name}[{i}]")
 
 
-def read_resources(source: str) -> dict:
-    """The LinuxResources JSON object from a file, or stdin for "-"."""
-    try:
-        if source == "-":
-            raw = sys.stdin.buffer.read()
-        else:
-            with open(source, "rb") as f:
-                raw = f.read()
-    except OSError as e:
-        raise ConfigError("--resources", f"cannot read {source}: {e.strerror}") from None
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise ConfigError("--resources", f"invalid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError("--resources", "must hold a JSON object (LinuxResources)")
-    return data
-
-
 def build(args) -> tuple:
     """(Resources, warnings) from ``--resources`` and the flags of ``args``."""
     from corral.oci import config
 
     if getattr(args, "l3_cache_schema", None) or getattr(args, "mem_bw_schema", None):
         raise NotSupportedError("--l3-cache-schema / --mem-bw-schema (Intel RDT)")
-    data = read_resources(args.resources) if args.resources else {}
+    data = (read_json_object(args.resources, "--resources", "a JSON object (LinuxResources)")
+            if args.resources else {})
     check_fields(data)
     warnings = []
     if args.kernel_memory:
