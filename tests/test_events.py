@@ -59,7 +59,7 @@ def test_v2_stats_shape(tmp_path):
 
 def test_v2_oom_counter(tmp_path):
     cg, d = _fake_v2(tmp_path, {"memory.events": "low 0\nmax 1\noom 0\noom_kill 0\n"})
-    watch = events_mod._OomWatch(cg)
+    watch = events_mod.OomWatch(cg)
     try:
         assert watch.kind == "v2" and watch.check() == 0
         (d / "memory.events").write_text("low 0\nmax 9\noom 1\noom_kill 1\n")

@@ -8,7 +8,8 @@ import trio
 from corral.errors import CorralError
 from corral.supervisor.containers import Container
 from corral.supervisor.prepare import prepare
-from corral.supervisor.trio_driver import create_container, open_zygote
+from corral.supervisor.trio_driver import create_container
+from corral.supervisor.zygote_handle import open_zygote
 
 
 def _stdio(path):

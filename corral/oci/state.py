@@ -32,6 +32,8 @@ _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 def validate_id(container_id: str) -> str:
     if not container_id:
         raise ConfigError("container id", "must not be empty")
+    if container_id == ".supervisor":  # corral supervise's own files in the state root
+        raise ConfigError("container id", "'.supervisor' is reserved for corral supervise")
     if container_id in (".", "..") or not set(container_id) <= _ID_CHARS:
         raise ConfigError("container id",
                           f"invalid id {container_id!r}: use only [A-Za-z0-9_.-]")
@@ -95,19 +97,27 @@ class StateDir:
         os.replace(tmp, self.state_file)
 
     def remove(self) -> None:
-        try:
-            names = os.listdir(self.path)
-        except FileNotFoundError:
-            return
-        for name in names:
+        """Retried: a supervisor's keeper may still be writing a container's last log
+        lines or its exit status here while the command line deletes it."""
+        for attempt in range(50):
             try:
-                os.unlink(os.path.join(self.path, name))
+                names = os.listdir(self.path)
             except FileNotFoundError:
-                pass
-        try:
-            os.rmdir(self.path)
-        except FileNotFoundError:
-            pass
+                return
+            for name in names:
+                try:
+                    os.unlink(os.path.join(self.path, name))
+                except FileNotFoundError:
+                    pass
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if exc.errno != 39 or attempt == 49:  # ENOTEMPTY
+                    raise
+                time.sleep(0.01)
 
 
 def list_ids(root: str) -> list[str]:

@@ -74,7 +74,7 @@ def _memory_v1_dir(cgroup) -> str | None:
     return None
 
 
-class _OomWatch:
+class OomWatch:
     """The OOM source for one cgroup: ``fd`` to poll, ``events`` to poll it for, and
     ``check()`` → how many OOMs happened since the last call."""
 
@@ -167,7 +167,7 @@ def run(container, stats_only: bool, interval: float) -> int:
     try:
         if not is_alive(container.pid, container.record.get("pid_start")):
             raise ContainerStateError("container not running")
-        watch = _OomWatch(container._cgroup())
+        watch = OomWatch(container._cgroup())
         poller = select.poll()
         poller.register(pidfd, select.POLLIN)
         if watch.fd >= 0:

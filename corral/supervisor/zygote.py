@@ -1,17 +1,29 @@
-"""The zygote: a single-threaded helper that forks container children for a trio program.
+"""The zygote and keeper: a single-threaded helper that forks container children for a trio
+program, is their parent, and keeps their exit statuses and logs.
 
 Forking a threaded process is unsafe, and a trio program may have threads, so the supervisor
 starts this process once (with corral's init code already imported) and hands it, for each
-container, the child end of a sync socketpair and the container's stdio over SCM_RIGHTS.  The
-children it forks run ``child_main``; their inits are its children too (the C stage clones with
-CLONE_PARENT), so it reaps them and reports every exit status back.
+container, the child end of a sync socketpair (and stdio, or a log directory) over SCM_RIGHTS.
+The children it forks run ``child_main``; their inits are its children too (the C stage clones
+with CLONE_PARENT), so it reaps them, writes each tracked init's exit status to its state
+directory (fsync) and only then reports it.
+
+Two modes.  Embedded (``corral.Supervisor``, tests): the control socket is one end of a
+socketpair and its EOF ends the zygote.  Keeper (``corral supervise``): the zygote is given a
+listening socket; when the daemon goes away it keeps reaping, recording statuses and writing
+logs, and a restarted daemon connects again.  It exits once it has no daemon, no child and no
+log left.
 
 Control socket (SOCK_SEQPACKET, one JSON object per packet):
-    supervisor -> zygote  {"op": "spawn", "seq": N}  + fds [sync, stdin, stdout, stderr]
-    zygote -> supervisor  {"op": "spawned", "seq": N, "pid": P} + fd [pidfd of P] |
-                          {"op": "failed", "seq": N,
-                          "error": "..."} | {"op": "exited", "pid": P, "status": S}
-EOF on the control socket ends the zygote (its children live on).
+    supervisor -> zygote  {"op": "spawn", "seq": N, "logs": null}  + fds [sync, stdin, stdout, stderr]
+                          {"op": "spawn", "seq": N, "logs": {"dir", "max_bytes", "keep"}} + fds [sync]
+                          {"op": "track", "pid": P, "dir": D}   the init of the container in D
+                          {"op": "close_logs", "seq": N, "dir": D}
+    zygote -> supervisor  {"op": "hello", "pid": P, "version": V}   (keeper mode, on connect)
+                          {"op": "spawned", "seq": N, "pid": P} + fd [pidfd of P] |
+                          {"op": "failed", "seq": N, "error": "..."} |
+                          {"op": "logs_closed", "seq": N} |
+                          {"op": "exited", "pid": P, "status": S}
 """
 
 from __future__ import annotations
@@ -26,34 +38,284 @@ import sys
 
 FDS_PER_SPAWN = 4
 MAX_PACKET = 65536
+KEEPER_VERSION = 1
+_PENDING_MAX = 1024  # statuses of pids not (yet) tracked: kept briefly for a late "track"
+PR_SET_CHILD_SUBREAPER = 36
 
 
-def zygote_main(control_fd: int) -> None:
+class Zygote:
+    def __init__(self, child_main, control: socket.socket | None,
+                 listener: socket.socket | None) -> None:
+        self.child_main = child_main
+        self.control = control
+        self.listener = listener
+        self.tracked: dict[int, str] = {}
+        self.pending: dict[int, int] = {}
+        self.logs: dict[int, object] = {}  # pipe read fd -> LogFile
+        self.poller = select.poll()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # ---- the loop ----
+
+    def run(self) -> None:
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.poller.register(self.wake_r, select.POLLIN)
+        if self.control is not None:
+            self.poller.register(self.control, select.POLLIN)
+        if self.listener is not None:
+            self.poller.register(self.listener, select.POLLIN)
+        while True:
+            # Without a daemon, look now and then whether the keeper's work is done.
+            timeout = None if self.control is not None or self.listener is None else 5000
+            for fd, _events in self.poller.poll(timeout):
+                if fd == self.wake_r:
+                    _drain(self.wake_r)
+                elif self.listener is not None and fd == self.listener.fileno():
+                    self._accept()
+                elif self.control is not None and fd == self.control.fileno():
+                    if not self._serve_one():
+                        self._drop_control()
+                        if self.listener is None:
+                            self._reap()
+                            return
+                elif fd in self.logs:
+                    self._relay(fd)
+            self._reap()
+            if self.listener is not None and self._idle():
+                try:  # no daemon will find a dead keeper's socket
+                    os.unlink(self.listener.getsockname())
+                except OSError:
+                    pass
+                return
+
+    def _idle(self) -> bool:
+        """Nobody to serve and nothing to keep: the keeper's work is done."""
+        if self.control is not None or self.logs:
+            return False
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return False
+
+    # ---- the daemon's connection ----
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        if self.control is not None:
+            conn.close()  # one daemon at a time (the daemon's lock file makes that the rule)
+            return
+        self.control = conn
+        self.poller.register(conn, select.POLLIN)
+        self._send({"op": "hello", "pid": os.getpid(), "version": KEEPER_VERSION})
+
+    def _drop_control(self) -> None:
+        self.poller.unregister(self.control)
+        self.control.close()
+        self.control = None
+
+    def _serve_one(self) -> bool:
+        try:
+            msg, fds = _recv(self.control)
+        except (OSError, ValueError):
+            return False
+        if msg is None:
+            return False
+        op = msg.get("op")
+        if op == "spawn":
+            self._spawn(msg, fds)
+        elif op == "track":
+            for fd in fds:
+                os.close(fd)
+            self._track(int(msg["pid"]), str(msg["dir"]))
+        elif op == "close_logs":
+            for fd in fds:
+                os.close(fd)
+            self._close_logs(str(msg["dir"]))
+            self._send({"op": "logs_closed", "seq": msg.get("seq")})
+        else:
+            for fd in fds:
+                os.close(fd)
+        return True
+
+    def _send(self, msg: dict, fds: list[int] = ()) -> None:
+        if self.control is None:
+            return  # no daemon now: statuses are on disk for the next one
+        try:
+            self.control.sendmsg(
+                [json.dumps(msg).encode()],
+                [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else [])
+        except OSError:
+            pass  # the daemon is gone; the EOF on the next poll drops it
+
+    # ---- spawning ----
+
+    def _spawn(self, msg: dict, fds: list[int]) -> None:
+        seq = msg.get("seq")
+        logs = msg.get("logs")
+        want = 1 if logs else FDS_PER_SPAWN
+        if len(fds) != want:
+            for fd in fds:
+                os.close(fd)
+            self._send({"op": "failed", "seq": seq, "error": "malformed spawn request"})
+            return
+        sync_fd = fds[0]
+        made: list[int] = []
+        try:
+            if logs:
+                stdio, readers = self._log_pipes(logs, made)
+            else:
+                stdio, readers = fds[1:], {}
+        except OSError as exc:
+            for fd in fds + made:
+                os.close(fd)
+            self._send({"op": "failed", "seq": seq, "error": f"log files: {exc}"})
+            return
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            pid, error = -1, str(exc)
+        if pid == 0:
+            self._become_child(sync_fd, stdio)
+        for fd in fds + made:
+            if fd not in readers:
+                os.close(fd)
+        if pid < 0:
+            for fd, log in readers.items():
+                os.close(fd)
+                log.close()
+            self._send({"op": "failed", "seq": seq, "error": error})
+            return
+        for fd, log in readers.items():
+            self.logs[fd] = log
+            self.poller.register(fd, select.POLLIN)
+        # Opened before this process can reap the child: the pidfd names it, never a reused pid.
+        pidfd = os.pidfd_open(pid)
+        try:
+            self._send({"op": "spawned", "seq": seq, "pid": pid}, [pidfd])
+        finally:
+            os.close(pidfd)
+
+    def _log_pipes(self, logs: dict, made: list[int]) -> tuple[list[int], dict]:
+        from corral.supervisor.logs import LogFile
+
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        made.append(null)
+        stdio, readers = [null], {}
+        for stream in ("stdout", "stderr"):
+            r, w = os.pipe2(os.O_CLOEXEC)
+            made += [r, w]
+            readers[r] = LogFile(logs["dir"], stream, int(logs["max_bytes"]), int(logs["keep"]))
+            stdio.append(w)
+        return stdio, readers
+
+    def _become_child(self, sync_fd: int, stdio: list[int]) -> None:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for sock in (self.control, self.listener):
+            if sock is not None:
+                sock.close()
+        for fd in (*self.logs, self.wake_r, self.wake_w):
+            os.close(fd)
+        for target, fd in enumerate(stdio):
+            os.dup2(fd, target)
+        self.child_main(sync_fd)
+
+    # ---- logs ----
+
+    def _relay(self, fd: int) -> None:
+        log = self.logs[fd]
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        if data:
+            try:
+                log.write(data)
+                return
+            except OSError:
+                pass  # the state dir went away (deleted): stop logging this stream
+        self._stop_relay(fd)
+
+    def _stop_relay(self, fd: int) -> None:
+        self.poller.unregister(fd)
+        os.close(fd)
+        self.logs.pop(fd).close()
+
+    def _close_logs(self, state_dir: str) -> None:
+        """Before the daemon removes a state dir: nothing of ours may write there after."""
+        for fd in [fd for fd, log in self.logs.items() if log.state_dir == state_dir]:
+            os.set_blocking(fd, False)
+            try:
+                while True:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        break
+                    self.logs[fd].write(data)
+            except OSError:
+                pass
+            self._stop_relay(fd)
+
+    # ---- exits ----
+
+    def _track(self, pid: int, state_dir: str) -> None:
+        status = self.pending.pop(pid, None)
+        if status is None:
+            self.tracked[pid] = state_dir
+        else:
+            self._record(pid, state_dir, status)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, raw = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            status = os.waitstatus_to_exitcode(raw)
+            status = 128 - status if status < 0 else status
+            state_dir = self.tracked.pop(pid, None)
+            if state_dir is not None:
+                self._record(pid, state_dir, status)
+            else:
+                if len(self.pending) >= _PENDING_MAX:
+                    self.pending.pop(next(iter(self.pending)))
+                self.pending[pid] = status
+            self._send({"op": "exited", "pid": pid, "status": status})
+
+    def _record(self, pid: int, state_dir: str, status: int) -> None:
+        from corral.oci.state import rfc3339_now
+        from corral.supervisor.exits import write_exit
+
+        try:
+            write_exit(state_dir, pid, status, rfc3339_now())
+        except OSError:
+            pass  # deleted meanwhile (delete --force): nobody will ask
+
+
+def zygote_main(control_fd: int, listen: bool = False) -> None:
+    """``control_fd`` is a connected control socket, or with ``listen`` a listening one."""
     # Preloaded: every fork starts with the init code imported.
     import corral.init.rootfs  # noqa: F401
     import corral.oci.capabilities  # noqa: F401
     import corral.oci.config  # noqa: F401
+    import corral.oci.state  # noqa: F401
+    import corral.supervisor.exits  # noqa: F401
+    import corral.supervisor.logs  # noqa: F401
+    from corral import nsenter
     from corral.init.child import child_main
 
-    control = socket.socket(fileno=control_fd)
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    poller = select.poll()
-    poller.register(control, select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
-    while True:
-        for fd, _ in poller.poll():
-            if fd == wake_r:
-                _drain(wake_r)
-                _reap(control)
-                continue
-            msg, fds = _recv(control)
-            if msg is None:
-                _reap(control)
-                return
-            _spawn(control, msg, fds, child_main)
-        _reap(control)
+    sock = socket.socket(fileno=control_fd)
+    if listen:
+        os.chdir("/")  # a keeper outlives its daemon: pin no directory
+        # Orphans of containers without a pid namespace come here, not to the host's init.
+        nsenter.prctl(PR_SET_CHILD_SUBREAPER, 1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        Zygote(child_main, None, sock).run()
+    else:
+        Zygote(child_main, sock, None).run()
 
 
 def _recv(control: socket.socket) -> tuple[dict | None, list[int]]:
@@ -65,60 +327,10 @@ def _recv(control: socket.socket) -> tuple[dict | None, list[int]]:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
     if not data:
-        return None, list(fds)
-    return json.loads(data), list(fds)
-
-
-def _spawn(control: socket.socket, msg: dict, fds: list[int], child_main) -> None:
-    seq = msg.get("seq")
-    if msg.get("op") != "spawn" or len(fds) != FDS_PER_SPAWN:
         for fd in fds:
             os.close(fd)
-        _send(control, {"op": "failed", "seq": seq, "error": "malformed spawn request"})
-        return
-    sync_fd, *stdio = fds
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        pid = -1
-        error = str(exc)
-    if pid == 0:
-        control.close()
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for target, fd in enumerate(stdio):
-            os.dup2(fd, target)
-        child_main(sync_fd)
-    for fd in fds:
-        os.close(fd)
-    if pid < 0:
-        _send(control, {"op": "failed", "seq": seq, "error": error})
-        return
-    # Opened before this process can reap the child: the pidfd names it, never a reused pid.
-    pidfd = os.pidfd_open(pid)
-    try:
-        _send(control, {"op": "spawned", "seq": seq, "pid": pid}, [pidfd])
-    finally:
-        os.close(pidfd)
-
-
-def _reap(control: socket.socket) -> None:
-    while True:
-        try:
-            pid, raw = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _send(control, {"op": "exited", "pid": pid, "status": os.waitstatus_to_exitcode(raw)})
-
-
-def _send(control: socket.socket, msg: dict, fds: list[int] = ()) -> None:
-    try:
-        control.sendmsg([json.dumps(msg).encode()],
-                        [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else [])
-    except OSError:
-        pass  # the supervisor is gone; statuses are its keeper's job (see DESIGN.md)
+        return None, []
+    return json.loads(data), list(fds)
 
 
 def _drain(fd: int) -> None:
@@ -130,4 +342,4 @@ def _drain(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    zygote_main(int(sys.argv[1]))
+    zygote_main(int(sys.argv[1]), listen=sys.argv[2:] == ["--listen"])

@@ -1,0 +1,572 @@
+"""The supervisor's engine: many containers in one trio event loop.
+
+One ``Engine`` owns, for a state root: the zygote (or the keeper, for the daemon), a watcher
+task per live container (a pidfd, plus the OOM eventfd of a v1 memory cgroup), the exec-fifo
+waits of ``start``, and the event stream.  The daemon (``daemon.py``) serves it on a socket;
+``corral.Supervisor`` embeds it.  It shares the state directories of the command line: it
+lists, signals and deletes containers the command line made, and the command line sees its.
+
+Exit statuses: the zygote/keeper reaps every container it forked and writes the status to
+``exit.json`` (fsync) before reporting it; the engine learns it from the report, or from the
+file for a container that exited while no daemon was running.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal as _signal
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import trio
+
+from corral import jsonlite as json
+from corral.errors import ConfigError, ContainerNotFound, ContainerStateError, CorralError
+from corral.oci.state import list_ids, rfc3339_now, validate_id
+from corral.procfs import is_alive
+from corral.supervisor.containers import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container
+from corral.supervisor.exits import read_exit
+from corral.supervisor.logs import DEFAULT_KEEP, DEFAULT_MAX_BYTES, STREAMS, LogReader
+from corral.supervisor.zygote_handle import SUPERVISOR_DIR, ZygoteHandle
+
+MANAGED = "supervisor"  # state.json "managed": made by an engine, its init a zygote child
+EXEC_OUTPUT_CAP = 4 * 1024 * 1024
+EVENT_BUFFER = 4096
+
+
+class Tracked:
+    """The engine's view of one container: how it learns that the init exited."""
+
+    __slots__ = ("id", "state_dir", "pid", "pid_start", "managed", "exit_status", "exited",
+                 "owned_bundle")
+
+    def __init__(self, cid: str, state_dir: str, record: dict) -> None:
+        self.id = cid
+        self.state_dir = state_dir
+        self.pid = record.get("pid") or 0
+        self.pid_start = record.get("pid_start")
+        self.managed = record.get("managed") == MANAGED
+        self.owned_bundle = record.get("ownedBundle")
+        self.exit_status: int | None = None
+        self.exited = trio.Event()
+
+
+class Engine:
+    def __init__(self, root: str, zygote: ZygoteHandle, nursery: trio.Nursery, *,
+                 max_concurrent_creates: int = 16, create_timeout: float = 60.0,
+                 log_max_bytes: int = DEFAULT_MAX_BYTES, log_keep: int = DEFAULT_KEEP) -> None:
+        self.root = os.path.abspath(root)
+        self.zygote = zygote
+        self._nursery = nursery
+        self._creates = trio.CapacityLimiter(max_concurrent_creates)
+        self.create_timeout = create_timeout
+        self.log_max_bytes = log_max_bytes
+        self.log_keep = log_keep
+        self.tracked: dict[str, Tracked] = {}
+        self._by_pid: dict[int, Tracked] = {}
+        self._subscribers: set[trio.MemorySendChannel] = set()
+        self._busy: set[str] = set()  # ids being created or deleted by this engine
+
+    # ---- events ----
+
+    @asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[trio.MemoryReceiveChannel]:
+        """Events from now on: ``{"type", "id", "time", ...}``.  A subscriber that falls
+        ``EVENT_BUFFER`` events behind is dropped (its channel closes), never the engine."""
+        send, receive = trio.open_memory_channel(EVENT_BUFFER)
+        self._subscribers.add(send)
+        try:
+            yield receive
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+            receive.close()
+
+    def _emit(self, kind: str, cid: str, **extra) -> None:
+        event = {"type": kind, "id": cid, "time": rfc3339_now(), **extra}
+        for send in list(self._subscribers):
+            try:
+                send.send_nowait(event)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._subscribers.discard(send)
+                send.close()
+
+    # ---- creating and starting ----
+
+    async def create(self, cid: str, *, bundle: str | None = None, config: dict | None = None,
+                     logs: bool = True, stdio: tuple[int, int, int] | None = None,
+                     timeout: float | None = None) -> dict:
+        """A container from a bundle directory, or from an inline OCI ``config`` (its
+        ``root.path`` absolute), created up to the exec-fifo wait.  Its stdout/stderr go to
+        log files in its state dir (``logs``) or to ``stdio``."""
+        from corral.supervisor.prepare import prepare
+        from corral.supervisor.trio_driver import create_container
+
+        validate_id(cid)
+        if (bundle is None) == (config is None):
+            raise ConfigError("bundle", "give exactly one of bundle and config")
+        if cid in self._busy or cid in self.tracked:
+            raise CorralError(f"container with id {cid} already exists")
+        self._busy.add(cid)
+        owned = None
+        try:
+            if config is not None:
+                owned = bundle = self._write_bundle(cid, config)
+            extra = {"managed": MANAGED, **({"ownedBundle": owned} if owned else {})}
+            async with self._creates:
+                prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra)
+                log_spec = ({"dir": prepared.state_dir.path, "max_bytes": self.log_max_bytes,
+                             "keep": self.log_keep} if logs and stdio is None else None)
+                await create_container(
+                    prepared, self.zygote, stdio=stdio, logs=log_spec, track=True,
+                    deadline=self.create_timeout if timeout is None else timeout)
+        except BaseException:
+            if owned:
+                shutil.rmtree(os.path.dirname(owned), ignore_errors=True)
+            raise
+        finally:
+            self._busy.discard(cid)
+        tracked = self._track(cid, prepared.state_dir.path, prepared.record)
+        self._emit("created", cid, pid=tracked.pid)
+        return Container(prepared.state_dir, prepared.record).oci_state()
+
+    def _write_bundle(self, cid: str, config: dict) -> str:
+        if not isinstance(config, dict):
+            raise ConfigError("config", "must be a JSON object (an OCI config.json)")
+        root_path = (config.get("root") or {}).get("path")
+        if not isinstance(root_path, str) or not os.path.isabs(root_path):
+            raise ConfigError("config.root.path", "an inline config needs an absolute root "
+                                                  "path (there is no bundle directory)")
+        path = os.path.join(self.root, SUPERVISOR_DIR, "bundles", cid)
+        os.makedirs(path, 0o700)  # exists: an earlier create of this id is still here
+        with open(os.path.join(path, "config.json"), "w") as f:
+            f.write(json.dumps(config))
+        return path
+
+    async def start(self, cid: str, timeout: float | None = None) -> dict:
+        """Lets the init exec: opens the exec fifo for reading and waits for its byte."""
+        container = self._load(cid)
+        status = container.status()
+        if status == STOPPED:
+            raise ContainerStateError("cannot start a container that has stopped")
+        if status != CREATED:
+            raise ContainerStateError(f"cannot start a container in the {status} state")
+        try:
+            fd = os.open(container.state_dir.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ContainerStateError("cannot start an already running container") from None
+        tracked = self.tracked.get(cid)
+        try:
+            with trio.move_on_after(timeout if timeout else math.inf) as scope:
+                async with trio.open_nursery() as nursery:
+                    if tracked is not None:
+                        nursery.start_soon(_cancel_when, tracked.exited, nursery.cancel_scope)
+                    await _read_fifo(fd)
+                    nursery.cancel_scope.cancel()
+        finally:
+            os.close(fd)
+        if scope.cancelled_caught:
+            raise ContainerStateError("timed out waiting for the container to start")
+        if tracked is not None and tracked.exited.is_set():
+            raise ContainerStateError("cannot start a container that has stopped")
+        try:
+            os.unlink(container.state_dir.fifo)
+        except FileNotFoundError:
+            pass
+        if (container.record.get("hooks") or {}).get("poststart"):
+            await trio.to_thread.run_sync(container._run_hooks, "poststart", RUNNING, container.pid)
+        self._emit("started", cid, pid=container.pid)
+        return container.oci_state()
+
+    async def run(self, cid: str, **create_args) -> dict:
+        """create + start; a failed start deletes what create made."""
+        await self.create(cid, **create_args)
+        try:
+            return await self.start(cid)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.delete(cid, force=True)
+            raise
+
+    # ---- signals, stopping, deleting ----
+
+    def kill(self, cid: str, sig: int, all_processes: bool = False) -> None:
+        self._load(cid).kill(sig, all_processes)
+
+    async def stop(self, cid: str, grace: float = 10.0, sig: int = _signal.SIGTERM) -> int | None:
+        """``sig``, then SIGKILL to every process if the init is still there after
+        ``grace`` seconds; returns the exit status (None when unknown)."""
+        container = self._load(cid)
+        tracked = self.tracked.get(cid)
+        if container.status() in (CREATED, RUNNING, PAUSED):
+            try:
+                container.kill(sig)
+                if container.status() == PAUSED:
+                    container.resume()
+            except ContainerStateError:
+                pass  # exited meanwhile
+            if tracked is not None:
+                with trio.move_on_after(grace):
+                    await tracked.exited.wait()
+            if container.status() != STOPPED:
+                container.kill(_signal.SIGKILL, all_processes=container.has_cgroup())
+        if tracked is None:
+            return None
+        with trio.move_on_after(10):
+            await tracked.exited.wait()
+        return tracked.exit_status
+
+    async def delete(self, cid: str, force: bool = False) -> None:
+        container = self._load(cid)
+        status = container.status()
+        if status not in (STOPPED, CREATED) and not force:
+            raise ContainerStateError(
+                f"cannot delete container {cid} that is not stopped: {status}")
+        if cid in self._busy:
+            raise ContainerStateError(f"container {cid} is being created or deleted")
+        self._busy.add(cid)
+        try:
+            tracked = self.tracked.get(cid)
+            if status in (CREATED, RUNNING, PAUSED):
+                container.kill(_signal.SIGKILL, all_processes=container.has_cgroup())
+                if container.status() == PAUSED:
+                    container.resume()
+                if tracked is not None:
+                    with trio.move_on_after(10):
+                        await tracked.exited.wait()
+            if tracked is not None and tracked.managed and self.zygote.alive:
+                await self.zygote.close_logs(container.state_dir.path)
+            # Waiting for stragglers and cgroup rmdir retries block: not on the event loop.
+            await trio.to_thread.run_sync(container.delete, True)
+            if tracked is not None and tracked.owned_bundle:
+                shutil.rmtree(tracked.owned_bundle, ignore_errors=True)
+        finally:
+            self._busy.discard(cid)
+        self._untrack(cid)
+        self._emit("deleted", cid)
+
+    # ---- state ----
+
+    def state(self, cid: str) -> dict:
+        return self._state_of(self._load(cid))
+
+    def list(self) -> list[dict]:
+        out = []
+        for cid in list_ids(self.root):
+            try:
+                out.append(self._state_of(self._load(cid)))
+            except ContainerNotFound:
+                continue  # deleted while we listed
+        return out
+
+    def _state_of(self, container: Container) -> dict:
+        state = container.oci_state()
+        tracked = self.tracked.get(container.id)
+        if tracked is not None and tracked.exited.is_set():
+            state["exitStatus"] = tracked.exit_status
+        elif state["status"] == STOPPED:
+            record = read_exit(container.state_dir.path)
+            state["exitStatus"] = record["exitStatus"] if record else None
+        state["managed"] = container.record.get("managed") == MANAGED
+        return state
+
+    async def wait(self, cid: str) -> int | None:
+        """The exit status once the init has exited (None when nobody could know it: a
+        container of the command line's, or one whose keeper died with it)."""
+        self._load(cid)
+        tracked = self.tracked.get(cid)
+        if tracked is None:
+            return self._state_of(self._load(cid)).get("exitStatus")
+        await tracked.exited.wait()
+        return tracked.exit_status
+
+    def stats(self, cid: str) -> dict:
+        from corral.supervisor.events import stats_event
+
+        container = self._load(cid)
+        if container.status() not in (CREATED, RUNNING, PAUSED):
+            raise ContainerStateError("container not running")
+        return stats_event(container)["data"]
+
+    def _load(self, cid: str) -> Container:
+        validate_id(cid)
+        return Container.load(self.root, cid)
+
+    # ---- exec ----
+
+    async def exec(self, cid: str, args: list[str] | None = None, *, process: dict | None = None,
+                   env: list[str] = (), cwd: str | None = None, user: str | None = None,
+                   timeout: float | None = None) -> dict:
+        """Runs a process in the container to its end: ``{"exitStatus", "stdout",
+        "stderr"}`` (each capped at 4 MiB).  ``timeout`` kills it."""
+        from corral.supervisor.execution import prepare_exec
+        from corral.supervisor.trio_driver import create_container
+
+        if process is None and not args:
+            raise ConfigError("args", "exec needs args or a process")
+        if process is not None and not isinstance(process, dict):
+            raise ConfigError("process", "must be a JSON object (an OCI process)")
+        request = _ExecRequest(self.root, cid, args or [], process, list(env), cwd, user)
+        prepared = prepare_exec(request)
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            try:
+                pid = await create_container(prepared, self.zygote, stdio=(null, out_w, err_w))
+            finally:
+                for fd in (null, out_w, err_w):
+                    os.close(fd)
+            outputs: dict[str, bytes] = {}
+            status = None
+            with trio.move_on_after(timeout if timeout else math.inf):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_collect, out_r, outputs, "stdout")
+                    nursery.start_soon(_collect, err_r, outputs, "stderr")
+                    status = await self.zygote.wait(pid)
+            if status is None:
+                try:
+                    os.kill(pid, _signal.SIGKILL)  # a zygote child not yet reaped: our pid
+                except ProcessLookupError:
+                    pass
+                with trio.CancelScope(shield=True):
+                    status = await self.zygote.wait(pid)
+                raise ContainerStateError(f"exec in {cid} timed out after {timeout} s "
+                                          f"(killed; exit status {status})")
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+        return {"exitStatus": status,
+                **{k: outputs.get(k, b"").decode(errors="replace") for k in STREAMS}}
+
+    # ---- logs ----
+
+    async def logs(self, cid: str, streams: tuple[str, ...] = STREAMS,
+                   follow: bool = False, poll: float = 0.1) -> AsyncIterator[tuple[str, bytes]]:
+        """(stream, bytes) from the start of the kept logs; with ``follow``, until the
+        container has exited and its logs are drained."""
+        for stream in streams:
+            if stream not in STREAMS:
+                raise ConfigError("stream", f"{stream!r}: use stdout or stderr")
+        container = self._load(cid)
+        readers = [LogReader(container.state_dir.path, s) for s in streams]
+        tracked = self.tracked.get(cid)
+        try:
+            while True:
+                ended = not follow or tracked is None or tracked.exited.is_set()
+                got = False
+                for reader in readers:
+                    data = reader.read()
+                    while data:
+                        got = True
+                        yield reader.stream, data
+                        data = reader.read()
+                if ended and not got:
+                    return
+                if not got:
+                    with trio.move_on_after(poll):
+                        await tracked.exited.wait()
+        finally:
+            for reader in readers:
+                reader.close()
+
+    # ---- watching ----
+
+    def _track(self, cid: str, state_dir: str, record: dict) -> Tracked:
+        tracked = Tracked(cid, state_dir, record)
+        self.tracked[cid] = tracked
+        if tracked.pid:
+            self._by_pid[tracked.pid] = tracked
+        self._nursery.start_soon(self._watch, tracked, record.get("cgroup"))
+        return tracked
+
+    def _untrack(self, cid: str) -> None:
+        tracked = self.tracked.pop(cid, None)
+        if tracked is not None:
+            self._by_pid.pop(tracked.pid, None)
+
+    async def _watch(self, tracked: Tracked, cgroup_json: dict | None) -> None:
+        """Waits on the init's pidfd; reports OOMs meanwhile; then learns its status."""
+        try:
+            pidfd = os.pidfd_open(tracked.pid)
+        except (ProcessLookupError, ValueError):
+            pidfd = -1
+        oom = None
+        try:
+            if pidfd >= 0 and is_alive(tracked.pid, tracked.pid_start):
+                oom = _oom_watch(cgroup_json)
+                async with trio.open_nursery() as nursery:
+                    if oom is not None:
+                        nursery.start_soon(self._report_ooms, tracked.id, oom)
+                    await trio.lowlevel.wait_readable(pidfd)
+                    nursery.cancel_scope.cancel()
+                if oom is not None and oom.check():
+                    self._emit("oom", tracked.id)
+            tracked.exit_status = await self._exit_status(tracked)
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+            if oom is not None:
+                oom.close()
+            tracked.exited.set()
+        self._emit("exited", tracked.id, exitStatus=tracked.exit_status)
+
+    async def _report_ooms(self, cid: str, oom) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(oom.fd)
+            for _ in range(oom.check()):
+                self._emit("oom", cid)
+            if oom.gone():
+                return
+
+    async def _exit_status(self, tracked: Tracked) -> int | None:
+        if tracked.managed and self.zygote.alive:
+            with trio.move_on_after(2):  # the keeper reports right after it reaps
+                return await self.zygote.wait(tracked.pid)
+        record = read_exit(tracked.state_dir)
+        if record is not None and record.get("pid") == tracked.pid:
+            return record["exitStatus"]
+        return None
+
+    async def adopt(self) -> dict:
+        """At start-up: watch every container of the root again; undo creations a dead
+        daemon left half-made.  Returns counts for the log."""
+        counts = {"running": 0, "exited": 0, "undone": 0}
+        for cid in list_ids(self.root):
+            try:
+                container = Container.load(self.root, cid)
+            except ContainerNotFound:
+                continue
+            record = container.record
+            if container.status() == CREATING:
+                if record.get("managed") == MANAGED:
+                    await trio.to_thread.run_sync(_undo_half_made, container)
+                    counts["undone"] += 1
+                continue  # the command line's own creation, in progress: not ours
+            tracked = self._track(cid, container.state_dir.path, record)
+            counts["running" if is_alive(tracked.pid, tracked.pid_start) else "exited"] += 1
+        return counts
+
+    def reap_orphan(self, pid: int, status: int) -> bool:
+        """An init reparented to the daemon (its keeper died): record its status as the
+        keeper would have.  False if ``pid`` is not a container's."""
+        tracked = self._by_pid.get(pid)
+        if tracked is None:
+            return False
+        from corral.supervisor.exits import write_exit
+
+        try:
+            write_exit(tracked.state_dir, pid, status, rfc3339_now())
+        except OSError:
+            pass
+        return True
+
+
+class _ExecRequest:
+    """What ``prepare_exec`` reads from the command line's arguments, from an API call."""
+
+    def __init__(self, root: str, cid: str, command: list[str], process: dict | None,
+                 env: list[str], cwd: str | None, user: str | None) -> None:
+        self.root, self.id, self.command = root, cid, command
+        self.process_json = process
+        self.process = None
+        self.env, self.cwd, self.user = env, cwd, user
+        self.additional_gids: list[str] = []
+        self.cap: list[str] = []
+        self.no_new_privs = False
+        self.tty = False
+        self.ignore_paused = False
+        self.preserve_fds = 0
+        self.console_socket = None
+        self.detach = True
+        self.pid_file = None
+
+
+async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _read_fifo(fd: int) -> None:
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            data = os.read(fd, 1)
+        except BlockingIOError:
+            continue
+        if data:
+            return
+        # The writer came and went, and another `start` took its byte.
+        raise ContainerStateError("cannot start an already running container")
+
+
+async def _collect(fd: int, outputs: dict[str, bytes], key: str) -> None:
+    os.set_blocking(fd, False)
+    chunks, size = [], 0
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        if not data:
+            break
+        if size < EXEC_OUTPUT_CAP:
+            chunks.append(data[: EXEC_OUTPUT_CAP - size])
+            size += len(chunks[-1])
+    outputs[key] = b"".join(chunks)
+
+
+def _oom_watch(cgroup_json: dict | None):
+    """An OOM eventfd for a v1 memory cgroup (pollable by trio); None otherwise (on v2 an
+    OOM that kills the init still shows in its status)."""
+    if not cgroup_json:
+        return None
+    from corral.cgroups import Cgroup
+    from corral.supervisor.events import OomWatch
+
+    try:
+        watch = OomWatch(Cgroup.from_json(cgroup_json))
+    except OSError:
+        return None
+    if watch.kind != "v1":
+        watch.close()
+        return None
+    return watch
+
+
+def _undo_half_made(container: Container) -> None:
+    from corral.cgroups import Cgroup
+
+    record = container.record
+    if record.get("cgroup"):
+        cgroup = Cgroup.from_json(record["cgroup"])
+        cgroup.kill_all(_signal.SIGKILL)
+        cgroup.destroy()
+    container.state_dir.remove()
+    if record.get("ownedBundle"):
+        shutil.rmtree(record["ownedBundle"], ignore_errors=True)
+
+
+@asynccontextmanager
+async def open_engine(root: str, *, keeper: bool = False, **options) -> AsyncIterator[Engine]:
+    """An engine on ``root``.  ``keeper``: the daemon's shape (one per root, a keeper that
+    outlives this process, containers adopted at start); otherwise an embedded zygote that
+    ends with the ``async with`` (its containers are the caller's to delete)."""
+    from corral.supervisor.zygote_handle import DaemonLock, open_keeper, open_zygote
+
+    os.makedirs(root, 0o711, exist_ok=True)
+    lock = DaemonLock(root) if keeper else None
+    try:
+        async with (open_keeper(root) if keeper else open_zygote()) as zygote:
+            async with trio.open_nursery() as nursery:
+                engine = Engine(root, zygote, nursery, **options)
+                try:
+                    yield engine
+                finally:
+                    nursery.cancel_scope.cancel()
+    finally:
+        if lock is not None:
+            lock.release()

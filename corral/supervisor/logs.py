@@ -1,0 +1,116 @@
+"""Container logs: stdout and stderr in files of the state directory, capped and rotated.
+
+The keeper (no trio, a poll loop) owns the write side: it holds the read ends of the pipes
+that are the container's stdout and stderr, so logging goes on while the daemon is down.
+The daemon reads the files, following them across rotations, for ``logs``.
+"""
+
+from __future__ import annotations
+
+import os
+
+STREAMS = ("stdout", "stderr")
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+DEFAULT_KEEP = 1
+
+
+def log_path(state_dir: str, stream: str, generation: int = 0) -> str:
+    name = f"{stream}.log"
+    return os.path.join(state_dir, name if generation == 0 else f"{name}.{generation}")
+
+
+class LogFile:
+    """One stream of one container.  At ``max_bytes`` the file becomes ``.1`` (older ones
+    shift up, the one past ``keep`` is dropped) and a new file starts: the disk a container
+    can fill is bounded by ``max_bytes * (keep + 1)``."""
+
+    def __init__(self, state_dir: str, stream: str, max_bytes: int, keep: int) -> None:
+        self.state_dir = state_dir
+        self.stream = stream
+        self.max_bytes = max(max_bytes, 1)
+        self.keep = max(keep, 0)
+        self.fd = -1
+        self.size = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.fd = os.open(log_path(self.state_dir, self.stream),
+                          os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.size = os.fstat(self.fd).st_size
+
+    def write(self, data: bytes) -> None:
+        while data:
+            room = self.max_bytes - self.size
+            if room <= 0:
+                self._rotate()
+                continue
+            written = os.write(self.fd, data[:room])
+            self.size += written
+            data = data[written:]
+
+    def _rotate(self) -> None:
+        os.close(self.fd)
+        self.fd = -1
+        if self.keep == 0:
+            os.unlink(log_path(self.state_dir, self.stream))
+        else:
+            for gen in range(self.keep, 0, -1):
+                try:
+                    os.replace(log_path(self.state_dir, self.stream, gen - 1),
+                               log_path(self.state_dir, self.stream, gen))
+                except FileNotFoundError:
+                    pass
+        self._open()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class LogReader:
+    """Reads one stream from the oldest kept generation on, then follows the current file:
+    when the keeper rotates, the open file (now ``.1``) is read to its end before the new
+    one is opened, so nothing is skipped or read twice."""
+
+    def __init__(self, state_dir: str, stream: str) -> None:
+        self.state_dir = state_dir
+        self.stream = stream
+        self._pending = sorted(
+            (gen for gen in range(1, 64) if os.path.exists(log_path(state_dir, stream, gen))),
+            reverse=True)
+        self.fd = -1
+
+    def read(self, size: int = 65536) -> bytes:
+        """What is there now; b"" when nothing new (yet)."""
+        while True:
+            if self.fd < 0:
+                path = log_path(self.state_dir, self.stream,
+                                self._pending.pop(0) if self._pending else 0)
+                try:
+                    self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    if self._pending:
+                        continue
+                    return b""
+            data = os.read(self.fd, size)
+            if data:
+                return data
+            if self._pending or self._rotated():
+                os.close(self.fd)
+                self.fd = -1
+                continue
+            return b""
+
+    def _rotated(self) -> bool:
+        try:
+            current = os.stat(log_path(self.state_dir, self.stream))
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self.fd)
+        return (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

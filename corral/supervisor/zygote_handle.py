@@ -1,0 +1,281 @@
+"""The trio program's handle on its zygote (``zygote.py``): spawn children, track inits, learn
+exits.  ``open_zygote`` starts an embedded zygote that ends with the program; ``open_keeper``
+connects the daemon to the keeper of a state root, starting one if none is running, so that
+containers and their statuses outlive the daemon.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import json
+import os
+import socket as _socket
+import sys
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import trio
+
+from corral.errors import CorralError
+from corral.supervisor.zygote import FDS_PER_SPAWN, KEEPER_VERSION, MAX_PACKET
+
+SUPERVISOR_DIR = ".supervisor"  # in the state root: not a container (no state.json)
+
+
+class ZygoteHandle:
+    """Spawns children through the zygote and learns their exits from it."""
+
+    def __init__(self, control: trio.socket.SocketType, pid: int) -> None:
+        self._control = control
+        self.pid = pid
+        self._seq = 0
+        self._replies: dict[int, tuple[trio.Event, list]] = {}
+        self._exits: dict[int, int] = {}
+        self._exit_events: dict[int, trio.Event] = {}
+        self._forgotten: set[int] = set()
+        self._dead = False
+
+    async def spawn(self, sync_fd: int, stdio: tuple[int, int, int] | None = None,
+                    logs: dict | None = None) -> tuple[int, int]:
+        """Forks a child that runs ``child_main(sync_fd)`` with ``stdio``, or with its
+        stdout/stderr logged by the zygote (``logs``: dir, max_bytes, keep).  Returns its
+        pid and a pidfd (opened by the zygote before it could reap the child: never a
+        reused pid); the caller owns the pidfd."""
+        fds = [sync_fd] if logs else [sync_fd, *(stdio or (0, 1, 2))]
+        reply, got = await self._request({"op": "spawn", "logs": logs}, fds)
+        if reply["op"] != "spawned" or len(got) != 1:
+            for fd in got:
+                os.close(fd)
+            raise CorralError(f"zygote could not fork: {reply.get('error')}")
+        return reply["pid"], got[0]
+
+    async def track(self, pid: int, state_dir: str) -> None:
+        """From now on the zygote records ``pid``'s exit status in ``state_dir``."""
+        self._check_alive()
+        await self._control.send(json.dumps({"op": "track", "pid": pid, "dir": state_dir}).encode())
+
+    async def close_logs(self, state_dir: str) -> None:
+        """Returns once the zygote has stopped writing logs into ``state_dir``."""
+        await self._request({"op": "close_logs", "dir": state_dir}, [])
+
+    def exited(self, pid: int) -> bool:
+        return pid in self._exits
+
+    async def wait(self, pid: int) -> int:
+        """Exit status of a child of the zygote (128+N for signal N)."""
+        while pid not in self._exits:
+            self._check_alive()
+            event = self._exit_events.setdefault(pid, trio.Event())
+            await event.wait()
+        return self._exits.pop(pid)
+
+    def forget(self, pid: int) -> None:
+        """Drops a status nobody will wait for (e.g. the intermediate process)."""
+        if self._exits.pop(pid, None) is None:
+            self._forgotten.add(pid)
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead
+
+    def _check_alive(self) -> None:
+        if self._dead:
+            raise CorralError("the zygote process exited; no container can be created")
+
+    async def _request(self, msg: dict, fds: list[int]) -> tuple[dict, list[int]]:
+        self._check_alive()
+        self._seq += 1
+        seq = self._seq
+        done, slot = trio.Event(), []
+        self._replies[seq] = (done, slot)
+        try:
+            await self._control.sendmsg(
+                [json.dumps({**msg, "seq": seq}).encode()],
+                [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))] if fds else [])
+            await done.wait()
+        finally:
+            del self._replies[seq]
+        self._check_alive()
+        return slot[0]
+
+    async def read_replies(self) -> None:
+        try:
+            while True:
+                msg, fds = await self._recv()
+                if msg is None:
+                    return
+                if msg["op"] == "exited":
+                    self._on_exit(msg["pid"], msg["status"])
+                elif msg.get("seq") in self._replies:
+                    done, slot = self._replies[msg["seq"]]
+                    slot.append((msg, fds))
+                    done.set()
+                else:
+                    for fd in fds:
+                        os.close(fd)
+        finally:
+            # Nothing more will come: wake every waiter, which then raises.
+            self._dead = True
+            for done, _ in self._replies.values():
+                done.set()
+            for event in self._exit_events.values():
+                event.set()
+
+    async def _recv(self) -> tuple[dict | None, list[int]]:
+        fds = array.array("i")
+        data, ancdata, _flags, _addr = await self._control.recvmsg(
+            MAX_PACKET, _socket.CMSG_SPACE(FDS_PER_SPAWN * fds.itemsize), _socket.MSG_CMSG_CLOEXEC)
+        for level, kind, payload in ancdata:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+        return (json.loads(data) if data else None), list(fds)
+
+    def _on_exit(self, pid: int, status: int) -> None:
+        if pid in self._forgotten:
+            self._forgotten.discard(pid)
+            return
+        self._exits[pid] = status
+        event = self._exit_events.pop(pid, None)
+        if event is not None:
+            event.set()
+
+
+@asynccontextmanager
+async def open_zygote() -> AsyncIterator[ZygoteHandle]:
+    """An embedded zygote: closing its control socket on exit ends it (its children, the
+    containers, live on until their owner deletes them)."""
+    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    try:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "corral.supervisor.zygote", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),))
+    finally:
+        theirs.close()
+    control = trio.socket.from_stdlib_socket(ours)
+    handle = ZygoteHandle(control, process.pid)
+    try:
+        async with _reading(handle):
+            yield handle
+    finally:
+        control.close()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+
+@asynccontextmanager
+async def _reading(handle: ZygoteHandle) -> AsyncIterator[None]:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(handle.read_replies)
+        try:
+            yield
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+class DaemonLock:
+    """One daemon per state root: an flock held for the daemon's life (released by the
+    kernel when it dies, even by SIGKILL)."""
+
+    def __init__(self, root: str) -> None:
+        self.dir = os.path.join(root, SUPERVISOR_DIR)
+        os.makedirs(self.dir, 0o700, exist_ok=True)
+        path = os.path.join(self.dir, "daemon.lock")
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise CorralError(f"another corral supervise is running on {root} (pid {holder})") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+@asynccontextmanager
+async def open_keeper(root: str) -> AsyncIterator[ZygoteHandle]:
+    """Connects to the keeper of ``root`` (the caller holds the ``DaemonLock``), starting a
+    new one when none answers.  On exit only the connection closes: the keeper lives on
+    while it has containers."""
+    path = os.path.join(root, SUPERVISOR_DIR, "keeper.sock")
+    handle = await _hello(path)
+    if handle is None:  # none there, or one that was just ending: start ours
+        await _start_keeper(path)
+        handle = await _hello(path)
+        if handle is None:
+            raise CorralError(f"the keeper process did not answer on {path}")
+    try:
+        async with _reading(handle):
+            yield handle
+    finally:
+        handle._control.close()
+
+
+async def _hello(path: str) -> ZygoteHandle | None:
+    control = await _connect(path)
+    if control is None:
+        return None
+    handle = ZygoteHandle(control, 0)
+    try:
+        with trio.fail_after(10):
+            msg, fds = await handle._recv()
+    except BaseException:
+        control.close()
+        raise
+    for fd in fds:
+        os.close(fd)
+    if msg is None:
+        control.close()
+        return None
+    if msg.get("op") != "hello" or msg.get("version") != KEEPER_VERSION:
+        control.close()
+        raise CorralError(f"the keeper on {path} answered {msg!r}, not a hello of "
+                          f"version {KEEPER_VERSION}")
+    handle.pid = msg["pid"]
+    return handle
+
+
+async def _connect(path: str) -> trio.socket.SocketType | None:
+    sock = trio.socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    try:
+        await sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    return sock
+
+
+async def _start_keeper(path: str) -> None:
+    """The listening socket is made here and handed over, so it accepts as soon as this
+    returns.  posix_spawn (not fork) because this process may have threads; setsid so the
+    daemon's terminal (Ctrl-C) never reaches the keeper."""
+    try:
+        os.unlink(path)  # stale: its keeper is gone
+    except FileNotFoundError:
+        pass
+    listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    try:
+        old = os.umask(0o177)
+        try:
+            listener.bind(path)
+        finally:
+            os.umask(old)
+        listener.listen(16)
+        fd = listener.fileno()
+        os.set_inheritable(fd, True)
+        os.posix_spawn(sys.executable,
+                       [sys.executable, "-m", "corral.supervisor.zygote", str(fd), "--listen"],
+                       _keeper_env(), setsid=True)
+    finally:
+        listener.close()
+
+
+def _keeper_env() -> dict:
+    env = dict(os.environ)
+    # The keeper imports corral the way this process did (an uninstalled checkout too).
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [pkg_parent, env.get("PYTHONPATH")]))
+    return env

@@ -1,0 +1,442 @@
+"""`corral supervise` against the real kernel: the API, concurrency, surviving its own death,
+the exec fifo across clients, signals, logs, events and every kind of bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.conftest import CORRAL, Corral
+from tests.supervisor_fixture import ApiError, Client, Daemon, wait_gone
+
+
+@pytest.fixture
+def daemon(tmp_path, rootfs_template, _no_leaks):
+    root = str(tmp_path / "state")
+    d = Daemon(root).start()
+    d.rootfs = rootfs_template
+    yield d
+    shutdown(d)
+
+
+def shutdown(d: Daemon) -> None:
+    """Deletes every container, stops the daemon and waits for its keeper to end (it ends
+    once it has no daemon and no container); then nothing of corral's may remain."""
+    keeper = d.keeper_pid()
+    Corral(d.root).cleanup()
+    if d.proc.poll() is None:
+        assert d.stop() == 0
+    wait_gone(keeper)
+    sup = os.path.join(d.root, ".supervisor")
+    bundles = os.path.join(sup, "bundles")
+    assert not os.path.isdir(bundles) or not os.listdir(bundles), "an inline bundle was left"
+    assert not os.path.exists(os.path.join(sup, "keeper.sock"))
+    shutil.rmtree(sup)
+
+
+def run(client: Client, d: Daemon, cid: str, args: list[str], **process) -> dict:
+    return client.call("run", id=cid, config=d.config(d.rootfs, args, cid, **process))
+
+
+# ---- the basics ----
+
+
+def test_ready_hello_and_lifecycle(daemon, tmp_path):
+    c = daemon.client()
+    assert c.hello == {"hello": {"api": 1, "server": "corral supervise"}}
+    assert c.call("version")["api"] == 1
+    state = run(c, daemon, "one", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert state["status"] in ("running", "stopped") and state["pid"] > 0
+    assert c.call("wait", id="one") == {"exitStatus": 3}
+    items: list = []
+    c.reply(c.send("logs", id="one", stream="both"), items)
+    assert {(i["stream"], i["data"]) for i in items} == {("stdout", "out\n"), ("stderr", "err\n")}
+    state = c.call("state", id="one")
+    assert (state["status"], state["exitStatus"], state["managed"]) == ("stopped", 3, True)
+    # The command line reads the same state directory.
+    cli = Corral(daemon.root)
+    assert cli.state("one")["status"] == "stopped"
+    c.call("delete", id="one")
+    with pytest.raises(ApiError, match="does not exist"):
+        c.call("state", id="one")
+
+
+def test_sees_the_command_lines_containers(daemon, make_bundle):
+    cli = Corral(daemon.root)
+    b = make_bundle(["sleep", "100"])
+    cli("create", "--bundle", b.path, b.id)
+    c = daemon.client()
+    assert [s["id"] for s in c.call("list")] == [b.id]
+    assert c.call("state", id=b.id)["managed"] is False
+    c.call("start", id=b.id)
+    assert cli.state(b.id)["status"] == "running"
+    c.call("kill", id=b.id, signal="KILL")
+    c.call("delete", id=b.id, force=True)
+    assert c.call("list") == []
+
+
+def test_second_daemon_on_a_root_is_refused(daemon):
+    proc = subprocess.run([*CORRAL, "--root", daemon.root, "supervise", "--socket",
+                           daemon.socket + "2"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "another corral supervise is running on" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_bad_flags_are_one_line_errors(tmp_path):
+    for flags, field in ((["--max-concurrent-creates", "0"], "--max-concurrent-creates"),
+                         (["--log-max-size", "12Q"], "--log-max-size"),
+                         (["--group", "no-such-group-xyz"], "--group"),
+                         (["--request-timeout", "soon"], "--request-timeout")):
+        proc = subprocess.run([*CORRAL, "--root", str(tmp_path / "s"), "supervise", *flags],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode != 0 and field in proc.stderr, (flags, proc.stderr)
+        assert proc.stderr.count("\n") == 1
+    assert not (tmp_path / "s").exists() or not os.listdir(tmp_path / "s")
+
+
+# ---- concurrency ----
+
+
+def test_200_concurrent_creations_report_their_statuses(daemon):
+    count, width = 200, 20
+    clients = [daemon.client() for _ in range(width)]
+    results: dict[str, int] = {}
+
+    def worker(k: int) -> None:
+        c = clients[k]
+        ids = [f"c{i}" for i in range(k, count, width)]
+        sent = [c.send("run", id=cid, config=daemon.config(
+            daemon.rootfs, ["sh", "-c", f"exit {int(cid[1:]) % 7}"], cid)) for cid in ids]
+        for rid in sent:
+            c.reply(rid)
+        for cid in ids:
+            results[cid] = c.call("wait", id=cid)["exitStatus"]
+        for cid in ids:
+            c.call("delete", id=cid)
+
+    errors = []
+
+    def guarded(k: int) -> None:
+        try:
+            worker(k)
+        except Exception as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(width)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors[:3]
+    assert results == {f"c{i}": i % 7 for i in range(count)}
+
+
+def test_500_clients_at_once(daemon):
+    clients = [daemon.client() for _ in range(500)]
+    rids = [c.send("version") for c in clients]
+    assert all(c.reply(r)["api"] == 1 for c, r in zip(clients, rids))
+    for c in clients:
+        c.close()
+
+
+# ---- surviving its own death ----
+
+
+def test_kill9_while_50_run_then_restart_knows_every_status(daemon):
+    c = daemon.client()
+    keeper = daemon.keeper_pid()
+    ids = [f"k{i}" for i in range(50)]
+    # Half exit during the downtime (after 1 s) with a status of their own; half keep running.
+    for i, cid in enumerate(ids):
+        args = ["sh", "-c", f"sleep 1; exit {i}"] if i % 2 else ["sleep", "300"]
+        run(c, daemon, cid, args)
+    pids = {s["id"]: s["pid"] for s in c.call("list")}
+    daemon.stop(signal.SIGKILL)
+    time.sleep(2)
+    for i, cid in enumerate(ids):
+        alive = os.path.exists(f"/proc/{pids[cid]}") and open(
+            f"/proc/{pids[cid]}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        assert alive == (i % 2 == 0), cid  # nothing was killed with the daemon
+    daemon.start()
+    assert daemon.keeper_pid() == keeper  # re-adopted, not replaced
+    c = daemon.client()
+    states = {s["id"]: s for s in c.call("list")}
+    assert set(states) == set(ids)
+    for i, cid in enumerate(ids):
+        if i % 2:
+            assert (states[cid]["status"], states[cid]["exitStatus"]) == ("stopped", i), cid
+        else:
+            assert states[cid]["status"] == "running" and states[cid]["pid"] == pids[cid]
+    # The adopted ones are still watched: a status after the restart arrives too.
+    c.call("kill", id="k0", signal="KILL")
+    assert c.call("wait", id="k0") == {"exitStatus": 137}
+    for cid in ids:
+        c.call("delete", id=cid, force=True)
+
+
+def test_half_made_creation_is_undone_at_restart(daemon):
+    """A creation the daemon died in the middle of (state.json with no pid yet)."""
+    c = daemon.client()
+    run(c, daemon, "whole", ["sleep", "300"])
+    record = json.load(open(os.path.join(daemon.root, "whole", "state.json")))
+    os.makedirs(os.path.join(daemon.root, "half"))
+    half = dict(record, id="half", pid=0, pid_start=None, cgroup=None)
+    with open(os.path.join(daemon.root, "half", "state.json"), "w") as f:
+        json.dump(half, f)
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+    c = daemon.client()
+    assert [s["id"] for s in c.call("list")] == ["whole"]
+    c.call("delete", id="whole", force=True)
+
+
+# ---- stopping, signals, the exec fifo ----
+
+
+def test_stop_kills_a_sigterm_ignoring_container_after_the_grace(daemon):
+    c = daemon.client()
+    run(c, daemon, "stubborn", ["sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"])
+    _wait_log(c, "stubborn", "ready")
+    started = time.monotonic()
+    assert c.call("stop", id="stubborn", grace=0.5) == {"exitStatus": 137}
+    assert time.monotonic() - started >= 0.5
+    c.call("delete", id="stubborn")
+
+
+def test_stop_of_a_well_behaved_container_is_its_own_exit(daemon):
+    c = daemon.client()
+    run(c, daemon, "polite", ["sh", "-c", "trap 'exit 7' TERM; echo ready; while :; do sleep 0.1; done"])
+    _wait_log(c, "polite", "ready")
+    assert c.call("stop", id="polite", grace=20) == {"exitStatus": 7}
+    c.call("delete", id="polite")
+
+
+def test_signal_forwarding(daemon):
+    c = daemon.client()
+    run(c, daemon, "sig", ["sh", "-c", "trap 'echo got USR1; exit 0' USR1; echo ready; "
+                                       "while :; do sleep 0.1; done"])
+    _wait_log(c, "sig", "ready")
+    c.call("kill", id="sig", signal="USR1")
+    assert c.call("wait", id="sig") == {"exitStatus": 0}
+    assert "got USR1" in _log_text(c, "sig")
+    with pytest.raises(ApiError, match="container not running"):
+        c.call("kill", id="sig", signal=15)
+    c.call("delete", id="sig")
+
+
+def test_create_and_start_from_two_clients(daemon):
+    a, b = daemon.client(), daemon.client()
+    state = a.call("create", id="fifo", config=daemon.config(daemon.rootfs, ["echo", "hi"], "fifo"))
+    assert state["status"] == "created"
+    assert b.call("state", id="fifo")["status"] == "created"
+    assert b.call("start", id="fifo")["status"] in ("running", "stopped")
+    assert a.call("wait", id="fifo") == {"exitStatus": 0}
+    assert _log_text(b, "fifo") == "hi\n"
+    with pytest.raises(ApiError, match="stopped"):
+        b.call("start", id="fifo")
+    b.call("delete", id="fifo")
+
+
+def test_delete_of_a_created_container_and_refusals(daemon):
+    c = daemon.client()
+    c.call("create", id="cr", config=daemon.config(daemon.rootfs, ["true"], "cr"))
+    with pytest.raises(ApiError, match="already exists"):
+        c.call("create", id="cr", config=daemon.config(daemon.rootfs, ["true"], "cr"))
+    run(c, daemon, "busy", ["sleep", "100"])
+    with pytest.raises(ApiError, match="not stopped: running"):
+        c.call("delete", id="busy")
+    c.call("delete", id="cr")  # created, never started: allowed, as with runc
+    c.call("delete", id="busy", force=True)
+    assert c.call("list") == []
+
+
+def test_exec_stats_and_bad_exec(daemon):
+    c = daemon.client()
+    run(c, daemon, "ex", ["sleep", "100"], env=["PATH=/bin", "GREETING=hello"])
+    got = c.call("exec", id="ex", args=["sh", "-c", "echo $GREETING $(id -u); echo e >&2; exit 4"])
+    assert got == {"exitStatus": 4, "stdout": "hello 0\n", "stderr": "e\n"}
+    got = c.call("exec", id="ex", args=["id", "-u"], user="1000")
+    assert got["stdout"] == "1000\n"
+    with pytest.raises(ApiError, match="executable file not found"):
+        c.call("exec", id="ex", args=["no-such-thing"])
+    with pytest.raises(ApiError, match="timed out"):
+        c.call("exec", id="ex", args=["sleep", "100"], timeout=0.3)
+    stats = c.call("stats", id="ex")
+    assert stats["pids"]["current"] >= 1 and "memory" in stats
+    c.call("delete", id="ex", force=True)
+
+
+# ---- logs and events ----
+
+
+def test_logs_are_capped_rotated_and_followed(tmp_path, rootfs_template, _no_leaks):
+    d = Daemon(str(tmp_path / "state"), "--log-max-size", "4k", "--log-max-files", "1").start()
+    d.rootfs = rootfs_template
+    try:
+        c = d.client()
+        # 100 lines of 100 bytes, slowly enough that a follower sees them arrive.
+        script = "i=0; while [ $i -lt 100 ]; do printf '%099d\\n' $i; i=$((i+1)); " \
+                 "[ $((i % 20)) = 0 ] && sleep 0.1; done"
+        c.call("create", id="chatty", config=d.config(d.rootfs, ["sh", "-c", script], "chatty"))
+        rid = c.send("logs", id="chatty", stream="stdout", follow=True)
+        c.call  # the follow stream is open before the container starts
+        other = d.client()
+        other.call("start", id="chatty")
+        items: list = []
+        c.reply(rid, items)  # ends when the container has exited and the logs are drained
+        followed = "".join(i["data"] for i in items)
+        assert followed.splitlines() == [f"{n:099d}" for n in range(100)]
+        files = sorted(os.listdir(os.path.join(d.root, "chatty")))
+        assert "stdout.log.1" in files and "stdout.log.2" not in files
+        sizes = [os.path.getsize(os.path.join(d.root, "chatty", f)) for f in files
+                 if f.startswith("stdout.log")]
+        assert all(size <= 4096 for size in sizes)
+        kept = "".join(i["data"] for i in _logs(c, "chatty"))
+        assert 4096 < len(kept) <= 8192 and kept.endswith(f"{99:099d}\n")
+        c.call("delete", id="chatty")
+    finally:
+        shutdown(d)
+
+
+def test_a_client_leaving_mid_stream_disturbs_nobody(daemon):
+    c = daemon.client()
+    run(c, daemon, "talker", ["sh", "-c", "while :; do echo tick; sleep 0.05; done"])
+    leaver = daemon.client()
+    leaver.send("logs", id="talker", follow=True)
+    leaver.message()
+    leaver.sock.shutdown(socket.SHUT_RDWR)
+    leaver.close()
+    events = daemon.client()
+    events.send("events")
+    events.close()
+    time.sleep(0.3)
+    assert c.call("state", id="talker")["status"] == "running"
+    c.call("delete", id="talker", force=True)
+
+
+def test_events_stream(daemon):
+    watcher = daemon.client()
+    rid = watcher.send("events")
+    c = daemon.client()
+    config = daemon.config(daemon.rootfs, ["sh", "-c", "x=$(head -c 64000000 /dev/zero | tr '\\0' a)"], "oom")
+    config["linux"]["resources"] = {"memory": {"limit": 16 * 1024 * 1024, "swap": 16 * 1024 * 1024}}
+    c.call("run", id="oom", config=config)
+    status = c.call("wait", id="oom")["exitStatus"]
+    c.call("delete", id="oom")
+    seen = []
+    while "deleted" not in [e["type"] for e in seen]:
+        msg = watcher.message()
+        assert msg["id"] == rid
+        seen.append(msg["stream"])
+    kinds = [e["type"] for e in seen]
+    assert kinds[:2] == ["created", "started"] and kinds[-2:] == ["exited", "deleted"], kinds
+    assert "oom" in kinds, kinds
+    assert all(e["id"] == "oom" and e["time"] for e in seen)
+    assert seen[-2]["exitStatus"] == status
+
+
+# ---- bad input ----
+
+
+def test_bad_requests_each_get_a_clear_error(daemon):
+    c = daemon.client()
+    cases = [
+        (b"this is not json\n", "ParseError"),
+        (b"[1, 2]\n", "BadRequest"),
+        (b'{"id": 1, "method": 5}\n', "BadRequest"),
+        (b'{"id": 1, "method": "frobnicate"}\n', "UnknownMethod"),
+        (b'{"id": 1, "method": "state", "params": []}\n', "BadRequest"),
+        (b'{"id": 1, "method": "state", "params": {}}\n', "ConfigError"),
+        (b'{"id": 1, "method": "state", "params": {"id": 7}}\n', "ConfigError"),
+        (b'{"id": 1, "method": "state", "params": {"id": "../etc"}}\n', "ConfigError"),
+        (b'{"id": 1, "method": "kill", "params": {"id": "x", "signal": "SIGNOPE"}}\n', "ConfigError"),
+        (b'{"id": 1, "method": "wait", "params": {"id": "x", "timeout": "soon"}}\n', "ConfigError"),
+        (b'{"id": 1, "method": "create", "params": {"id": "x"}}\n', "ConfigError"),
+        (b'{"id": 1, "method": "create", "params": {"id": "x", "config": {"root": {"path": "rel"}}}}\n',
+         "ConfigError"),
+        (b'{"id": 1, "method": "create", "params": {"id": "x", "bundle": "/nonexistent"}}\n',
+         "ConfigError"),
+        (b'{"id": 1, "method": "logs", "params": {"id": "x", "stream": "stdin"}}\n', "ConfigError"),
+    ]
+    for raw, kind in cases:
+        c.file.write(raw)
+        c.file.flush()
+        msg = c.message()
+        assert msg["error"]["type"] == kind, (raw, msg)
+        assert "\n" not in msg["error"]["message"] and msg["error"]["message"]
+    assert c.call("list") == []  # the connection still serves
+    assert sorted(os.listdir(daemon.root)) == [".supervisor", "supervise.sock"]
+
+
+def test_oversized_and_unfinished_requests_are_dropped(tmp_path, rootfs_template, _no_leaks):
+    d = Daemon(str(tmp_path / "state"), "--request-timeout", "0.5").start()
+    try:
+        big = d.client()
+        try:  # the daemon stops reading (and closes) at the limit, before the end
+            big.sock.sendall(b'{"id": 1, "method": "version", "params": {"x": "' + b"a" * (2 << 20))
+        except BrokenPipeError:
+            pass
+        msg = big.message()
+        assert msg["error"]["type"] == "TooLarge"
+        with pytest.raises((EOFError, ConnectionResetError)):
+            big.message()
+        slow = d.client()
+        slow.sock.sendall(b'{"id": 1, "meth')
+        assert slow.message()["error"]["type"] == "Timeout"
+        with pytest.raises((EOFError, ConnectionResetError)):
+            slow.message()
+        assert d.client().call("version")["api"] == 1  # and the daemon serves on
+    finally:
+        shutdown(d)
+
+
+def test_peer_credentials(tmp_path, rootfs_template, mapped_root_can_reach, _no_leaks):
+    """The socket file is 0660 root:GROUP; and should it be opened wider, the daemon still
+    answers only root and the group's members (SO_PEERCRED)."""
+    gid = int(subprocess.run(["getent", "group", "nogroup"], capture_output=True,
+                             text=True).stdout.split(":")[2])
+    d = Daemon(str(tmp_path / "state"), "--group", "nogroup").start()
+    try:
+        st = os.stat(d.socket)
+        assert (st.st_mode & 0o777, st.st_gid) == (0o660, gid)
+        os.chmod(d.socket, 0o666)
+        probe = ("import socket; s = socket.socket(socket.AF_UNIX); s.connect({path!r}); "
+                 "print(s.makefile().readline())").format(path=d.socket)
+
+        def as_user(gid_: int) -> str:
+            proc = subprocess.run(["setpriv", "--reuid=65534", f"--regid={gid_}", "--clear-groups",
+                                   "/usr/bin/python3", "-c", probe], capture_output=True,
+                                  text=True, timeout=30)
+            return proc.stdout + proc.stderr
+
+        assert "PermissionDenied" in as_user(12345)
+        assert '"hello"' in as_user(gid)
+        assert d.client().call("version")["api"] == 1  # root, always
+    finally:
+        shutdown(d)
+
+
+def _log_text(c: Client, cid: str) -> str:
+    return "".join(i["data"] for i in _logs(c, cid))
+
+
+def _logs(c: Client, cid: str) -> list:
+    items: list = []
+    c.reply(c.send("logs", id=cid, stream="stdout"), items)
+    return items
+
+
+def _wait_log(c: Client, cid: str, text: str, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while text not in _log_text(c, cid):
+        assert time.monotonic() < end, f"{cid} never printed {text!r}"
+        time.sleep(0.02)
