@@ -5,7 +5,8 @@ mount namespace.  Order (model: runc's prepareRootfs / finalizeRootfs, crun's li
 
 1. ``/`` gets the asked propagation (recursively private by default) before anything is
    mounted, so no mount below can reach the host; then the rootfs is bound onto itself so
-   it is a mount point (pivot_root needs one).
+   it is a mount point (pivot_root needs one) -- or, when ``mounts[0]`` is an overlay with
+   destination ``/``, that overlay is mounted onto the rootfs instead (see ``root_overlay``).
 2. ``config.mounts`` in order, each destination resolved inside the rootfs.
 3. /dev: device nodes and symlinks.
 4. pivot_root (or MS_MOVE + chroot with ``no_pivot``); the host's tree is detached.
@@ -53,9 +54,15 @@ def prepare_rootfs(config, rootfs: str, *, no_pivot: bool = False, cgroup_mounts
     propagation = root_propagation(config.linux.rootfs_propagation)
     set_root_propagation(propagation or DEFAULT_ROOT_PROPAGATION)
     make_parent_private(root)
-    bind_root(root)
+    overlay = root_overlay(config.mounts)
+    if overlay is None:
+        bind_root(root)
+    else:
+        mount_root_overlay(root, overlay, config.mounts[overlay])
     idmapped = idmapped or {}
     for i, m in enumerate(config.mounts):
+        if i == overlay:
+            continue
         mounts.mount_entry(root, i, m, cgroup_mounts=cgroup_mounts, idmapped=idmapped.get(i),
                            mount_label=config.linux.mount_label)
     devices.setup_dev(config, root, in_userns=in_userns)
@@ -151,6 +158,41 @@ def bind_root(root: str) -> None:
         nsenter.mount(root, root, None, MS_BIND | MS_REC)
     except OSError as err:
         raise ConfigError("root.path", f"bind {root}: {reason(err)}") from err
+
+
+def root_overlay(mounts_) -> int | None:
+    """The index of an overlay mount on ``/`` (the writable layer of a job's directory root),
+    or None.
+
+    It is mounted onto the rootfs, inside the container's mount namespace, before every other
+    mount: the overlay then dies with the namespace and can never be left mounted on the
+    host.  The spec does not forbid ``/`` as a destination, and runc mounts it in config
+    order over the rootfs (a first overlay on ``/`` runs the same under runc), so here too
+    it must come first: anywhere else it would hide the mounts before it, and is refused.
+    Other types on ``/`` keep the plain in-order behaviour.
+    """
+    for i, m in enumerate(mounts_):
+        if m.type == "overlay" and paths.clean_path(m.destination) == "/":
+            if i != 0:
+                raise ConfigError(f"mounts[{i}]", "an overlay on / (the root filesystem) must be "
+                                                  "the first mount")
+            return i
+    return None
+
+
+def mount_root_overlay(root: str, index: int, mount) -> None:
+    """Mount ``config.mounts[index]`` (an overlay) on the rootfs: it becomes the mount that
+    pivot_root makes ``/``.  Its lowerdir/upperdir/workdir options are host paths, relative
+    ones relative to the bundle (our working directory), like a bind mount's source."""
+    opts = mounts.parse_mount_options(mount.options, f"mounts[{index}].options")
+    if opts.is_bind or opts.propagation or opts.recursive:
+        raise ConfigError(f"mounts[{index}].options", "an overlay on / takes no bind, "
+                                                      "propagation or recursive options")
+    try:
+        nsenter.mount(mount.source or "overlay", root, "overlay", opts.flags, opts.data or None)
+    except OSError as err:
+        raise mounts.mount_error(index, mount, err) from err
+    checked_root(root)  # the /proc and /sys checks again, on the merged view
 
 
 # --- step 4 ------------------------------------------------------------------------------
