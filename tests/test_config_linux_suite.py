@@ -442,6 +442,28 @@ def test_idmapped_mount_needs_both_maps():
         parse_config(config)
 
 
+# ---- memory policy, network devices (more in test_memory_policy.py, test_net_devices.py) -----
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/numa_maps"), reason="no CONFIG_NUMA")
+def test_memory_policy(corral, make_bundle):
+    def change(c):
+        c["linux"]["memoryPolicy"] = {"mode": "MPOL_INTERLEAVE", "nodes": "0"}
+
+    out = run(corral, make_bundle, "head -n1 /proc/self/numa_maps", change)
+    assert out.stdout.split()[1] == "interleave:0"
+
+
+def test_net_devices_without_a_network_namespace_are_refused(corral, make_bundle):
+    def change(c):
+        c["linux"]["namespaces"] = [ns for ns in c["linux"]["namespaces"]
+                                    if ns["type"] != "network"]
+        c["linux"]["netDevices"] = {"eth0": {}}
+
+    assert ("linux.netDevices: moving network devices needs the container's own network "
+            "namespace") in refused(corral, make_bundle, change)
+
+
 # ---- rootless ---------------------------------------------------------------------------------
 
 

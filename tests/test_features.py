@@ -120,3 +120,39 @@ def test_claimed_lsm_support_matches_the_refusals(features):
     if not features["linux"]["apparmor"]["enabled"]:
         with pytest.raises(Exception, match="AppArmor is not enabled"):
             host.check_host(parsed)
+
+
+def test_recursive_and_idmap_options_are_listed_where_mount_setattr_exists(features):
+    from corral.oci.features import idmap_supported
+
+    listed = set(features["mountOptions"])
+    wanted = {"rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec",
+              "rnodiratime", "rdiratime", "rrelatime", "rnorelatime", "rnoatime", "ratime",
+              "rstrictatime", "rnosymfollow", "rsymfollow", "idmap", "ridmap"}
+    assert (wanted <= listed) == idmap_supported()  # tested in tests/test_mount_options.py
+
+
+def test_every_claimed_memory_policy_mode_and_flag_runs(features, corral, make_bundle):
+    """Each mode and flag `features` claims is accepted by the parser and by this kernel,
+    in a real container."""
+    policy = features["linux"].get("memoryPolicy")
+    if policy is None:
+        assert not os.path.exists("/proc/self/numa_maps")  # no NUMA: nothing claimed
+        return
+    assert "MPOL_BIND" in policy["modes"]
+    cases = [{"mode": m} if m in ("MPOL_DEFAULT", "MPOL_LOCAL") else {"mode": m, "nodes": "0"}
+             for m in policy["modes"]]
+    cases += [{"mode": "MPOL_BIND", "nodes": "0", "flags": [f]} for f in policy["flags"]]
+    for case in cases:
+        b = make_bundle(["true"])
+        b.config["linux"]["memoryPolicy"] = case
+        b.write()
+        out = corral("run", "-b", b.path, b.id, check=False)
+        assert out.returncode == 0, (case, out.stderr)
+
+
+def test_net_devices_claimed_and_accepted(features):
+    assert features["linux"]["netDevices"] == {"enabled": True}  # tests/test_net_devices.py
+    config = base()
+    config["linux"]["netDevices"] = {"eth0": {"name": "c0"}}
+    assert parse_config(config).linux.net_devices[0].name == "c0"

@@ -145,3 +145,63 @@ def test_failing_poststart_and_poststop_hooks_are_only_logged(corral, make_bundl
     delete = corral("delete", b.id)
     assert "poststop hook #0 /no/such/hook" in delete.stderr
     assert [e[0] for e in entries(log)] == ["poststart", "poststop"]  # the second still ran
+
+
+CWD_HOOK = """#!/bin/sh
+echo "$1 $(pwd -P) $(cat | tr -d '\\n')" >> {log}
+"""
+
+
+def test_hooks_run_in_order_with_the_right_state_and_cwd(corral, make_bundle, tmp_path):
+    """Every hook the runtime runs has the bundle as its working directory (runc and crun
+    chdir there), whatever the caller's; startContainer, inside, the process's cwd."""
+    log = tmp_path / "cwd.log"
+    script = tmp_path / "cwd-hook.sh"
+    script.write_text(CWD_HOOK.format(log=log))
+    script.chmod(0o755)
+    b = make_bundle(["true"])
+    b.config["process"]["cwd"] = "/tmp"
+    with open(os.path.join(b.rootfs, "cwd-hook.sh"), "w") as f:
+        f.write(CWD_HOOK.format(log="/cwd.log"))
+    os.chmod(os.path.join(b.rootfs, "cwd-hook.sh"), 0o755)
+    kinds = ["prestart", "createRuntime", "createContainer", "poststart", "poststop"]
+    b.config["hooks"] = {kind: [{"path": str(script), "args": ["cwd-hook.sh", kind]}]
+                         for kind in kinds}
+    b.config["hooks"]["startContainer"] = [{"path": "/cwd-hook.sh",
+                                            "args": ["cwd-hook.sh", "startContainer"]}]
+    b.write()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    corral("create", "-b", b.path, b.id, cwd=str(elsewhere))
+    pid = corral.state(b.id)["pid"]
+    corral("start", b.id, cwd=str(elsewhere))
+    wait_gone(pid)
+    corral("delete", b.id, cwd=str(elsewhere))
+
+    lines = log.read_text().splitlines()
+    assert [line.split(" ")[0] for line in lines] == kinds
+    statuses = {"prestart": "creating", "createRuntime": "creating",
+                "createContainer": "creating", "poststart": "running", "poststop": "stopped"}
+    for line in lines:
+        kind, cwd, state = line.split(" ", 2)
+        assert cwd == os.path.realpath(b.path), line
+        state = json.loads(state)
+        assert (state["id"], state["bundle"], state["status"]) == (b.id, b.path, statuses[kind])
+    inside = open(os.path.join(b.rootfs, "cwd.log")).read().split(" ", 2)
+    assert inside[:2] == ["startContainer", "/tmp"]
+    assert json.loads(inside[2])["status"] == "created"
+
+
+def test_a_hook_whose_bundle_is_gone_is_a_clear_warning(corral, make_bundle, tmp_path):
+    """poststop after the bundle was removed: the hook cannot run in it; delete still
+    succeeds with a warning naming why."""
+    import shutil
+
+    b = make_bundle(["true"])
+    b.config["hooks"] = {"poststop": [{"path": "/bin/true"}]}
+    b.write()
+    corral("create", "-b", b.path, b.id)
+    shutil.rmtree(b.path)
+    out = corral("delete", "--force", b.id)
+    assert (f"warning: error running poststop hook #0 /bin/true: cannot run in the bundle "
+            f"directory {b.path}: no such file or directory") in out.stderr

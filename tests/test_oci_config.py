@@ -533,8 +533,6 @@ def test_terminal_and_console_size_are_parsed():
 UNSUPPORTED = [
     ("process.commandLine", "app.exe", "process.commandLine"),
     ("linux", {"resources": {"rdma": {"mlx5_1": {"hcaHandles": 1}}}}, "linux.resources.rdma"),
-    ("linux", {"memoryPolicy": {"mode": "MPOL_BIND"}}, "linux.memoryPolicy"),
-    ("linux", {"netDevices": {"eth1": {}}}, "linux.netDevices"),
     ("linux", {"rdma": {"mlx5_1": {}}}, "linux.rdma"),
 ]
 

@@ -9,7 +9,8 @@
     init:        loopback -> hostname -> rootfs up to the pivot -> [HooksDue ... HooksDone
                  -> createContainer hooks] -> pivot -> sysctl -> read-only and masked paths
                  -> rlimits -> cwd -> find the executable -> Ready ... wait for Run ... -> umask
-                 -> scheduler, ioPriority, final cpus, LSM labels, personality -> C finalize (cgroupns, keyring, user, caps, no_new_privs, close fds,
+                 -> scheduler, ioPriority, final cpus, LSM labels, memory policy, personality
+                 -> C finalize (cgroupns, keyring, user, caps, no_new_privs, close fds,
                  Waiting, exec fifo, signal defaults, startContainer hooks, seccomp, exec)
 
 Any failure is sent to the parent as one ``Error`` message and the process exits.
@@ -54,10 +55,10 @@ def child_main(sync_fd: int) -> None:
 
             listener_fd = connect_listener(config.linux.seccomp.listener_path)
         idmapped = {}
-        if any(m.uid_mappings for m in config.mounts):
+        if any(m.idmap for m in config.mounts):
             from corral.init.mounts import open_idmapped_trees
 
-            idmapped = open_idmapped_trees(config.mounts)
+            idmapped = open_idmapped_trees(config.mounts, config.linux)
         nsenter.enter_namespaces(sync_fd, boot.unshare_flags, boot.new_user,
                                  [(t, path) for t, path in boot.join],
                                  time_offsets=_time_offsets(config.linux.time_offsets))
@@ -104,9 +105,10 @@ def _set_affinity(cpus: str, field: str) -> None:
 
 
 def _process_attributes(config) -> None:
-    """The process's scheduling, I/O priority, cpus, execution domain and LSM labels, set
-    just before the C finalize stage (after Run): they are inherited through exec and would
-    otherwise slow down (or, for a 32-bit address limit, break) the init's own setup."""
+    """The process's scheduling, I/O priority, cpus, LSM labels, memory policy and execution
+    domain, set just before the C finalize stage (after Run): they are inherited through
+    exec and would otherwise slow down (or, for a 32-bit address limit, break) the init's
+    own setup."""
     from corral.oci import config as spec
 
     proc = config.process
@@ -136,6 +138,8 @@ def _process_attributes(config) -> None:
     if proc.selinux_label:
         _write_attr(("/proc/thread-self/attr/exec",), proc.selinux_label,
                     "process.selinuxLabel")
+    if config.linux.memory_policy is not None:
+        _set_memory_policy(config.linux.memory_policy)
     persona = config.linux.personality
     if persona is not None:
         value = spec.PERSONALITY_DOMAINS[persona.domain]
@@ -147,6 +151,23 @@ def _process_attributes(config) -> None:
             raise ChildError(f"linux.personality: personality(0x{value:x}): "
                              f"{os.strerror(exc.errno).lower()}", exc.errno,
                              "personality") from None
+
+
+def _set_memory_policy(policy) -> None:
+    """linux.memoryPolicy: set_mempolicy(2) on the init's one thread; the policy is kept
+    across execve and inherited by the process's children."""
+    from corral.oci.config import MEMPOLICY_FLAGS, MEMPOLICY_MODES
+
+    mode = MEMPOLICY_MODES[policy.mode]
+    for flag in policy.flags:
+        mode |= MEMPOLICY_FLAGS[flag]
+    try:
+        nsenter.set_mempolicy(mode, policy.nodes)
+    except OSError as exc:
+        what = "|".join((policy.mode, *policy.flags))
+        nodes = ",".join(map(str, policy.nodes)) or "none"
+        raise ChildError(f"linux.memoryPolicy: set_mempolicy({what}, nodes {nodes}): "
+                         f"{os.strerror(exc.errno).lower()}", exc.errno, "mempolicy") from None
 
 
 def _write_attr(candidates: tuple[str, ...], value: str, field: str) -> None:
@@ -188,8 +209,9 @@ def _init(sync_fd: int, boot: p.Bootstrap, config, fifo_fd: int, seccomp,
         p.write_message(sync_fd, p.HooksDue())
         done = _expect(sync_fd, p.HooksDone)
         if config.hooks.create_container:
+            # before pivot_root the host's bundle path still leads to the bundle
             hooks.run_hooks("createContainer", config.hooks.create_container,
-                      _state(boot, config, "creating", done.pid))
+                            _state(boot, config, "creating", done.pid), boot.bundle)
 
     prepare_rootfs(config, boot.rootfs, no_pivot=boot.no_pivot,
                    cgroup_mounts=[tuple(m) for m in boot.cgroup_mounts],

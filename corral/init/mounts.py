@@ -75,13 +75,46 @@ PROPAGATION_OPTIONS: dict[str, int] = {
     "runbindable": MS_UNBINDABLE | MS_REC,
 }
 
-# Options runc/crun know that need mount_setattr(2) or copying: refused, never ignored.
-UNSUPPORTED_OPTIONS = frozenset({
-    "tmpcopyup", "idmap", "ridmap", "copy-symlink", "src-nofollow", "dest-nofollow",
-    "rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec", "rnoatime",
-    "ratime", "rnodiratime", "rdiratime", "rrelatime", "rnorelatime", "rstrictatime",
-    "rnostrictatime", "rnosymfollow", "rsymfollow",
-})
+# mount_setattr(2) attributes (linux/mount.h).
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR__ATIME = 0x70  # the atime mode field: relatime (0), noatime, strictatime
+MOUNT_ATTR_RELATIME = 0x0
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+
+# The spec's recursive options (config.md, since 1.1): option -> (clears the attribute?,
+# MOUNT_ATTR_*), applied with mount_setattr(AT_RECURSIVE) after the mount, as runc does.
+RECURSIVE_OPTIONS: dict[str, tuple[bool, int]] = {
+    "rro": (False, MOUNT_ATTR_RDONLY),
+    "rrw": (True, MOUNT_ATTR_RDONLY),
+    "rnosuid": (False, MOUNT_ATTR_NOSUID),
+    "rsuid": (True, MOUNT_ATTR_NOSUID),
+    "rnodev": (False, MOUNT_ATTR_NODEV),
+    "rdev": (True, MOUNT_ATTR_NODEV),
+    "rnoexec": (False, MOUNT_ATTR_NOEXEC),
+    "rexec": (True, MOUNT_ATTR_NOEXEC),
+    "rnodiratime": (False, MOUNT_ATTR_NODIRATIME),
+    "rdiratime": (True, MOUNT_ATTR_NODIRATIME),
+    "rrelatime": (False, MOUNT_ATTR_RELATIME),
+    "rnorelatime": (True, MOUNT_ATTR_RELATIME),
+    "rnoatime": (False, MOUNT_ATTR_NOATIME),
+    "ratime": (True, MOUNT_ATTR_NOATIME),
+    "rstrictatime": (False, MOUNT_ATTR_STRICTATIME),
+    "rnostrictatime": (True, MOUNT_ATTR_STRICTATIME),
+    "rnosymfollow": (False, MOUNT_ATTR_NOSYMFOLLOW),
+    "rsymfollow": (True, MOUNT_ATTR_NOSYMFOLLOW),
+}
+
+#: idmapped mount options (the mapping is made before the namespaces: open_idmapped_trees).
+IDMAP_OPTIONS = frozenset({"idmap", "ridmap"})
+
+# Options runc/crun know that need copying or path tricks: refused, never ignored.
+UNSUPPORTED_OPTIONS = frozenset({"tmpcopyup", "copy-symlink", "src-nofollow", "dest-nofollow"})
 
 # Flags the kernel locks on mounts inherited by a less privileged (user) namespace; a
 # bind remount must repeat them or it fails with EPERM.
@@ -107,13 +140,18 @@ class MountOptions(Record):
 
     flags: MS_* to set; cleared: MS_* the options explicitly turn off (rw, suid, atime...);
     propagation: MS_* propagation changes, one mount call each after the mount itself;
-    data: the filesystem's own options (mode=755,size=65536k, ...).
+    data: the filesystem's own options (mode=755,size=65536k, ...);
+    rec_set, rec_clear: MOUNT_ATTR_* of the recursive options (rro, ...), and
+    recursive: those options' names, for errors.
     """
 
     flags: int = 0
     cleared: int = 0
     propagation: tuple[int, ...] = ()
     data: str = ""
+    rec_set: int = 0
+    rec_clear: int = 0
+    recursive: tuple[str, ...] = ()
 
     @property
     def is_bind(self) -> bool:
@@ -122,9 +160,10 @@ class MountOptions(Record):
 
 def parse_mount_options(options, field: str = "options") -> MountOptions:
     """Parse OCI / mount(8) options.  ``field`` names them in errors (``mounts[3].options``)."""
-    flags = cleared = 0
+    flags = cleared = rec_set = rec_clear = 0
     propagation: list[int] = []
     data: list[str] = []
+    recursive: list[str] = []
     for option in options:
         if option in FLAG_OPTIONS:
             clear, flag = FLAG_OPTIONS[option]
@@ -136,13 +175,28 @@ def parse_mount_options(options, field: str = "options") -> MountOptions:
                 cleared &= ~flag
         elif option in PROPAGATION_OPTIONS:
             propagation.append(PROPAGATION_OPTIONS[option])
+        elif option in RECURSIVE_OPTIONS:
+            clear, attr = RECURSIVE_OPTIONS[option]
+            recursive.append(option)
+            if clear:
+                rec_clear |= attr
+                rec_set &= ~attr
+            else:
+                rec_set |= attr
+                rec_clear &= ~attr
+                if attr & MOUNT_ATTR__ATIME == attr:
+                    # mount_setattr(2): an atime mode is set by clearing the whole field
+                    rec_clear |= MOUNT_ATTR__ATIME
+        elif option in IDMAP_OPTIONS:
+            continue  # the idmapped tree is made before the namespaces
         elif option in UNSUPPORTED_OPTIONS:
             raise NotSupportedError(f"{field}: {option}")
         elif option.startswith("x-"):
             continue  # mount(8): comments for userspace tools, never given to the kernel
         elif option:
             data.append(option)
-    return MountOptions(flags, cleared, tuple(propagation), ",".join(data))
+    return MountOptions(flags, cleared, tuple(propagation), ",".join(data), rec_set,
+                        rec_clear, tuple(recursive))
 
 
 def statvfs_flags(path: str) -> int:
@@ -238,20 +292,41 @@ def mount_entry(root: str, index: int, mount, *, cgroup_mounts=(), idmapped: int
     opts = parse_mount_options(mount.options, f"mounts[{index}].options")
     if mount_label and mount.type in LABELLED_TYPES and not is_bind(mount, opts):
         data = f'{opts.data},context="{mount_label}"' if opts.data else f'context="{mount_label}"'
-        opts = MountOptions(opts.flags, opts.cleared, opts.propagation, data)
+        opts = MountOptions(opts.flags, opts.cleared, opts.propagation, data, opts.rec_set,
+                            opts.rec_clear, opts.recursive)
     try:
         if idmapped is not None:
             _mount_idmapped(root, mount, bind_options(mount, opts), idmapped)
             set_propagation(root, paths.resolve_in_root(root, mount.destination),
                             opts.propagation)
-            return
-        _mount_entry(root, mount, opts, cgroup_mounts)
+        else:
+            _mount_entry(root, mount, opts, cgroup_mounts)
+        if opts.recursive:
+            set_recursive_attributes(root, index, mount, opts)
     except OSError as err:
         raise mount_error(index, mount, err) from err
     except ConfigError as err:
         if err.field:
             raise
         raise ConfigError(f"mounts[{index}]", str(err)) from err
+
+
+def set_recursive_attributes(root: str, index: int, mount, opts: MountOptions) -> None:
+    """The recursive options (rro, rnosuid, ...) on the finished mount and every mount
+    under it: mount_setattr(AT_RECURSIVE), through a descriptor checked to be inside."""
+    target = paths.resolve_in_root(root, mount.destination)
+    fd = paths.open_in_root(root, target)
+    try:
+        nsenter.mount_setattr_recursive(fd, opts.rec_set, opts.rec_clear, mount.destination)
+    except OSError as err:
+        names = ", ".join(opts.recursive)
+        if err.errno == errno.ENOSYS:
+            raise ConfigError(f"mounts[{index}].options", f"{names}: this kernel has no "
+                              f"mount_setattr(2) (Linux 5.12 or later)") from None
+        raise ConfigError(f"mounts[{index}].options", f"{names} on {mount.destination}: "
+                          f"{reason(err)}") from None
+    finally:
+        os.close(fd)
 
 
 def _mount_entry(root: str, mount, opts: MountOptions, cgroup_mounts) -> None:
@@ -349,20 +424,29 @@ def _mount_point(root: str, mount, is_dir: bool) -> str:
 LABELLED_TYPES = frozenset({"tmpfs", "devpts", "mqueue"})
 
 
-def open_idmapped_trees(mounts_) -> dict[int, int]:
+def open_idmapped_trees(mounts_, linux=None) -> dict[int, int]:
     """For each idmapped bind mount, a detached idmapped copy of its source (host paths,
-    host privileges: call before the namespaces).  {index in config.mounts: fd}."""
+    host privileges: call before the namespaces).  {index in config.mounts: fd}.
+
+    The idmap is the mount's own uidMappings/gidMappings, or else the container's user
+    namespace (config.md: the ``idmap``/``ridmap`` options without mappings): its maps, for
+    a new one (the same mapping, before that namespace exists), or the one joined by path.
+    ``ridmap`` idmaps every mount of an rbind copy, ``idmap`` only its top."""
     trees: dict[int, int] = {}
     try:
         for i, m in enumerate(mounts_):
-            if not m.uid_mappings:
+            if m.idmap is None:
                 continue
             opts = parse_mount_options(m.options, f"mounts[{i}].options")
-            recursive = bool(bind_options(m, opts).flags & MS_REC)
+            uid_map, gid_map, userns_path = m.uid_mappings, m.gid_mappings, None
+            if not uid_map:
+                user = linux.namespace("user")
+                uid_map, gid_map, userns_path = linux.uid_mappings, linux.gid_mappings, user.path
             try:
-                trees[i] = nsenter.idmapped_tree(os.path.abspath(m.source or ""), recursive,
-                                                 id_map_text(m.uid_mappings),
-                                                 id_map_text(m.gid_mappings))
+                trees[i] = nsenter.idmapped_tree(
+                    os.path.abspath(m.source or ""), id_map_text(uid_map), id_map_text(gid_map),
+                    clone_recursive=bool(bind_options(m, opts).flags & MS_REC),
+                    idmap_recursive=m.idmap == "ridmap", userns_path=userns_path)
             except OSError as err:
                 raise ConfigError(f"mounts[{i}]", f"idmapped mount of {m.source}: "
                                                   f"{err.strerror}") from None

@@ -127,15 +127,49 @@ def personality(persona: int) -> None:
         raise OSError(22, f"personality: the kernel kept 0x{now:x} instead of 0x{persona:x}")
 
 
-def idmapped_tree(source: str, recursive: bool, uid_map: str, gid_map: str) -> int:
-    """A detached idmapped copy of the host tree ``source`` (see nsenter.c); its fd."""
+def idmapped_tree(source: str, uid_map: str, gid_map: str, *, clone_recursive: bool,
+                  idmap_recursive: bool, userns_path: str | None = None) -> int:
+    """A detached idmapped copy of the host tree ``source`` (see nsenter.c); its fd.  The
+    idmap is the user namespace at ``userns_path``, or else one holding the two maps."""
     what = ffi.new("char[256]")
-    fd = lib.corral_idmapped_tree(source.encode(), int(recursive), uid_map.encode(),
-                                  gid_map.encode(), what, 256)
+    ns = ffi.new("char[]", userns_path.encode()) if userns_path else ffi.NULL
+    fd = lib.corral_idmapped_tree(source.encode(), int(clone_recursive), int(idmap_recursive),
+                                  uid_map.encode(), gid_map.encode(), ns, what, 256)
     if fd < 0:
         err = ffi.errno
         raise OSError(err, f"{ffi.string(what).decode()}: {os.strerror(err)}")
     return fd
+
+
+def mount_setattr_recursive(fd: int, attr_set: int, attr_clr: int, what: str) -> None:
+    """mount_setattr(AT_RECURSIVE) on the mount at the O_PATH descriptor ``fd``."""
+    _check(lib.corral_mount_setattr_recursive(fd, attr_set, attr_clr),
+           f"mount_setattr {what}")
+
+
+def set_mempolicy(mode: int, nodes: Sequence[int]) -> None:
+    """set_mempolicy(2) for the calling thread: ``mode`` with its MPOL_F_* flags or-ed in."""
+    bits = 8 * ffi.sizeof("unsigned long")
+    words = (max(nodes, default=0) // bits) + 1
+    mask = ffi.new("unsigned long[]", words)
+    for node in nodes:
+        mask[node // bits] |= 1 << (node % bits)
+    # maxnode counts bits; the kernel reads maxnode - 1 of them (set_mempolicy(2))
+    _check(lib.corral_set_mempolicy(mode, mask if nodes else ffi.NULL,
+                                    words * bits + 1 if nodes else 0), "set_mempolicy")
+
+
+def spawn_hook(path: str, argv: Sequence[str], env: Sequence[str], stdin_fd: int,
+               out_fd: int, cwd: str) -> int:
+    """posix_spawn ``path`` in the directory ``cwd`` (see nsenter.c); the child's pid."""
+    keep = [ffi.new("char[]", s.encode()) for s in (*argv, *env)]
+    cargv = ffi.new("char *[]", keep[:len(argv)] + [ffi.NULL])
+    cenv = ffi.new("char *[]", keep[len(argv):] + [ffi.NULL])
+    pid = ffi.new("int *")
+    rc = lib.corral_spawn_hook(path.encode(), cargv, cenv, stdin_fd, out_fd, cwd.encode(), pid)
+    if rc:
+        raise OSError(rc, os.strerror(rc))
+    return pid[0]
 
 
 def move_mount(from_fd: int, to_fd: int, what: str) -> None:

@@ -15,8 +15,9 @@
  *   corral_finalize():  stage_cgroupns -> stage_keyring -> stage_bounding -> stage_user ->
  *                       stage_nondumpable -> stage_caps -> stage_nnp ->
  *                       stage_check_exec -> stage_close_fds -> (report "waiting") ->
- *                       stage_fifo -> stage_signals -> stage_start_hooks ->
- *                       stage_seccomp (-> the notify fd to the seccomp agent) -> execve
+ *                       stage_fifo (exec: stage_await_hangup) -> stage_signals ->
+ *                       stage_start_hooks -> stage_seccomp (-> the notify fd to the
+ *                       seccomp agent) -> execve
  *
  * After "waiting" the parent is gone (create returned): errors from then on go to stderr and
  * the init exits 127 without running the container's process.
@@ -33,6 +34,7 @@
 #include <net/if.h>
 #include <sched.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -609,6 +611,18 @@ static int stage_close_fds(const struct finalize_config *cfg)
     return -1;
 }
 
+/* An exec'd process has no fifo: it waits for its parent to hang up the sync socket instead,
+ * so that the parent's last host-side step comes before the process runs (`exec
+ * --ignore-paused` joins the frozen cgroup here: the process freezes before its first
+ * instruction, still non-dumpable).  A byte, EOF or an error all let it go: a parent that died
+ * cannot hold it back. */
+static void stage_await_hangup(int sync_fd)
+{
+    char byte;
+    while (read(sync_fd, &byte, 1) < 0 && errno == EINTR)
+        ;
+}
+
 /* Blocks until `start` opens the fifo for reading. */
 static int stage_fifo(const struct finalize_config *cfg)
 {
@@ -811,6 +825,8 @@ int corral_finalize(const struct finalize_config *cfg)
     /* Everything that can fail before exec has passed: create may return. */
     if (send_frame(cfg->sync_fd, "{\"type\":\"waiting\"}") < 0)
         return -1;
+    if (cfg->fifo_fd < 0)
+        stage_await_hangup(cfg->sync_fd);
     close(cfg->sync_fd);
     if (stage_fifo(cfg) < 0) {
         dprintf(2, "corral: exec fifo: %s\n", strerror(errno));
@@ -900,25 +916,40 @@ static int write_file(const char *path, const char *text)
     return err ? -1 : 0;
 }
 
-/* mounts[i].uidMappings/gidMappings: a detached, idmapped copy of the host tree `source`
- * (open_tree(OPEN_TREE_CLONE) + mount_setattr(MOUNT_ATTR_IDMAP)), made with the host's
- * privileges before the namespaces; the init moves it into place (corral_move_mount).
- * The idmap is the user namespace of a helper child that holds those maps and exits.
- * Returns the tree's descriptor, or -1 with errno and the failed step in `what`. */
-int corral_idmapped_tree(const char *source, int recursive, const char *uid_map,
-                         const char *gid_map, char *what, size_t what_len)
+/* An idmapped mount (mounts[i] with uidMappings/gidMappings, or the idmap/ridmap options):
+ * a detached copy of the host tree `source` (open_tree(OPEN_TREE_CLONE), recursive for
+ * rbind) idmapped with mount_setattr(MOUNT_ATTR_IDMAP) (to every mount of the copy for
+ * ridmap), made with the host's privileges before the namespaces; the init moves it into
+ * place (corral_move_mount).  The idmap is the user namespace at `userns_path` (a container
+ * joining one by path) or else that of a helper child holding `uid_map`/`gid_map`, which
+ * exits once the tree is made.  Returns the tree's descriptor, or -1 with errno and the
+ * failed step in `what`. */
+int corral_idmapped_tree(const char *source, int clone_recursive, int idmap_recursive,
+                         const char *uid_map, const char *gid_map, const char *userns_path,
+                         char *what, size_t what_len)
 {
-    int gate[2], userns = -1, tree = -1, err = 0;
+    int gate[2] = {-1, -1}, userns = -1, tree = -1, err = 0;
+    pid_t pid = -1;
     char path[64], byte = 0;
-    if (pipe2(gate, O_CLOEXEC) < 0) {
-        snprintf(what, what_len, "pipe");
-        return -1;
+    if (userns_path) {
+        userns = open(userns_path, O_RDONLY | O_CLOEXEC);
+        if (userns < 0) {
+            err = errno;
+            snprintf(what, what_len, "open the user namespace %s", userns_path);
+            goto out;
+        }
+        goto make_tree;
     }
-    pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+    if (pipe2(gate, O_CLOEXEC) < 0) {
+        err = errno;
+        snprintf(what, what_len, "pipe");
+        goto out;
+    }
+    pid = (pid_t)syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
     if (pid < 0) {
         err = errno;
         snprintf(what, what_len, "create a user namespace for the idmap");
-        goto out_pipe;
+        goto out;
     }
     if (pid == 0) { /* holds the namespace until the parent is done with it */
         close(gate[1]);
@@ -930,52 +961,116 @@ int corral_idmapped_tree(const char *source, int recursive, const char *uid_map,
     if (write_file(path, uid_map) < 0) {
         err = errno;
         snprintf(what, what_len, "write the idmap's uid_map");
-        goto out_child;
+        goto out;
     }
     snprintf(path, sizeof(path), "/proc/%d/gid_map", (int)pid);
     if (write_file(path, gid_map) < 0) {
         err = errno;
         snprintf(what, what_len, "write the idmap's gid_map");
-        goto out_child;
+        goto out;
     }
     snprintf(path, sizeof(path), "/proc/%d/ns/user", (int)pid);
     userns = open(path, O_RDONLY | O_CLOEXEC);
     if (userns < 0) {
         err = errno;
         snprintf(what, what_len, "open the idmap's user namespace");
-        goto out_child;
+        goto out;
     }
+make_tree:
     tree = (int)syscall(SYS_open_tree, AT_FDCWD, source,
-                        OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (recursive ? AT_RECURSIVE : 0));
+                        OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC |
+                        (clone_recursive ? AT_RECURSIVE : 0));
     if (tree < 0) {
         err = errno;
         snprintf(what, what_len, "open_tree %s", source);
-        goto out_child;
+        goto out;
     }
     struct mount_attr attr;
     memset(&attr, 0, sizeof(attr));
     attr.attr_set = MOUNT_ATTR_IDMAP;
     attr.userns_fd = (uint64_t)userns;
-    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0),
-                &attr, sizeof(attr)) < 0) {
+    if (syscall(SYS_mount_setattr, tree, "",
+                AT_EMPTY_PATH | (idmap_recursive ? AT_RECURSIVE : 0), &attr, sizeof(attr)) < 0) {
         err = errno;
         snprintf(what, what_len, "idmap %s (mount_setattr)", source);
         close(tree);
         tree = -1;
     }
-out_child:
+out:
     if (userns >= 0)
         close(userns);
-    close(gate[1]);
-    gate[1] = -1;
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-        ;
-out_pipe:
-    close(gate[0]);
     if (gate[1] >= 0)
-        close(gate[1]);
+        close(gate[1]); /* lets the helper exit */
+    if (pid > 0)
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    if (gate[0] >= 0)
+        close(gate[0]);
     errno = err;
     return err ? -1 : tree;
+}
+
+/* The recursive mount options (rro, rnosuid, ...): mount_setattr(AT_RECURSIVE) on the
+ * mount at the (O_PATH) descriptor `fd` and every mount under it, as runc and crun do. */
+int corral_mount_setattr_recursive(int fd, uint64_t attr_set, uint64_t attr_clr)
+{
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.attr_set = attr_set;
+    attr.attr_clr = attr_clr;
+    return (int)syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | AT_RECURSIVE, &attr,
+                        sizeof(attr));
+}
+
+/* linux.memoryPolicy: set_mempolicy(2) for the calling thread (kept across execve; glibc
+ * has no wrapper without libnuma).  `nodemask` holds `maxnode` bits. */
+int corral_set_mempolicy(int mode, const unsigned long *nodemask, unsigned long maxnode)
+{
+    return (int)syscall(SYS_set_mempolicy, mode, nodemask, maxnode);
+}
+
+/* A hook (supervisor/hooks.py): posix_spawn with `cwd` as its working directory (Python's
+ * os.posix_spawn has no chdir action; fork is unsafe in the supervisor's threads), stdin
+ * from `stdin_fd`, stdout and stderr to `out_fd`, default SIGPIPE, no blocked signals.
+ * Returns 0 with the pid in *pid, or an errno value (posix_spawn's convention). */
+int corral_spawn_hook(const char *path, char *const argv[], char *const envp[], int stdin_fd,
+                      int out_fd, const char *cwd, int *pid)
+{
+    posix_spawn_file_actions_t actions;
+    posix_spawnattr_t attr;
+    sigset_t none, pipe_only;
+    int rc = posix_spawn_file_actions_init(&actions);
+    if (rc)
+        return rc;
+    rc = posix_spawnattr_init(&attr);
+    if (rc) {
+        posix_spawn_file_actions_destroy(&actions);
+        return rc;
+    }
+    sigemptyset(&none);
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    if (!rc)
+        rc = posix_spawn_file_actions_addchdir_np(&actions, cwd);
+    if (!rc)
+        rc = posix_spawn_file_actions_adddup2(&actions, stdin_fd, 0);
+    if (!rc)
+        rc = posix_spawn_file_actions_adddup2(&actions, out_fd, 1);
+    if (!rc)
+        rc = posix_spawn_file_actions_adddup2(&actions, out_fd, 2);
+    if (!rc)
+        rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    if (!rc)
+        rc = posix_spawnattr_setsigdefault(&attr, &pipe_only);
+    if (!rc)
+        rc = posix_spawnattr_setsigmask(&attr, &none);
+    pid_t child = 0;
+    if (!rc)
+        rc = posix_spawn(&child, path, &actions, &attr, argv, envp);
+    *pid = (int)child;
+    posix_spawnattr_destroy(&attr);
+    posix_spawn_file_actions_destroy(&actions);
+    return rc;
 }
 
 /* Attaches a detached tree (corral_idmapped_tree) on the (O_PATH) descriptor `to_fd`. */

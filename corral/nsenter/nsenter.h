@@ -58,6 +58,11 @@ int corral_ns_type(int fd);
 int corral_sched_setattr(uint32_t policy, uint64_t flags, int32_t nice, uint32_t priority,
                          uint64_t runtime, uint64_t deadline, uint64_t period);
 int corral_ioprio_set(int ioprio);
-int corral_idmapped_tree(const char *source, int recursive, const char *uid_map,
-                         const char *gid_map, char *what, size_t what_len);
+int corral_idmapped_tree(const char *source, int clone_recursive, int idmap_recursive,
+                         const char *uid_map, const char *gid_map, const char *userns_path,
+                         char *what, size_t what_len);
+int corral_mount_setattr_recursive(int fd, uint64_t attr_set, uint64_t attr_clr);
+int corral_set_mempolicy(int mode, const unsigned long *nodemask, unsigned long maxnode);
 int corral_move_mount(int from_fd, int to_fd);
+int corral_spawn_hook(const char *path, char *const argv[], char *const envp[], int stdin_fd,
+                      int out_fd, const char *cwd, int *pid);

@@ -34,6 +34,9 @@ class Mount(Record):
     options: tuple[str, ...] = ()
     uid_mappings: tuple[IdMapping, ...] = ()  # an idmapped bind mount (both or neither)
     gid_mappings: tuple[IdMapping, ...] = ()
+    # "idmap" or "ridmap" (recursive) for an idmapped bind mount (mappings without either
+    # option mean "idmap", as in runc); without its own mappings it takes the container's
+    idmap: str | None = None
 
 
 class Namespace(Record):
@@ -262,6 +265,22 @@ class Seccomp(Record):
         return any(rule.action == "SCMP_ACT_NOTIFY" for rule in self.syscalls)
 
 
+class MemoryPolicy(Record):
+    """``linux.memoryPolicy``: set_mempolicy(2) for the init, kept across execve."""
+
+    mode: str  # MPOL_DEFAULT MPOL_BIND ...
+    nodes: tuple[int, ...] = ()
+    flags: tuple[str, ...] = ()
+
+
+class NetDevice(Record):
+    """One ``linux.netDevices`` entry: the host device ``host_name`` moved into the
+    container's network namespace, as ``name`` there."""
+
+    host_name: str
+    name: str
+
+
 class Linux(Record):
     namespaces: tuple[Namespace, ...] = ()
     uid_mappings: tuple[IdMapping, ...] = ()
@@ -279,6 +298,8 @@ class Linux(Record):
     personality: Personality | None = None
     mount_label: str | None = None
     intel_rdt: dict | None = None  # kept as given: refused by the host checks (no resctrl)
+    memory_policy: MemoryPolicy | None = None
+    net_devices: tuple[NetDevice, ...] = ()
 
     def namespace(self, ns_type: str) -> Namespace | None:
         for ns in self.namespaces:
@@ -340,8 +361,6 @@ _PROCESS_UNSUPPORTED = (
     "commandLine",
 )
 _LINUX_UNSUPPORTED = (
-    "memoryPolicy",
-    "netDevices",
     "rdma",
 )
 _RESOURCES_UNSUPPORTED = ("rdma",)
@@ -451,6 +470,7 @@ def parse_config(data: object) -> Config:
         raise ConfigError("root.path", "must not be empty")
     process = _process(_req(data, "process", "", dict), "process")
     linux = _linux(_opt(data, "linux", "", dict, {}), "linux")
+    mounts = tuple(_mount(item, where, linux) for where, item in _items(data, "mounts", ""))
     return Config(
         oci_version=version,
         root_path=root_path,
@@ -458,7 +478,7 @@ def parse_config(data: object) -> Config:
         root_readonly=_opt(root, "readonly", "root", bool, False),
         hostname=_uts_name(data, "hostname", linux),
         domainname=_uts_name(data, "domainname", linux),
-        mounts=tuple(_mount(item, where) for where, item in _items(data, "mounts", "")),
+        mounts=mounts,
         linux=linux,
         annotations=_annotations(data),
         hooks=hooks,
@@ -651,7 +671,7 @@ def _rlimit(obj: dict, path: str) -> Rlimit:
     return Rlimit(type=kind, hard=hard, soft=soft)
 
 
-def _mount(obj: object, path: str) -> Mount:
+def _mount(obj: object, path: str, linux: Linux | None = None) -> Mount:
     _check(obj, path, dict)
     uid_mappings = _mappings(obj, "uidMappings", path)
     gid_mappings = _mappings(obj, "gidMappings", path)
@@ -659,17 +679,32 @@ def _mount(obj: object, path: str) -> Mount:
         missing = "gidMappings" if uid_mappings else "uidMappings"
         raise ConfigError(f"{path}.{missing}", "an idmapped mount needs both uidMappings and "
                                                "gidMappings")
+    options = _strs(obj, "options", path)
+    idmap_options = [o for o in options if o in ("idmap", "ridmap")]
+    if len(set(idmap_options)) > 1:
+        raise ConfigError(f"{path}.options", "idmap and ridmap exclude each other")
+    idmap = idmap_options[0] if idmap_options else ("idmap" if uid_mappings else None)
     mount = Mount(
         destination=_absolute(_req(obj, "destination", path, str), f"{path}.destination"),
         type=_opt(obj, "type", path, str) or None,
         source=_opt(obj, "source", path, str) or None,
-        options=_strs(obj, "options", path),
+        options=options,
         uid_mappings=uid_mappings,
         gid_mappings=gid_mappings,
+        idmap=idmap,
     )
-    if uid_mappings and not (mount.type in ("bind", "rbind", "none", None)
-                             or "bind" in mount.options or "rbind" in mount.options):
-        raise ConfigError(f"{path}.uidMappings", "only bind mounts can be idmapped here")
+    if idmap is None:
+        return mount
+    where = f"{path}.uidMappings" if uid_mappings else f"{path}.options"
+    if not (mount.type in ("bind", "rbind", "none", None)
+            or "bind" in mount.options or "rbind" in mount.options):
+        raise ConfigError(where, "only bind mounts can be idmapped here")
+    if not uid_mappings and (linux is None or linux.namespace("user") is None):
+        # config.md: without mappings of its own the mount takes the container's user
+        # namespace; with none, an error
+        raise ConfigError(f"{path}.options", f"{idmap} without uidMappings/gidMappings needs "
+                                             f"the container's user namespace (linux.namespaces "
+                                             f"has no \"user\" entry)")
     return mount
 
 
@@ -728,7 +763,92 @@ def _linux(obj: dict, path: str) -> Linux:
         personality=_personality(obj, path),
         mount_label=_opt(obj, "mountLabel", path, str) or None,
         intel_rdt=_opt(obj, "intelRdt", path, dict) or None,
+        memory_policy=_memory_policy(obj, path),
+        net_devices=_net_devices(obj, path, namespaces),
     )
+
+
+# ---- linux.memoryPolicy, linux.netDevices -----------------------------------------------------
+
+#: set_mempolicy(2) modes and mode flags (linux/mempolicy.h).
+MEMPOLICY_MODES = {"MPOL_DEFAULT": 0, "MPOL_PREFERRED": 1, "MPOL_BIND": 2,
+                   "MPOL_INTERLEAVE": 3, "MPOL_LOCAL": 4, "MPOL_PREFERRED_MANY": 5,
+                   "MPOL_WEIGHTED_INTERLEAVE": 6}
+MEMPOLICY_FLAGS = {"MPOL_F_NUMA_BALANCING": 1 << 13, "MPOL_F_RELATIVE_NODES": 1 << 14,
+                   "MPOL_F_STATIC_NODES": 1 << 15}
+_NO_NODES = ("MPOL_DEFAULT", "MPOL_LOCAL")
+_SOME_NODES = ("MPOL_BIND", "MPOL_INTERLEAVE", "MPOL_PREFERRED_MANY",
+               "MPOL_WEIGHTED_INTERLEAVE")
+_MAX_NODE = 1023  # the kernel's largest MAX_NUMNODES (NODES_SHIFT 10)
+
+
+def _memory_policy(obj: dict, path: str) -> MemoryPolicy | None:
+    policy = _opt(obj, "memoryPolicy", path, dict, {})
+    if not policy:
+        return None
+    path = f"{path}.memoryPolicy"
+    mode = _req(policy, "mode", path, str)
+    if mode not in MEMPOLICY_MODES:
+        raise ConfigError(f"{path}.mode", f"unknown memory policy mode {mode!r}")
+    text = _opt(policy, "nodes", path, str, "")
+    nodes: set[int] = set()
+    for part in text.split(",") if text.strip() else ():
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or int(hi or lo) < int(lo):
+            raise ConfigError(f"{path}.nodes", f"{text!r} is not a node list like 0-3,7")
+        if int(hi or lo) > _MAX_NODE:
+            raise ConfigError(f"{path}.nodes", f"node {int(hi or lo)} is above {_MAX_NODE}")
+        nodes.update(range(int(lo), int(hi or lo) + 1))
+    if mode in _NO_NODES and nodes:
+        raise ConfigError(f"{path}.nodes", f"{mode} takes no nodes")
+    if mode in _SOME_NODES and not nodes:
+        raise ConfigError(f"{path}.nodes", f"{mode} needs at least one node")
+    flags = _strs(policy, "flags", path)
+    for i, flag in enumerate(flags):
+        if flag not in MEMPOLICY_FLAGS:
+            raise ConfigError(f"{path}.flags[{i}]", f"unknown memory policy flag {flag!r}")
+    if "MPOL_F_STATIC_NODES" in flags and "MPOL_F_RELATIVE_NODES" in flags:
+        raise ConfigError(f"{path}.flags", "MPOL_F_STATIC_NODES and MPOL_F_RELATIVE_NODES "
+                                           "exclude each other")
+    return MemoryPolicy(mode=mode, nodes=tuple(sorted(nodes)), flags=flags)
+
+
+def _valid_ifname(name: str) -> bool:
+    """The kernel's dev_valid_name: 1-15 bytes, not . or .., no slash, colon or space."""
+    return (0 < len(name.encode("utf-8", "surrogateescape")) < 16 and name not in (".", "..")
+            and not any(c in "/:" or c.isspace() for c in name))
+
+
+def _net_devices(obj: dict, path: str, namespaces) -> tuple[NetDevice, ...]:
+    devices = _opt(obj, "netDevices", path, dict, {})
+    if not devices:
+        return ()
+    path = f"{path}.netDevices"
+    netns = next((ns for ns in namespaces if ns.type == "network"), None)
+    if not _private_netns(netns):
+        # the devices would stay in (or leave for) the runtime's own namespace
+        raise ConfigError(path, "moving network devices needs the container's own network "
+                                "namespace (a new one, or one joined by path that is not the "
+                                "runtime's)")
+    found: list[NetDevice] = []
+    names: dict[str, str] = {}
+    for host_name, value in devices.items():
+        where = f"{path}[{json.dumps(host_name)}]"
+        if not _valid_ifname(_check(host_name, where, str)):
+            raise ConfigError(where, f"{host_name!r} is not a network device name")
+        if host_name == "lo":
+            raise ConfigError(where, "the loopback device cannot leave its namespace")
+        _check(value, where, dict)
+        name = _opt(value, "name", where, str) or host_name
+        if not _valid_ifname(name):
+            raise ConfigError(f"{where}.name", f"{name!r} is not a network device name "
+                                               f"(1-15 bytes, no '/', ':' or spaces)")
+        if name in names:
+            raise ConfigError(f"{where}.name", f"{name} is also the name of "
+                                               f"{path}[{json.dumps(names[name])}]")
+        names[name] = host_name
+        found.append(NetDevice(host_name=host_name, name=name))
+    return tuple(found)
 
 
 # ---- linux.timeOffsets, linux.personality -----------------------------------------------------

@@ -14,9 +14,62 @@ HOOKS = ["prestart", "createRuntime", "createContainer", "startContainer", "post
 
 
 def mount_options() -> list[str]:
-    from corral.init.mounts import FLAG_OPTIONS, PROPAGATION_OPTIONS
+    """The options mounts.py turns into mount flags; the recursive ones (rro, ...) and
+    idmap/ridmap only where the kernel has mount_setattr(2)."""
+    from corral.init.mounts import (FLAG_OPTIONS, IDMAP_OPTIONS, PROPAGATION_OPTIONS,
+                                    RECURSIVE_OPTIONS)
 
-    return sorted(set(FLAG_OPTIONS) | set(PROPAGATION_OPTIONS))
+    options = set(FLAG_OPTIONS) | set(PROPAGATION_OPTIONS)
+    if idmap_supported():
+        options |= set(RECURSIVE_OPTIONS) | set(IDMAP_OPTIONS)
+    return sorted(options)
+
+
+def _mempolicy_accepted(mode: int, nodes: list[int]) -> bool:
+    """set_mempolicy(mode, nodes) succeeds, tried on a thread of its own (a memory policy
+    is per thread), which resets it to MPOL_DEFAULT before it ends."""
+    import threading
+
+    from corral import nsenter
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            nsenter.set_mempolicy(mode, nodes)
+        except OSError:
+            result.append(False)
+            return
+        result.append(True)
+        nsenter.set_mempolicy(0, [])
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def memory_policy() -> dict | None:
+    """The linux.memoryPolicy modes and flags this kernel accepts (None without NUMA)."""
+    from corral.oci.config import MEMPOLICY_FLAGS, MEMPOLICY_MODES
+
+    node = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Mems_allowed_list:"):
+                    node = int(line.split()[1].replace(",", "-").split("-")[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    if not _mempolicy_accepted(MEMPOLICY_MODES["MPOL_DEFAULT"], []):
+        return None  # no CONFIG_NUMA: set_mempolicy is ENOSYS
+    modes = [name for name, mode in MEMPOLICY_MODES.items()
+             if _mempolicy_accepted(mode, [] if name in ("MPOL_DEFAULT", "MPOL_LOCAL")
+                                    else [node])]
+    bind = MEMPOLICY_MODES["MPOL_BIND"]
+    flags = [name for name, flag in MEMPOLICY_FLAGS.items()
+             if _mempolicy_accepted(bind | flag, [node])]
+    return {"modes": sorted(modes), "flags": sorted(flags)}
 
 
 def namespaces() -> list[str]:
@@ -101,7 +154,7 @@ def idmap_supported() -> bool:
 def features() -> dict:
     from corral.oci import host
 
-    return {
+    document = {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": OCI_VERSION,
         "hooks": HOOKS,
@@ -116,6 +169,11 @@ def features() -> dict:
             "selinux": {"enabled": host.selinux_enabled()},
             "intelRdt": {"enabled": False},  # refused everywhere (not implemented yet)
             "mountExtensions": {"idmap": {"enabled": idmap_supported()}},
+            "netDevices": {"enabled": True},  # rtnetlink moves: any Linux with netns
         },
         "annotations": {"org.corral.version": __version__},
     }
+    policy = memory_policy()
+    if policy is not None:
+        document["linux"]["memoryPolicy"] = policy
+    return document

@@ -100,8 +100,8 @@ class Container:
         self._run_hooks("poststart", RUNNING, self.pid)
 
     def _run_hooks(self, kind: str, status: str, pid: int) -> None:
-        """poststart and poststop: a failure is logged and the rest still run (runtime-spec:
-        'the runtime MUST log a warning', the operation goes on)."""
+        """poststart and poststop, in the bundle directory: a failure is logged and the rest
+        still run (runtime-spec: 'the runtime MUST log a warning', the operation goes on)."""
         items = (self.record.get("hooks") or {}).get(kind)
         if not items:
             return
@@ -112,7 +112,7 @@ class Container:
         state = state_from_record(self.record, status, pid)
         for index, hook in enumerate(hooks_from_json(items)):
             try:
-                run_hook(kind, index, hook, state)
+                run_hook(kind, index, hook, state, self.record["bundle"])
             except HookError as exc:
                 sys.stderr.write(f"corral: warning: {exc}\n")
 

@@ -2,10 +2,13 @@
 killed when its timeout passes.
 
 Used by the parent (prestart, createRuntime), the container's init before pivot_root
-(createContainer), ``start`` (poststart) and ``delete`` (poststop).  The startContainer hooks
-run in C (nsenter.c, stage_start_hooks), after the exec fifo opened.  No subprocess module:
-``start`` and ``delete`` are CLI paths whose start-up cost is measured (subprocess pulls in
-signal, enum, selectors and threading).
+(createContainer), ``start`` (poststart) and ``delete`` (poststop); every one of them runs in
+the bundle directory, as runc and crun run theirs (they chdir to the bundle).  The
+startContainer hooks run in C (nsenter.c, stage_start_hooks), after the exec fifo opened, in
+the process's cwd inside the container (the bundle is out of reach after pivot_root).  No
+subprocess module: ``start`` and ``delete`` are CLI paths whose start-up cost is measured
+(subprocess pulls in signal, enum, selectors and threading); the spawn is nsenter's
+posix_spawn with a chdir action (os.posix_spawn has none).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import select
 import _signal as signal  # `signal` itself imports enum
 import time
 
+from corral import nsenter
 from corral.errors import CorralError
 
 #: Config field name of each kind, as the spec spells it, by the Hooks record's field.
@@ -58,27 +62,31 @@ def hooks_from_json(items) -> list:
                  timeout=i.get("timeout")) for i in items or ()]
 
 
-def run_hooks(kind: str, hooks, state: bytes) -> None:
-    """Runs each hook in order; the first failure raises ``HookError`` naming it."""
+def run_hooks(kind: str, hooks, state: bytes, cwd: str) -> None:
+    """Runs each hook in order in the directory ``cwd`` (the bundle); the first failure
+    raises ``HookError`` naming it."""
     for index, hook in enumerate(hooks):
-        run_hook(kind, index, hook, state)
+        run_hook(kind, index, hook, state, cwd)
 
 
-def run_hook(kind: str, index: int, hook, state: bytes) -> None:
+def run_hook(kind: str, index: int, hook, state: bytes, cwd: str) -> None:
     what = f"error running {kind} hook #{index} {hook.path}"
+    try:  # posix_spawn would report a bad cwd as the hook's own ENOENT or EACCES
+        fd = os.open(cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        os.close(fd)
+    except OSError as exc:
+        raise HookError(f"{what}: cannot run in the bundle directory {cwd}: "
+                        f"{(exc.strerror or str(exc)).lower()}") from None
     stdin = os.memfd_create("corral-hook-state", os.MFD_CLOEXEC)
     try:
         os.write(stdin, state)
         os.lseek(stdin, 0, os.SEEK_SET)
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
-            env = os.environ if not hook.env else dict(e.split("=", 1) for e in hook.env)
+            env = hook.env or [f"{k}={v}" for k, v in os.environ.items()]
             try:
-                pid = os.posix_spawn(hook.path, list(hook.args) or [hook.path], env,
-                                     file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0),
-                                                   (os.POSIX_SPAWN_DUP2, write_end, 1),
-                                                   (os.POSIX_SPAWN_DUP2, write_end, 2)],
-                                     setsigdef=(signal.SIGPIPE,))
+                pid = nsenter.spawn_hook(hook.path, list(hook.args) or [hook.path], env,
+                                         stdin, write_end, cwd)
             except OSError as exc:
                 raise HookError(f"{what}: {(exc.strerror or str(exc)).lower()}") from None
         finally:

@@ -14,7 +14,7 @@ import _signal as signal  # `signal` itself imports enum: ~3 ms
 
 from corral import nsenter
 from corral.cgroups import Cgroup, detect
-from corral.errors import CgroupError, ConfigError, CorralError, NotSupportedError
+from corral.errors import CgroupError, ConfigError, CorralError
 from corral.oci.config import Config, DeviceRule, load_bundle
 from corral.oci.state import StateDir, rfc3339_now, validate_id
 from corral.procfs import is_alive, start_time
@@ -43,6 +43,10 @@ class PreparedContainer:
         self.cgroup = cgroup
         self.cgroup_made = False
         self.bootstrap = bootstrap
+        # linux.netDevices moved so far, and the container's network namespace, held open
+        # until creation is over so that a failure can move them back (netdevices.py)
+        self.moved_devices: list = []
+        self.netns_fd = -1
 
     @property
     def id(self) -> str:
@@ -61,6 +65,7 @@ class PreparedContainer:
             self.write_id_maps(action.pid)
         elif isinstance(action, c.RecordPid):
             self.record_pid(action.pid)
+            self.move_net_devices(action.pid)
         elif isinstance(action, c.RunCreateRuntimeHooks):
             self.run_create_runtime_hooks(action.pid)
         elif isinstance(action, c.ApplyResources):
@@ -97,17 +102,35 @@ class PreparedContainer:
         from corral.supervisor.hooks import run_hooks, state_from_record
 
         state = state_from_record(self.record, "creating", pid)
-        run_hooks("prestart", hooks.prestart, state)
-        run_hooks("createRuntime", hooks.create_runtime, state)
+        bundle = self.record["bundle"]  # every hook's working directory, as in runc
+        run_hooks("prestart", hooks.prestart, state, bundle)
+        run_hooks("createRuntime", hooks.create_runtime, state, bundle)
+
+    def move_net_devices(self, pid: int) -> None:
+        """linux.netDevices, into the init's network namespace as soon as it exists: before
+        the create-time hooks, which may configure them."""
+        if not self.config.linux.net_devices:
+            return
+        from corral.supervisor import netdevices as devices
+
+        self.netns_fd = devices.open_netns(pid)
+        devices.move_in(self.config.linux.net_devices, self.netns_fd, self.moved_devices)
+
+    def _release_netns(self) -> None:
+        if self.netns_fd >= 0:
+            os.close(self.netns_fd)
+            self.netns_fd = -1
 
     def apply_resources(self, pid: int) -> None:
-        if self.cgroup is None:
-            return  # rootless without a delegated cgroup: prepare refused any resources
-        resources = self.config.linux.resources
-        if not resources.empty():
-            self.cgroup.set_resources(resources)
-        if self.config.linux.device_rules:
-            self.cgroup.set_devices(device_rules(self.config))
+        if self.cgroup is not None:  # None: rootless, and prepare refused any resources
+            resources = self.config.linux.resources
+            if not resources.empty():
+                self.cgroup.set_resources(resources)
+            if self.config.linux.device_rules:
+                self.cgroup.set_devices(device_rules(self.config))
+        # the last host-side step done: the moved devices are the container's from here on
+        self.moved_devices = []
+        self._release_netns()
 
     # ---- failure ----
 
@@ -121,15 +144,23 @@ class PreparedContainer:
 
     def undo(self) -> None:
         """Removes everything made for this container; safe to call on any partial state.
-        The cgroup only once create() made it: before, its path may be someone else's."""
+        The cgroup only once create() made it: before, its path may be someone else's.
+        Moved network devices go back to the runtime's namespace first."""
         try:
-            if self.cgroup_made and self.cgroup is not None:
-                try:
-                    self.cgroup.kill_all(signal.SIGKILL)
-                finally:
-                    self.cgroup.destroy()
+            if self.moved_devices:
+                from corral.supervisor import netdevices as devices
+
+                devices.move_back(self.moved_devices, self.netns_fd)
         finally:
-            self.state_dir.remove()
+            self._release_netns()
+            try:
+                if self.cgroup_made and self.cgroup is not None:
+                    try:
+                        self.cgroup.kill_all(signal.SIGKILL)
+                    finally:
+                        self.cgroup.destroy()
+            finally:
+                self.state_dir.remove()
 
 
 # What every container may use whatever its rules say, appended after them as runc does:
@@ -155,10 +186,11 @@ def device_rules(config: Config) -> list[DeviceRule]:
 def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False,
             preserve_fds: int = 0, listen_fds: int = 0,
             new_keyring: bool = True, console_socket: str | None = None,
-            detach: bool = True) -> PreparedContainer:
+            detach: bool = True, record_extra: dict | None = None) -> PreparedContainer:
     """Validates everything that can be validated before touching the host, then makes the
     state dir (claiming the id), the exec fifo and the cgroup.  ``detach``: the caller
-    returns before the process ends (create, run -d)."""
+    returns before the process ends (create, run -d).  ``record_extra``: more fields for
+    state.json (the supervisor marks its own containers)."""
     validate_id(container_id)
     bundle = os.path.abspath(bundle)
     config, raw = load_bundle(bundle)
@@ -171,6 +203,14 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         from corral.supervisor import rootless as rl
 
         rl.check_config(config)
+    if config.linux.net_devices:
+        if rootless:
+            raise ConfigError("linux.netDevices", f"rootless (corral run as uid "
+                                                  f"{os.geteuid()}): moving network devices "
+                                                  f"needs root")
+        from corral.supervisor.netdevices import check_present
+
+        check_present(config.linux.net_devices)
     rootfs = os.path.join(bundle, config.root_path)
     bootstrap_ns = _namespaces(config)
     listen = listen_fds
@@ -199,6 +239,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         "owner": "",
         "pid_ns": config.linux.namespace("pid") is not None,
         "cgroup": cgroup.to_json() if cgroup is not None else None,
+        **(record_extra or {}),
     }
     hooks = config.hooks
     if hooks.poststart or hooks.poststop:  # what `start` and `delete` run, without the config
@@ -234,12 +275,10 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
 
 def _check_terminal(config: Config, console_socket: str | None, detach: bool) -> None:
     """runc's rules (and messages): a terminal goes to the console socket; without one only
-    a foreground run could relay it, which corral does not do yet."""
-    if config.process.terminal and not console_socket:
-        if detach:
-            raise CorralError("cannot allocate tty if runc will detach without setting "
-                              "console socket")
-        raise NotSupportedError("process.terminal without --console-socket (foreground run)")
+    a foreground run can have it (the caller relays it: supervisor/tty_relay.py)."""
+    if config.process.terminal and not console_socket and detach:
+        raise CorralError("cannot allocate tty if runc will detach without setting "
+                          "console socket")
     if console_socket and not config.process.terminal:
         raise CorralError("cannot use console socket if runc will not allocate tty")
 
