@@ -78,15 +78,35 @@ def _create(args, log: Log) -> tuple:
                        console_socket=args.console_socket,
                        detach=getattr(args, "detach", True))
     log.debug(f"created host side of {args.id}")
-    pid = create_container(prepared)
+    console = None
+    master = None
     try:
-        if args.pid_file:
-            _write_pid_file(args.pid_file, pid)
+        if prepared.config.process.terminal and not args.console_socket:
+            # A foreground run (prepare refused the rest): we take the pty master ourselves.
+            from corral.supervisor.tty_relay import ConsoleReceiver, with_console_socket
+
+            console = ConsoleReceiver()
+            prepared.bootstrap = with_console_socket(prepared.bootstrap, console.path)
     except BaseException:
         prepared.undo_after_failure()
         raise
+    try:
+        pid = create_container(prepared)
+        try:
+            if console is not None:
+                master = console.receive()
+            if args.pid_file:
+                _write_pid_file(args.pid_file, pid)
+        except BaseException:
+            if master is not None:
+                os.close(master)
+            prepared.undo_after_failure()
+            raise
+    finally:
+        if console is not None:
+            console.close()
     log.debug(f"container {args.id} init pid {pid}")
-    return prepared, pid
+    return prepared, pid, master
 
 
 def cmd_create(args, log: Log) -> int:
@@ -102,15 +122,21 @@ def cmd_run(args, log: Log) -> int:
         from corral import nsenter
 
         nsenter.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of the container come to us
-    prepared, pid = _create(args, log)
+    prepared, pid, master = _create(args, log)
     container = Container(prepared.state_dir, prepared.record)
     if args.detach:
         _start_or_delete(container)
         return 0
-    # Forwarding first: the process may get (and react to) a signal as soon as it runs.
-    with forwarding_signals(pid):
-        _start_or_delete(container)
-        status = reap_until(pid)
+    if master is not None:
+        from corral.supervisor.tty_relay import relay_foreground
+
+        status = relay_foreground(master, pid, lambda: reap_until(pid),
+                                  start=lambda: _start_or_delete(container))
+    else:
+        # Forwarding first: the process may get (and react to) a signal as soon as it runs.
+        with forwarding_signals(pid):
+            _start_or_delete(container)
+            status = reap_until(pid)
     if not args.keep:
         container.delete(force=True)
     return status
@@ -118,23 +144,34 @@ def cmd_run(args, log: Log) -> int:
 
 def cmd_exec(args, log: Log) -> int:
     """runc's exec: foreground, the process is our child (CLONE_PARENT): signals are
-    forwarded to it and its status is ours (128+N for signal N); --detach returns once it
-    runs.  The pid file is written either way."""
+    forwarded to it and its status is ours (128+N for signal N), its terminal relayed by us
+    when it has one and no --console-socket; --detach returns once it runs.  The pid file is
+    written either way."""
     from corral.supervisor.blocking import create_container
     from corral.supervisor.execution import prepare_exec
 
     _check_fds_open(3, args.preserve_fds)
     prepared = prepare_exec(args)
-    pid = create_container(prepared)
+    try:
+        pid = create_container(prepared, before_release=prepared.release)
+    finally:
+        prepared.close()
     if args.detach:
         _publish_exec_pid(args.pid_file, pid)
         return 0
     from corral.supervisor.foreground import exit_status, forwarding_signals
 
+    def wait() -> int:
+        return exit_status(os.waitpid(pid, 0)[1])
+
+    if prepared.master is not None:
+        from corral.supervisor.tty_relay import relay_foreground
+
+        return relay_foreground(prepared.master, pid, wait,
+                                start=lambda: _publish_exec_pid(args.pid_file, pid))
     with forwarding_signals(pid):
         _publish_exec_pid(args.pid_file, pid)
-        _, raw = os.waitpid(pid, 0)
-    return exit_status(raw)
+        return wait()
 
 
 def _publish_exec_pid(pid_file: str | None, pid: int) -> None:
@@ -297,6 +334,18 @@ def cmd_events(args, log: Log) -> int:
     return run(_load(args), args.stats, interval)
 
 
+def cmd_supervise(args, log: Log) -> int:
+    from corral.supervisor.daemon import main as supervise
+
+    return supervise(args)
+
+
+def cmd_batch(args, log: Log) -> int:
+    from corral.batch import main as batch
+
+    return batch(args, log)
+
+
 def cmd_features(args, log: Log) -> int:
     from corral.oci.features import features
 
@@ -305,7 +354,7 @@ def cmd_features(args, log: Log) -> int:
 
 
 COMMANDS = {
-    "features": cmd_features,
+    "features": cmd_features, "supervise": cmd_supervise, "batch": cmd_batch,
     "update": cmd_update, "events": cmd_events,
     "exec": cmd_exec,
     "spec": cmd_spec, "create": cmd_create, "run": cmd_run, "start": cmd_start,

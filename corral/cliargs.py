@@ -133,12 +133,14 @@ COMMANDS = {c.name: c for c in [
         Opt("-g|--additional-gids", "list", help="an additional group id (repeatable)"),
         Opt("-c|--cap", "list", help="a capability to add (repeatable)"),
         Opt("--no-new-privs", help="set no_new_privs"),
-        Opt("-t|--tty", help="a terminal (needs --console-socket)"),
+        Opt("-t|--tty", help="a terminal (to --console-socket, or relayed in the "
+                             "foreground)"),
         Opt("--console-socket", "str", help="UNIX socket that receives the pty master"),
         Opt("-d|--detach", help="return once the process runs"),
         Opt("--pid-file", "str", help="write the process's pid here"),
         Opt("--preserve-fds", "int", 0, help="pass fds 3..3+N-1 to the process"),
-        Opt("--ignore-paused", help="exec in a paused container (not supported yet)"),
+        Opt("--ignore-paused", help="exec in a paused container (the process runs "
+                                    "once it is resumed)"),
         Opt("-h|--help")], [("id", True, None)], tail="command"),
     # Not supported yet, but their --help answers (podman probes `checkpoint --help` to
     # learn whether the runtime can checkpoint): runc's flags, for the usage text only.
@@ -161,8 +163,33 @@ COMMANDS = {c.name: c for c in [
         Opt("--auto-dedup"), Opt("--lazy-pages"), Opt("--lsm-profile", "str"),
         Opt("--lsm-mount-context", "str"), Opt("-h|--help")],
         [("id", True, None)], rest=True),
-    *[Command(name, "not supported yet", [Opt("-h|--help")], rest=True)
-      for name in ("supervise", "batch")],
+    Command("supervise", "run the supervisor daemon in the foreground (API on a Unix socket; "
+                         "docs/api.md)", [
+        Opt("--socket", "str", help="API socket (default <root>/supervise.sock)"),
+        Opt("--max-concurrent-creates", "int", 16, help="creations in progress at once"),
+        Opt("--group", "str", help="a group whose members may use the socket too"),
+        Opt("--log-max-size", "str", "8M", help="a container log file's size before rotation"),
+        Opt("--log-max-files", "int", 1, help="rotated log files kept per stream"),
+        Opt("--cgroup-parent", "str", "corral", help="cgroup parent of jobs' containers"),
+        Opt("--request-timeout", "str", "30",
+            help="seconds a client may take to finish a request line"),
+        Opt("-h|--help")]),
+    Command("batch", "run the jobs of a TOML or JSON-lines jobs file (docs/api.md, "
+                     "\"corral batch\"); exit status 0: every job succeeded, 3: a job failed "
+                     "(after its retries), 1: bad input (one error line), 130: interrupted", [
+        Opt("--parallel", "int", help="jobs at once (default: the number of CPUs)"),
+        Opt("--timeout", "str", help="wall-time limit of jobs that set none (30s, 5m, 1h)"),
+        Opt("--retries", "int", 0, help="runs of a failed job beyond the first, for jobs "
+                                        "that set none (exit status, timeout, engine error)"),
+        Opt("--results", "str", help="new or empty directory: DIR/<job>/stdout, stderr, "
+                                     "result.json and DIR/summary.json"),
+        Opt("--socket", "str", help="the corral supervise to use (default: "
+                                    "<root>/supervise.sock when one listens there, else "
+                                    "an embedded engine)"),
+        Opt("--cgroup-parent", "str", help="cgroup parent of the embedded engine's jobs "
+                                           "(default corral)"),
+        Opt("-q|--quiet", help="no progress and no summary: the failed jobs' lines only"),
+        Opt("-h|--help")], [("file", True, None)]),
 ]}
 
 

@@ -87,9 +87,9 @@ def test_existing_id(corral, make_bundle):
 
 def test_unsupported_feature_is_named(corral, make_bundle):
     b = make_bundle()
-    b.config["linux"]["memoryPolicy"] = {"mode": "MPOL_BIND", "nodes": "0"}
+    b.config["linux"]["rdma"] = {"mlx5_1": {"hcaHandles": 1}}
     b.write()
-    assert_one_line_error(create(corral, b), "linux.memoryPolicy: not supported yet")
+    assert_one_line_error(create(corral, b), "linux.rdma: not supported yet")
 
 
 def test_failing_mount_cleans_up(corral, make_bundle):
@@ -126,3 +126,18 @@ def test_json_config_error_reaches_log(corral, make_bundle, tmp_path):
     assert proc.returncode == 1
     entry = json.loads(log.read_text().splitlines()[-1])
     assert entry["level"] == "error" and "process" in entry["msg"]
+
+
+def test_exec_user_is_numeric(corral, make_bundle):
+    """exec --user takes UID[:GID] as runc does; a name is refused naming the flag, and no
+    process is made."""
+    b = make_bundle(["sleep", "300"])
+    corral("run", "-d", "-b", b.path, b.id)
+    try:
+        for bad, needle in (("nobody", "numeric"), ("0:wheel", "numeric"),
+                            ("1:2:3", "UID[:GID]")):
+            proc = corral("exec", "--user", bad, b.id, "true", check=False)
+            assert_one_line_error(proc, "--user", repr(bad), needle)
+        assert len(json.loads(corral("ps", "--format", "json", b.id).stdout)) == 1
+    finally:
+        corral("delete", "--force", b.id)

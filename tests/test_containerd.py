@@ -152,3 +152,56 @@ def test_containerd_reports_runtime_errors(ctr, argv, message):
     proc = ctr.run("c3", "--rm", argv)
     assert proc.returncode != 0 and "OCI runtime create failed" in proc.stderr, proc.stderr
     assert message in proc.stderr, proc.stderr
+
+
+def test_containerd_tty_user_exec_ps_paused_and_sigkill(ctr):
+    """`ctr task exec -t` (the shim's console socket), --user, a detached exec in `task ps`
+    killed by its exec id, exec refused while paused, SIGKILL of the task."""
+    import fcntl
+    import select
+    import termios
+
+    proc = ctr.run("c4", "--detach", ["sleep", "300"])
+    assert proc.returncode == 0, proc.stderr
+    fifo = ["--fifo-dir", f"{ctr.w}/fifo"]
+    master, slave = os.openpty()  # ctr -t wants a terminal of its own
+    try:
+        child = subprocess.Popen(
+            ["ctr", "--address", f"{ctr.w}/containerd.sock", "--namespace", "corraltest",
+             "task", "exec", *fifo, "-t", "--exec-id", "e2", "c4", "sh", "-c",
+             "tty; echo do''ne; exit 4"],
+            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        out = b""
+        deadline = time.monotonic() + 30
+        while b"done" not in out:
+            assert time.monotonic() < deadline, out
+            if select.select([master], [], [], 0.5)[0]:
+                out += os.read(master, 4096)
+        assert child.wait(30) == 4
+        assert b"/dev/pts/" in out
+    finally:
+        os.close(master)
+        os.close(slave)
+    proc = ctr("task", "exec", *fifo, "--user", "1000", "--exec-id", "e3", "c4", "id", "-u")
+    assert (proc.returncode, proc.stdout) == (0, "1000\n"), proc.stderr
+    assert len(ctr.ok("task", "ps", "c4").split("\n")[1:-1]) == 1  # the init alone
+    ctr.ok("task", "exec", *fifo, "--detach", "--exec-id", "e4", "c4", "sleep", "300")
+    assert len(ctr.ok("task", "ps", "c4").split("\n")[1:-1]) == 2
+    ctr.ok("task", "kill", "--exec-id", "e4", "--signal", "KILL", "c4")
+    deadline = time.monotonic() + 20
+    while len(ctr.ok("task", "ps", "c4").split("\n")[1:-1]) != 1:
+        assert time.monotonic() < deadline, "the exec'd process was not killed"
+        time.sleep(0.05)
+    ctr.ok("task", "pause", "c4")
+    proc = ctr("task", "exec", *fifo, "--exec-id", "e5", "c4", "true")
+    assert proc.returncode != 0 and "paused" in proc.stderr, proc.stderr
+    ctr.ok("task", "resume", "c4")
+    ctr.ok("task", "kill", "--signal", "KILL", "c4")
+    deadline = time.monotonic() + 20
+    while "STOPPED" not in ctr.ok("task", "ls"):
+        assert time.monotonic() < deadline, "the task did not stop"
+        time.sleep(0.05)
+    proc = ctr("task", "delete", "c4")
+    assert proc.returncode == 0 and "exit code 137" in proc.stderr, proc.stderr
+    ctr.ok("container", "delete", "c4")

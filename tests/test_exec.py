@@ -175,3 +175,102 @@ def test_exec_in_a_user_namespaced_container(corral, make_bundle, mapped_root_ca
         assert uid == "0" and uid_map.split() == ["0", "100000", "65536"] and int(pid) > 1
     finally:
         corral("delete", "--force", b.id)
+
+
+def test_ignore_paused_runs_once_resumed(corral, running, tmp_path):
+    """The process is made while the container is frozen, joins the frozen cgroup only after
+    its setup (so exec returns), and runs once the container is resumed."""
+    import subprocess
+
+    from tests.conftest import CORRAL
+
+    marker = os.path.join(running.rootfs, "tmp", "x")
+    pid_file = tmp_path / "exec.pid"
+    init = corral.state(running.id)["pid"]
+    corral("pause", running.id)
+    foreground = None
+    try:
+        corral("exec", "-d", "--ignore-paused", "--pid-file", str(pid_file), running.id,
+               "touch", "/tmp/x")
+        pid = int(pid_file.read_text())
+        with open(f"/proc/{pid}/cgroup") as f, open(f"/proc/{init}/cgroup") as g:
+            assert f.read() == g.read()  # in the container's (frozen) cgroup
+        foreground = subprocess.Popen([*CORRAL, "--root", corral.root, "exec",
+                                       "--ignore-paused", running.id, "sh", "-c", "exit 6"],
+                                      stdin=subprocess.DEVNULL)
+        time.sleep(0.3)
+        assert not os.path.exists(marker)  # frozen before its first instruction
+        assert foreground.poll() is None  # waits for its process, frozen too
+        refused = corral("exec", running.id, "true", check=False)
+        assert refused.returncode == 1
+        assert "cannot exec in a paused container" in refused.stderr
+    finally:
+        corral("resume", running.id)
+        if foreground is not None:
+            status = foreground.wait(15)
+    assert status == 6
+    _, raw = os.waitpid(pid, 0)  # reparented to us (the subreaper), as to conmon
+    assert os.waitstatus_to_exitcode(raw) == 0 and os.path.exists(marker)
+
+
+# A container process that opens every /proc/<pid>/exe it can see, without forking (so it
+# sweeps many times while an exec joins): an open file that is not busybox (the runtime's
+# interpreter, while it joins the container) is recorded; ``n`` counts the opens that
+# succeeded at all (busybox: its own siblings), written once, to show that the sweep opens.
+EXE_SWEEP = """exec 2>/dev/null; n=0
+opened() { n=$((n+1)); [ /proc/self/fd/0 -ef /bin/busybox ] || echo "$1" >>/tmp/escaped; }
+while :; do
+  for e in /proc/[0-9]*/exe; do opened "$e" <"$e"; done
+  [ $n -gt 0 ] && [ ! -e /tmp/opens ] && echo $n >/tmp/opens
+done"""
+
+
+def test_runtime_exe_cannot_be_opened_from_inside(corral, make_bundle):
+    """CVE-2019-5736's first step: while `corral exec` joins a container, its process (the
+    runtime's interpreter until exec) is in the container's pid namespace; being non-dumpable
+    it can't be opened through /proc/<pid>/exe by the container's root."""
+    import subprocess
+
+    from corral import cliargs
+    from corral.supervisor.blocking import create_container
+    from corral.supervisor.execution import prepare_exec
+    from tests.conftest import CORRAL
+
+    b = make_bundle(["sh", "-c", EXE_SWEEP])
+    corral("run", "-d", "-b", b.path, b.id)
+    try:
+        for _ in range(15):  # the sweep runs while each exec joins
+            corral("exec", b.id, "true")
+
+        # And at a known moment: an exec parked after its last message, before exec.
+        args, _ = cliargs.parse(["--root", corral.root, "exec", b.id, "true"])
+        seen = {}
+
+        def probe(pid: int) -> None:
+            seen["exe"] = os.readlink(f"/proc/{pid}/exe")  # the host's view: the interpreter
+            with open(f"/proc/{pid}/status") as f:
+                nspid = [ln.split()[-1] for ln in f if ln.startswith("NSpid:")][0]
+            seen["probe"] = subprocess.run(
+                [*CORRAL, "--root", corral.root, "exec", b.id, "sh", "-c",
+                 f"[ -d /proc/{nspid} ] && echo visible; true </proc/{nspid}/exe && echo opened;"
+                 f" readlink /proc/{nspid}/exe && echo read; exit 0"],
+                capture_output=True, text=True, timeout=30).stdout
+
+        prepared = prepare_exec(args)
+        pid = create_container(prepared, before_release=probe)
+        _, raw = os.waitpid(pid, 0)  # our child: it ran `true` once released
+        assert os.waitstatus_to_exitcode(raw) == 0
+        assert "python" in os.path.basename(seen["exe"])
+        assert seen["probe"].split() == ["visible"]
+        corral("kill", b.id, "KILL")  # the sweep stops: its files are whole
+        deadline = time.monotonic() + 10
+        while corral.state(b.id)["status"] != "stopped":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        root = os.path.join(b.rootfs, "tmp")
+        assert not os.path.exists(os.path.join(root, "escaped")), \
+            open(os.path.join(root, "escaped")).read()
+        with open(os.path.join(root, "opens")) as f:
+            assert int(f.read()) > 0  # the sweep did open its own processes' exe
+    finally:
+        corral("delete", "--force", b.id)

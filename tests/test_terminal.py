@@ -1,15 +1,24 @@
 """process.terminal with --console-socket: the pty master goes to the engine's socket, the slave
-(of the container's own devpts) is the process's stdio and controlling terminal."""
+(of the container's own devpts) is the process's stdio and controlling terminal.  Without a
+socket, a foreground `run`/`exec` relays the terminal itself: driven here through a pty of the
+test's own, as a user's terminal."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import select
+import signal
 import socket
+import struct
+import subprocess
+import termios
 import threading
 import time
 
 import pytest
+
+from tests.conftest import CORRAL
 
 
 class ConsoleListener:
@@ -100,8 +109,6 @@ def test_terminal_rules(corral, make_bundle, tmp_path):
     proc = corral("create", "-b", b.path, b.id, check=False)
     assert proc.returncode == 1
     assert "cannot allocate tty if runc will detach without setting console socket" in proc.stderr
-    proc = corral("run", "-b", b.path, b.id, check=False)
-    assert proc.returncode == 1 and "not supported yet" in proc.stderr
     plain = make_bundle(["sleep", "300"])
     proc = corral("create", "--console-socket", str(tmp_path / "x.sock"), "-b", plain.path,
                   plain.id, check=False)
@@ -114,3 +121,108 @@ def test_terminal_rules(corral, make_bundle, tmp_path):
     proc = corral("exec", "-d", "-t", plain.id, "sh", check=False)
     assert proc.returncode == 1 and "cannot allocate tty" in proc.stderr
     corral("delete", "--force", plain.id)
+
+
+class OuterTerminal:
+    """A user's terminal: a pty of the test's own; `corral` runs on its slave (stdio and
+    controlling terminal, in a new session, so it gets SIGWINCH), the test types and reads
+    on its master."""
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.master, self.slave = os.openpty()
+        self.resize(rows, cols)
+        self.cooked = termios.tcgetattr(self.slave)
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def spawn(self, root: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([*CORRAL, "--root", root, *args], stdin=self.slave,
+                                stdout=self.slave, stderr=self.slave, start_new_session=True,
+                                preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+
+    def is_raw(self) -> bool:
+        return not termios.tcgetattr(self.slave)[3] & (termios.ECHO | termios.ICANON)
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture
+def outer():
+    term = OuterTerminal(40, 120)
+    yield term
+    term.close()
+
+
+def finish(proc: subprocess.Popen) -> int:
+    try:
+        return proc.wait(15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_foreground_run_relays_the_terminal(corral, make_bundle, outer):
+    b = make_bundle(["sh"])
+    b.config["process"]["terminal"] = True
+    b.write()
+    proc = outer.spawn(corral.root, "run", "-b", b.path, b.id)
+    try:
+        out = talk(outer.master, b"tty; stty size; echo do''ne\n", b"done")
+        assert b"/dev/pts/" in out and b"40 120" in out  # our size, from the start
+        assert outer.is_raw()  # every key goes to the container's terminal
+        talk(outer.master, b"echo rea''dy; read x; echo got $x\n", b"ready")
+        talk(outer.master, b"hello\n", b"got hello")  # input reaches the container
+        outer.resize(50, 90)  # SIGWINCH to corral: the container's terminal follows
+        deadline = time.monotonic() + 10
+        while b"50 90" not in talk(outer.master, b"stty size; echo do''ne\n", b"done"):
+            assert time.monotonic() < deadline, "the new size never reached the container"
+        os.write(outer.master, b"exit 5\n")
+    finally:
+        status = finish(proc)
+    assert status == 5
+    assert termios.tcgetattr(outer.slave) == outer.cooked
+    assert not os.listdir(corral.root)  # deleted after it exited, as without a terminal
+
+
+def test_foreground_exec_tty_relays_and_restores(corral, make_bundle, outer):
+    b = make_bundle(["sleep", "300"])
+    corral("run", "-d", "-b", b.path, b.id)
+    outer.resize(33, 77)
+    proc = outer.spawn(corral.root, "exec", "-t", b.id, "sh", "-c",
+                       "stty size; tty; echo rea''dy; read x; echo got $x; exit 3")
+    try:
+        out = talk(outer.master, b"", b"ready")
+        assert b"33 77" in out and b"/dev/pts/" in out  # the size is set before it runs
+        talk(outer.master, b"hello\n", b"got hello")
+    finally:
+        status = finish(proc)
+    assert status == 3
+    assert termios.tcgetattr(outer.slave) == outer.cooked
+    # A signal to corral goes to the process; the status says so; the terminal is restored.
+    proc = outer.spawn(corral.root, "exec", "--tty", b.id, "sh", "-c",
+                       "echo rea''dy; exec sleep 100")
+    try:
+        talk(outer.master, b"", b"ready")
+        assert outer.is_raw()
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        status = finish(proc)
+    assert status == 128 + signal.SIGTERM
+    assert termios.tcgetattr(outer.slave) == outer.cooked
+    corral("delete", "--force", b.id)
+
+
+def test_foreground_terminal_without_a_tty_of_our_own(corral, make_bundle):
+    """No tty on our side (a pipe, /dev/null): the output is still relayed, nothing is
+    made raw, the status comes back."""
+    b = make_bundle(["sh", "-c", "tty; echo out; exit 4"])
+    b.config["process"]["terminal"] = True
+    b.write()
+    proc = corral("run", "-b", b.path, b.id, check=False, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stdout.startswith("/dev/pts/") and "out\r\n" in proc.stdout
+    assert not os.listdir(corral.root)

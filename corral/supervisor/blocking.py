@@ -18,12 +18,21 @@ from corral.supervisor import creation as c
 from corral.supervisor import protocol as p
 from corral.supervisor.prepare import PreparedContainer
 
+TYPE_CHECKING = False  # typing and collections.abc cost ms on the CLI's start-up path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 DEFAULT_DEADLINE = 60.0
 
 
-def create_container(prepared: PreparedContainer, deadline: float = DEFAULT_DEADLINE) -> int:
+def create_container(prepared: PreparedContainer, deadline: float = DEFAULT_DEADLINE,
+                     before_release: Callable[[int], None] | None = None) -> int:
     """Runs creation to the exec-fifo wait and returns the init's pid.  On any failure
-    (including KeyboardInterrupt) kills what was started, undoes the host side and raises."""
+    (including KeyboardInterrupt) kills what was started, undoes the host side and raises.
+
+    ``before_release(pid)``: a last host-side step once the child reported ``Waiting``, before
+    we hang up the socket.  An exec'd process runs only after that hang-up (the init waits
+    for `start` instead), so `exec --ignore-paused` joins the frozen cgroup here."""
     from corral.init.child import child_main  # imported before fork: the child must not pay
 
     machine = c.CreationMachine(prepared.bootstrap)
@@ -41,8 +50,12 @@ def create_container(prepared: PreparedContainer, deadline: float = DEFAULT_DEAD
     os.close(child_fd)
     try:
         _drive(machine, prepared, parent_fd, child, time.monotonic() + deadline)
+        if before_release is not None:
+            before_release(machine.init_pid)
+        released = True
         return machine.init_pid
     except BaseException:
+        released = False
         for pid in (machine.init_pid, child):
             _kill(pid)
         prepared.undo_after_failure()
@@ -50,7 +63,7 @@ def create_container(prepared: PreparedContainer, deadline: float = DEFAULT_DEAD
     finally:
         os.close(parent_fd)
         _reap(child)
-        if machine.state is not c.State.DONE and machine.init_pid:
+        if not released and machine.init_pid:
             _reap(machine.init_pid)
 
 

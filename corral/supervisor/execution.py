@@ -19,17 +19,30 @@ from corral.oci.config import parse_config
 from corral.supervisor.containers import CREATED, PAUSED, RUNNING, Container
 from corral.supervisor.protocol import Bootstrap
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from corral.supervisor.tty_relay import ConsoleReceiver
+
 # /proc/<pid>/ns/<name> of each linux.namespaces type
 _PROC_NS = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts",
             "user": "user", "cgroup": "cgroup", "time": "time"}
 
 
 class PreparedExec:
-    """What the blocking driver needs: the bootstrap, the host-side actions, the undo."""
+    """What the blocking driver needs: the bootstrap, the host-side actions, the undo.
 
-    def __init__(self, container: Container, bootstrap: Bootstrap) -> None:
+    ``late_cgroup`` (exec --ignore-paused into a frozen cgroup): the process joins the cgroup
+    only in ``release``, after its last message and before it execs, so that its setup
+    completes and it freezes before its first instruction.  ``console``: our own console
+    socket for a foreground terminal; ``release`` takes the master from it."""
+
+    def __init__(self, container: Container, bootstrap: Bootstrap, late_cgroup: bool = False,
+                 console: ConsoleReceiver | None = None) -> None:
         self.container = container
         self.bootstrap = bootstrap
+        self.late_cgroup = late_cgroup
+        self.console = console
+        self.master: int | None = None
 
     @property
     def id(self) -> str:
@@ -40,30 +53,59 @@ class PreparedExec:
 
         if not isinstance(action, c.JoinCgroup):
             raise TypeError(f"not an exec action: {action!r}")
+        if not self.late_cgroup:
+            self._join_cgroup(action.pid)
+
+    def _join_cgroup(self, pid: int) -> None:
         if self.container.has_cgroup():
             from corral.cgroups import Cgroup
 
-            Cgroup.from_json(self.container.record["cgroup"]).add(action.pid)
+            Cgroup.from_json(self.container.record["cgroup"]).add(pid)
+
+    def release(self, pid: int) -> None:
+        """The driver's last step before the process may exec (``before_release``)."""
+        if self.late_cgroup:
+            self._join_cgroup(pid)
+        if self.console is not None:
+            from corral.supervisor.tty_relay import copy_window_size
+
+            self.master = self.console.receive()
+            copy_window_size(self.master)  # before it runs: it starts with our size
+
+    def close(self) -> None:
+        """Our console socket (the master, once received, is the caller's)."""
+        if self.console is not None:
+            self.console.close()
 
     def undo_after_failure(self) -> None:
-        """Nothing on the host was made for an exec (the driver kills the processes)."""
+        """Nothing on the host was made for an exec (the driver kills the processes); a
+        master already received is closed."""
+        if self.master is not None:
+            os.close(self.master)
+            self.master = None
 
 
 def _parse_user(text: str) -> tuple[int, int | None]:
+    """runc's UID[:GID]: numbers only (runc resolves no names either: the container's
+    /etc/passwd is not the host's, and reading it is the caller's business)."""
     parts = text.split(":")
     if len(parts) > 2:
-        raise ConfigError("--user", "invalid format; valid format is 'UID[:GID]'")
+        raise ConfigError("--user", f"{text!r}: invalid format; valid format is 'UID[:GID]'")
     ids = []
     for part in parts:
         if not part.isdigit() or int(part) > 0xFFFFFFFF:
-            raise ConfigError("--user", f"{text!r}: UID[:GID] must be numbers")
+            raise ConfigError("--user", f"{text!r}: UID[:GID] must be numeric ids "
+                                        f"(user and group names are not resolved)")
         ids.append(int(part))
     return ids[0], ids[1] if len(ids) > 1 else None
 
 
 def build_process(args, base: dict) -> dict:
     """The process JSON of the exec: ``--process`` alone, or ``base`` (the container's
-    config process) with runc's overrides."""
+    config process) with runc's overrides.  ``process_json``: the supervisor API's inline
+    process, as ``--process`` would give it."""
+    if getattr(args, "process_json", None) is not None:
+        return args.process_json
     if args.process:
         return read_json_object(args.process, "--process")
     if not args.command:
@@ -114,10 +156,7 @@ def prepare_exec(args) -> PreparedExec:
     status = container.status()
     if status == PAUSED and not args.ignore_paused:
         raise ContainerStateError("cannot exec in a paused container")
-    if status == PAUSED:
-        # The new process would freeze in the cgroup before it could report back.
-        raise NotSupportedError("--ignore-paused")
-    if status not in (CREATED, RUNNING):
+    if status not in (CREATED, RUNNING, PAUSED):
         raise ContainerStateError("container not running")
     if args.preserve_fds < 0:
         raise ConfigError("--preserve-fds", "must not be negative")
@@ -128,11 +167,9 @@ def prepare_exec(args) -> PreparedExec:
     raw = dict(raw)
     raw["process"] = build_process(args, raw.get("process") or {})
     config = parse_config(raw)
-    if config.process.terminal and not args.console_socket:
-        if args.detach:
-            raise CorralError("cannot allocate tty if runc will detach without setting "
-                              "console socket")
-        raise NotSupportedError("exec with a terminal and no --console-socket")
+    if config.process.terminal and not args.console_socket and args.detach:
+        raise CorralError("cannot allocate tty if runc will detach without setting "
+                          "console socket")
     if args.console_socket and not config.process.terminal:
         raise CorralError("cannot use console socket if runc will not allocate tty")
     pid = container.pid
@@ -144,9 +181,17 @@ def prepare_exec(args) -> PreparedExec:
         from corral.supervisor.prepare import NS_FLAGS
 
         join.append([NS_FLAGS[ns.type], f"/proc/{pid}/ns/{name}"])
+    console = None
+    socket_path = os.path.abspath(args.console_socket) if args.console_socket else None
+    if config.process.terminal and socket_path is None:
+        # In the foreground without a socket: we relay the terminal (tty_relay).
+        from corral.supervisor.tty_relay import ConsoleReceiver
+
+        console = ConsoleReceiver()
+        socket_path = console.path
     return PreparedExec(container, Bootstrap(
         unshare_flags=0, new_user=False, join=join, config=raw,
         rootfs=container.record["rootfs"], bundle=bundle, fifo_path="",
         preserve_fds=args.preserve_fds, session_keyring=f"_ses.{container.id}",
-        container_id=container.id, exec=True,
-        console_socket=os.path.abspath(args.console_socket) if args.console_socket else None))
+        container_id=container.id, exec=True, console_socket=socket_path),
+        late_cgroup=status == PAUSED, console=console)

@@ -1,6 +1,7 @@
-"""`run` in the foreground: forward every catchable signal to the container's init, reap
-whatever is reparented to us (we are a subreaper unless --no-subreaper), and return the init's
-exit status the way a shell reports it (128+N for signal N)."""
+"""`run` and `exec` in the foreground: forward every catchable signal to the container's
+process, reap whatever is reparented to us (`run` is a subreaper unless --no-subreaper), and
+return the process's exit status the way a shell reports it (128+N for signal N).  With a
+relayed terminal, see ``tty_relay``."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ class forwarding_signals:  # noqa: N801 - used as a context manager, like contex
     """Every catchable signal this process gets goes to the init while the block runs.
     (A class, not contextlib: contextlib's import costs ~3 ms of `corral run`.)"""
 
-    def __init__(self, init_pid: int) -> None:
+    def __init__(self, init_pid: int, own: dict | None = None) -> None:
         self.init_pid = init_pid
+        self.own = own or {}  # signal -> handler kept for ourselves (a relayed tty's SIGWINCH)
         self.previous: dict = {}
 
     def _forward(self, signum, _frame) -> None:
@@ -30,7 +32,8 @@ class forwarding_signals:  # noqa: N801 - used as a context manager, like contex
             if signum in _UNFORWARDED:
                 continue
             try:
-                self.previous[signum] = signal.signal(signum, self._forward)
+                self.previous[signum] = signal.signal(signum,
+                                                      self.own.get(signum, self._forward))
             except (OSError, ValueError):
                 continue  # reserved by the C library (SIGRTMIN..SIGRTMIN+2 under glibc)
 
