@@ -257,3 +257,12 @@ def make_bundle(tmp_path, rootfs_template):
         return Bundle(str(path), cid, cfg).write()
 
     return make
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``anyio`` run on both of anyio's backends (its own plugin), not under
+    pytest-trio's trio_mode, which marks every async test ``trio``."""
+    for item in items:
+        if item.get_closest_marker("anyio") is not None:
+            item.own_markers[:] = [m for m in item.own_markers if m.name != "trio"]

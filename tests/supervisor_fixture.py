@@ -79,7 +79,8 @@ class Daemon:
 
     def start(self) -> Daemon:
         self.proc = subprocess.Popen(
-            [*CORRAL, "--root", self.root, "--log", self.log, "supervise", *self.extra],
+            [*CORRAL, "--root", self.root, "--log", self.log, "supervise", "--cgroup-parent",
+             CGROUP_PARENT, *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = read_line(self.proc.stdout, time.monotonic() + 30)
         assert b"ready on" in line, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")

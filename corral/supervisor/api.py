@@ -55,16 +55,22 @@ def _strings(params: dict, name: str, default=()) -> list[str]:
 
 
 def _signal_param(params: dict, default: int) -> int:
-    value = _param(params, "signal", (str, int), default)
+    return signal_number(_param(params, "signal", (str, int), default), "params.signal")
+
+
+def signal_number(value: str | int, field: str = "signal") -> int:
+    """A signal by number, or by name with or without SIG (any case)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ConfigError(field, f"{value!r} is not a signal")
     if isinstance(value, int):
         if 0 < value < _signal.NSIG:
             return value
-        raise ConfigError("params.signal", f"{value} is not a signal number")
+        raise ConfigError(field, f"{value} is not a signal number")
     name = value.upper()
     name = name if name.startswith("SIG") else "SIG" + name
     num = getattr(_signal, name, None) if name.isidentifier() and "_" not in name else None
     if not isinstance(num, int) or not 0 < num < _signal.NSIG:
-        raise ConfigError("params.signal", f"unknown signal {value!r}")
+        raise ConfigError(field, f"unknown signal {value!r}")
     return int(num)
 
 
@@ -72,10 +78,22 @@ def _create_args(params: dict) -> dict:
     bundle = _param(params, "bundle", str, None)
     config = _param(params, "config", dict, None)
     if (bundle is None) == (config is None):
-        raise ConfigError("params.bundle", "give exactly one of bundle (a path) and config "
-                                           "(an inline OCI config)")
+        raise ConfigError("params.bundle", "give exactly one of bundle (a path), config (an "
+                                           "inline OCI config) and job")
     return {"bundle": bundle, "config": config, "logs": _param(params, "logs", bool, True),
             "timeout": _param(params, "timeout", float, None)}
+
+
+def _job(params: dict):
+    """A ``job`` parameter (``corral.Job.to_dict()``), or None."""
+    raw = _param(params, "job", dict, None)
+    if raw is None:
+        return None
+    if "bundle" in params or "config" in params:
+        raise ConfigError("params.job", "give exactly one of bundle, config and job")
+    from corral.job import Job
+
+    return Job.from_dict(raw, "params.job.")
 
 
 async def m_version(engine: Engine, params: dict, emit: Emit) -> dict:
@@ -85,7 +103,12 @@ async def m_version(engine: Engine, params: dict, emit: Emit) -> dict:
 
 
 async def m_create(engine: Engine, params: dict, emit: Emit) -> dict:
-    return await engine.create(_param(params, "id", str), **_create_args(params))
+    cid = _param(params, "id", str)
+    job = _job(params)
+    if job is not None:
+        return await engine.run_job(cid, job, logs=_param(params, "logs", bool, True),
+                                    start=False)
+    return await engine.create(cid, **_create_args(params))
 
 
 async def m_start(engine: Engine, params: dict, emit: Emit) -> dict:
@@ -93,7 +116,11 @@ async def m_start(engine: Engine, params: dict, emit: Emit) -> dict:
 
 
 async def m_run(engine: Engine, params: dict, emit: Emit) -> dict:
-    return await engine.run(_param(params, "id", str), **_create_args(params))
+    cid = _param(params, "id", str)
+    job = _job(params)
+    if job is not None:
+        return await engine.run_job(cid, job, logs=_param(params, "logs", bool, True))
+    return await engine.run(cid, **_create_args(params))
 
 
 async def m_kill(engine: Engine, params: dict, emit: Emit) -> dict:
@@ -125,7 +152,8 @@ async def m_wait(engine: Engine, params: dict, emit: Emit) -> dict:
     cid = _param(params, "id", str)
     timeout = _param(params, "timeout", float, None)
     with trio.move_on_after(timeout if timeout is not None else float("inf")):
-        return {"exitStatus": await engine.wait(cid)}
+        await engine.wait(cid)
+        return engine.result(cid)
     raise ContainerStateError(f"container {cid} still running after {timeout} s")
 
 

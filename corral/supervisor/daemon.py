@@ -77,7 +77,7 @@ def main(args) -> int:
     group = resolve_group(args.group)
     options = {"max_concurrent_creates": args.max_concurrent_creates,
                "log_max_bytes": parse_size(args.log_max_size, "--log-max-size"),
-               "log_keep": args.log_max_files}
+               "log_keep": args.log_max_files, "cgroup_parent": args.cgroup_parent}
     if args.log_max_files < 0:
         raise ConfigError("--log-max-files", "must not be negative")
     try:

@@ -40,7 +40,7 @@ class Tracked:
     """The engine's view of one container: how it learns that the init exited."""
 
     __slots__ = ("id", "state_dir", "pid", "pid_start", "managed", "exit_status", "exited",
-                 "owned_bundle")
+                 "owned_bundle", "job", "timed_out", "peak_memory", "started_at", "exited_at")
 
     def __init__(self, cid: str, state_dir: str, record: dict) -> None:
         self.id = cid
@@ -49,15 +49,23 @@ class Tracked:
         self.pid_start = record.get("pid_start")
         self.managed = record.get("managed") == MANAGED
         self.owned_bundle = record.get("ownedBundle")
+        self.job = record.get("job")  # {"workdir", "keep", "upper", "timeLimit"} of a Job
         self.exit_status: int | None = None
         self.exited = trio.Event()
+        self.timed_out = False
+        self.peak_memory: int | None = None
+        self.started_at: str | None = None
+        self.exited_at: str | None = None
 
 
 class Engine:
     def __init__(self, root: str, zygote: ZygoteHandle, nursery: trio.Nursery, *,
                  max_concurrent_creates: int = 16, create_timeout: float = 60.0,
-                 log_max_bytes: int = DEFAULT_MAX_BYTES, log_keep: int = DEFAULT_KEEP) -> None:
+                 log_max_bytes: int = DEFAULT_MAX_BYTES, log_keep: int = DEFAULT_KEEP,
+                 cgroup_parent: str = "corral", stop_grace: float = 2.0) -> None:
         self.root = os.path.abspath(root)
+        self.cgroup_parent = cgroup_parent
+        self.stop_grace = stop_grace  # SIGTERM to SIGKILL when a job's time is up
         self.zygote = zygote
         self._nursery = nursery
         self._creates = trio.CapacityLimiter(max_concurrent_creates)
@@ -68,6 +76,25 @@ class Engine:
         self._by_pid: dict[int, Tracked] = {}
         self._subscribers: set[trio.MemorySendChannel] = set()
         self._busy: set[str] = set()  # ids being created or deleted by this engine
+        self._background: set[trio.CancelScope] = set()
+
+    def _spawn(self, fn, *args) -> None:
+        """A background task (a watcher, a time limit) in the engine's nursery, shielded:
+        whatever cancels the caller's work, the clean-up that follows still needs the
+        watchers to see exits.  They end when the engine closes."""
+        async def shielded() -> None:
+            with trio.CancelScope(shield=True) as scope:
+                self._background.add(scope)
+                try:
+                    await fn(*args)
+                finally:
+                    self._background.discard(scope)
+
+        self._nursery.start_soon(shielded, name=getattr(fn, "__qualname__", None))
+
+    def _close(self) -> None:
+        for scope in list(self._background):
+            scope.cancel()
 
     # ---- events ----
 
@@ -97,7 +124,7 @@ class Engine:
 
     async def create(self, cid: str, *, bundle: str | None = None, config: dict | None = None,
                      logs: bool = True, stdio: tuple[int, int, int] | None = None,
-                     timeout: float | None = None) -> dict:
+                     timeout: float | None = None, _extra: dict | None = None) -> dict:
         """A container from a bundle directory, or from an inline OCI ``config`` (its
         ``root.path`` absolute), created up to the exec-fifo wait.  Its stdout/stderr go to
         log files in its state dir (``logs``) or to ``stdio``."""
@@ -114,7 +141,10 @@ class Engine:
         try:
             if config is not None:
                 owned = bundle = self._write_bundle(cid, config)
-            extra = {"managed": MANAGED, **({"ownedBundle": owned} if owned else {})}
+            extra = {"managed": MANAGED, **({"ownedBundle": owned} if owned else {}),
+                     **(_extra or {})}
+            if not logs and stdio is None:
+                stdio = _null_stdio()
             async with self._creates:
                 prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra)
                 log_spec = ({"dir": prepared.state_dir.path, "max_bytes": self.log_max_bytes,
@@ -158,18 +188,24 @@ class Engine:
         except FileNotFoundError:
             raise ContainerStateError("cannot start an already running container") from None
         tracked = self.tracked.get(cid)
+        started = False
         try:
             with trio.move_on_after(timeout if timeout else math.inf) as scope:
                 async with trio.open_nursery() as nursery:
                     if tracked is not None:
+                        # The init died before it could write (it did not get to exec).
                         nursery.start_soon(_cancel_when, tracked.exited, nursery.cancel_scope)
                     await _read_fifo(fd)
+                    started = True
                     nursery.cancel_scope.cancel()
+            # Cancelled by an exit: the byte may be there all the same (a process that
+            # ran and ended at once).
+            started = started or _fifo_byte(fd)
         finally:
             os.close(fd)
-        if scope.cancelled_caught:
+        if scope.cancelled_caught and not started:
             raise ContainerStateError("timed out waiting for the container to start")
-        if tracked is not None and tracked.exited.is_set():
+        if not started:
             raise ContainerStateError("cannot start a container that has stopped")
         try:
             os.unlink(container.state_dir.fifo)
@@ -177,8 +213,67 @@ class Engine:
             pass
         if (container.record.get("hooks") or {}).get("poststart"):
             await trio.to_thread.run_sync(container._run_hooks, "poststart", RUNNING, container.pid)
+        if tracked is not None:
+            tracked.started_at = rfc3339_now()
+            limit = (tracked.job or {}).get("timeLimit")
+            if limit:
+                self._spawn(self._enforce_time, tracked, limit)
         self._emit("started", cid, pid=container.pid)
         return container.oci_state()
+
+    async def _enforce_time(self, tracked: Tracked, limit: float) -> None:
+        """A job's wall-time limit: SIGTERM, then SIGKILL after the grace period."""
+        with trio.move_on_after(limit):
+            await tracked.exited.wait()
+            return
+        tracked.timed_out = True
+        self._emit("timeout", tracked.id, limit=limit)
+        try:
+            await self.stop(tracked.id, self.stop_grace)
+        except CorralError:
+            pass  # deleted or gone meanwhile
+
+    # ---- jobs ----
+
+    async def run_job(self, cid: str, job, *, logs: bool = True, start: bool = True) -> dict:
+        """Creates (and starts) a container for a ``corral.job.Job``: its bundle is written
+        in ``<root>/.supervisor/jobs/<id>`` and removed (but for a kept overlay layer) when
+        the container is deleted."""
+        from corral.job import Job
+
+        if not isinstance(job, Job):
+            raise ConfigError("job", f"{job!r} is not a corral.Job")
+        validate_id(cid)
+        workdir = os.path.join(self.root, SUPERVISOR_DIR, "jobs", cid)
+        if cid in self._busy or cid in self.tracked or os.path.exists(workdir):
+            raise CorralError(f"container with id {cid} already exists")
+        made = job.bundle(workdir, cid, self.cgroup_parent)
+        info = {"workdir": workdir, "keep": job.keep, "upper": made.upper,
+                "timeLimit": job.limits.time}
+        try:
+            state = await self.create(cid, bundle=made.path, logs=logs, _extra={"job": info})
+        except BaseException:
+            made.cleanup(keep=False)
+            raise
+        if not start:
+            return state
+        try:
+            return await self.start(cid)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.delete(cid, force=True)
+            raise
+
+    def result(self, cid: str) -> dict:
+        """What a caller of a finished job wants besides its output."""
+        tracked = self.tracked.get(cid)
+        if tracked is None:
+            state = self._state_of(self._load(cid))
+            return {"exitStatus": state.get("exitStatus"), "timedOut": False,
+                    "peakMemory": None, "startedAt": None, "exitedAt": None}
+        return {"exitStatus": tracked.exit_status, "timedOut": tracked.timed_out,
+                "peakMemory": tracked.peak_memory, "startedAt": tracked.started_at,
+                "exitedAt": tracked.exited_at}
 
     async def run(self, cid: str, **create_args) -> dict:
         """create + start; a failed start deletes what create made."""
@@ -242,6 +337,9 @@ class Engine:
             await trio.to_thread.run_sync(container.delete, True)
             if tracked is not None and tracked.owned_bundle:
                 shutil.rmtree(tracked.owned_bundle, ignore_errors=True)
+            job = (tracked.job if tracked is not None else None) or container.record.get("job")
+            if job:
+                await trio.to_thread.run_sync(_cleanup_job, job)
         finally:
             self._busy.discard(cid)
         self._untrack(cid)
@@ -379,7 +477,7 @@ class Engine:
         self.tracked[cid] = tracked
         if tracked.pid:
             self._by_pid[tracked.pid] = tracked
-        self._nursery.start_soon(self._watch, tracked, record.get("cgroup"))
+        self._spawn(self._watch, tracked, record.get("cgroup"))
         return tracked
 
     def _untrack(self, cid: str) -> None:
@@ -404,6 +502,8 @@ class Engine:
                     nursery.cancel_scope.cancel()
                 if oom is not None and oom.check():
                     self._emit("oom", tracked.id)
+            tracked.exited_at = rfc3339_now()
+            tracked.peak_memory = _peak_memory(cgroup_json)
             tracked.exit_status = await self._exit_status(tracked)
         finally:
             if pidfd >= 0:
@@ -502,6 +602,25 @@ async def _read_fifo(fd: int) -> None:
         raise ContainerStateError("cannot start an already running container")
 
 
+_NULL_FD = -1
+
+
+def _null_stdio() -> tuple[int, int, int]:
+    """/dev/null for a container that neither logs nor was given stdio (one descriptor,
+    opened once: the zygote dups it)."""
+    global _NULL_FD
+    if _NULL_FD < 0:
+        _NULL_FD = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    return (_NULL_FD, _NULL_FD, _NULL_FD)
+
+
+def _fifo_byte(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 1))
+    except BlockingIOError:
+        return False
+
+
 async def _collect(fd: int, outputs: dict[str, bytes], key: str) -> None:
     os.set_blocking(fd, False)
     chunks, size = [], 0
@@ -537,6 +656,32 @@ def _oom_watch(cgroup_json: dict | None):
     return watch
 
 
+def _peak_memory(cgroup_json: dict | None) -> int | None:
+    """The container's highest memory use, read before its cgroup goes (v1
+    max_usage_in_bytes, v2 memory.peak where the kernel has it)."""
+    if not cgroup_json:
+        return None
+    from corral.cgroups import Cgroup
+    from corral.supervisor.events import memory_dir
+
+    try:
+        cgroup = Cgroup.from_json(cgroup_json)
+        directory, v1 = memory_dir(cgroup)
+        if directory is None:
+            return None
+        name = "memory.max_usage_in_bytes" if v1 else "memory.peak"
+        with open(os.path.join(directory, name)) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _cleanup_job(job: dict) -> None:
+    from corral.job import JobBundle
+
+    JobBundle(job["workdir"], {}, job.get("upper"), keep=bool(job.get("keep"))).cleanup()
+
+
 def _undo_half_made(container: Container) -> None:
     from corral.cgroups import Cgroup
 
@@ -548,6 +693,8 @@ def _undo_half_made(container: Container) -> None:
     container.state_dir.remove()
     if record.get("ownedBundle"):
         shutil.rmtree(record["ownedBundle"], ignore_errors=True)
+    if record.get("job"):
+        _cleanup_job(dict(record["job"], keep=False))
 
 
 @asynccontextmanager
@@ -566,7 +713,14 @@ async def open_engine(root: str, *, keeper: bool = False, **options) -> AsyncIte
                 try:
                     yield engine
                 finally:
+                    engine._close()
                     nursery.cancel_scope.cancel()
     finally:
         if lock is not None:
             lock.release()
+        if not keeper:  # an embedded engine's own files, once empty
+            for name in ("jobs", "bundles", ""):
+                try:
+                    os.rmdir(os.path.join(root, SUPERVISOR_DIR, name))
+                except OSError:
+                    pass

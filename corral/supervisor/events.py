@@ -65,6 +65,17 @@ def stats_event(container) -> dict:
     return {"type": "stats", "id": container.id, "data": read(container._cgroup())}
 
 
+def memory_dir(cgroup) -> tuple[str | None, bool]:
+    """(the directory of the container's memory controller, whether it is v1)."""
+    v1 = _memory_v1_dir(cgroup)
+    if v1 is not None:
+        return v1, True
+    unified = cgroup.paths.get("unified")
+    if unified and os.path.exists(unified + "/memory.current"):
+        return unified, False
+    return None, False
+
+
 def _memory_v1_dir(cgroup) -> str | None:
     if cgroup.mode == "v2":
         return None

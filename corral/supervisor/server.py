@@ -100,6 +100,7 @@ class Connection:
         self.group = group
         self._send_lock = trio.Lock()
         self._in_flight = 0
+        self._scopes: dict = {}  # request id -> its cancel scope (for "cancel")
 
     async def run(self) -> None:
         """Never raises: whatever happens to one client ends that connection only."""
@@ -176,6 +177,13 @@ class Connection:
         if not isinstance(method, str):
             await self._error(rid, "BadRequest", "method: must be a string")
             return
+        if method == "cancel":
+            target = params.get("request") if isinstance(params, dict) else None
+            scope = self._scopes.get(target) if isinstance(target, (str, int)) else None
+            if scope is not None:
+                scope.cancel()
+            await self._send({"id": rid, "result": {"cancelled": scope is not None}})
+            return
         fn = METHODS.get(method)
         if fn is None:
             await self._error(rid, "UnknownMethod", f"unknown method {method!r} (known: "
@@ -195,9 +203,15 @@ class Connection:
         async def emit(item) -> None:
             await self._send({"id": rid, "stream": item})
 
+        scope = trio.CancelScope()
+        if isinstance(rid, (str, int)) and rid not in self._scopes:
+            self._scopes[rid] = scope
         try:
             try:
-                result = await fn(self.engine, params, emit)
+                with scope:
+                    result = await fn(self.engine, params, emit)
+                if scope.cancelled_caught:
+                    raise CorralError(f"{method}: cancelled by the client")
             except _GONE:
                 raise
             except CorralError as exc:
@@ -214,6 +228,8 @@ class Connection:
             self._requests.cancel_scope.cancel()  # the client is gone: so is all it asked
         finally:
             self._in_flight -= 1
+            if self._scopes.get(rid) is scope:
+                del self._scopes[rid]
 
     async def _error(self, rid, kind: str, message: str) -> None:
         await self._send({"id": rid, "error": {"type": kind, "message": message}})

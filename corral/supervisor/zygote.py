@@ -29,6 +29,7 @@ Control socket (SOCK_SEQPACKET, one JSON object per packet):
 from __future__ import annotations
 
 import array
+import gc
 import json
 import os
 import select
@@ -211,6 +212,7 @@ class Zygote:
         return stdio, readers
 
     def _become_child(self, sync_fd: int, stdio: list[int]) -> None:
+        gc.disable()  # a short life that ends in execve: nothing worth collecting
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for sock in (self.control, self.listener):
@@ -242,6 +244,21 @@ class Zygote:
         self.poller.unregister(fd)
         os.close(fd)
         self.logs.pop(fd).close()
+
+    def _drain_logs(self, state_dir: str) -> None:
+        """Relays what a container's pipes already hold (the reap may come before poll saw
+        them readable): a caller told of the exit then reads the complete logs."""
+        for fd in [fd for fd, log in self.logs.items() if log.state_dir == state_dir]:
+            os.set_blocking(fd, False)
+            try:
+                while True:
+                    data = os.read(fd, 65536)
+                    if not data:
+                        break
+                    self.logs[fd].write(data)
+            except OSError:
+                pass  # empty for now (BlockingIOError), or the log is gone
+            os.set_blocking(fd, True)
 
     def _close_logs(self, state_dir: str) -> None:
         """Before the daemon removes a state dir: nothing of ours may write there after."""
@@ -278,6 +295,7 @@ class Zygote:
             status = 128 - status if status < 0 else status
             state_dir = self.tracked.pop(pid, None)
             if state_dir is not None:
+                self._drain_logs(state_dir)  # what it wrote before exiting, before anyone hears
                 self._record(pid, state_dir, status)
             else:
                 if len(self.pending) >= _PENDING_MAX:
@@ -307,6 +325,13 @@ def zygote_main(control_fd: int, listen: bool = False) -> None:
     from corral import nsenter
     from corral.init.child import child_main
 
+    import corral.init.seccomp  # noqa: F401
+    import corral.init.terminal  # noqa: F401
+
+    # Everything loaded so far lives as long as the zygote: out of the collector's sight,
+    # so a child's collection neither walks it nor dirties its copy-on-write pages.
+    gc.collect()
+    gc.freeze()
     sock = socket.socket(fileno=control_fd)
     if listen:
         os.chdir("/")  # a keeper outlives its daemon: pin no directory

@@ -165,12 +165,18 @@ async def open_zygote() -> AsyncIterator[ZygoteHandle]:
 
 @asynccontextmanager
 async def _reading(handle: ZygoteHandle) -> AsyncIterator[None]:
+    reader = trio.CancelScope(shield=True)  # clean-up after a cancellation needs the replies
+
+    async def read() -> None:
+        with reader:
+            await handle.read_replies()
+
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(handle.read_replies)
+        nursery.start_soon(read)
         try:
             yield
         finally:
-            nursery.cancel_scope.cancel()
+            reader.cancel()
 
 
 class DaemonLock:
