@@ -86,7 +86,10 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                 prepared.carry_out(action)
                 if isinstance(action, c.RecordPid):
                     if not zygote.exited(action.pid):
-                        pidfds.append(os.pidfd_open(action.pid))
+                        try:
+                            pidfds.append(os.pidfd_open(action.pid))
+                        except ProcessLookupError:
+                            pass  # exited (and reaped) before the zygote's report came
                     if track:
                         await zygote.track(action.pid, prepared.state_dir.path)
         try:
