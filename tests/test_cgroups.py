@@ -360,7 +360,7 @@ def test_set_devices_on_v2_attaches_an_ebpf_program(monkeypatch):
 # -- the real kernel -----------------------------------------------------------------------
 
 REAL = detect()
-TEST_PARENT = f"corral-test-{os.getpid()}"
+TEST_PARENT = f"corral-test-{os.getpid()}-cgroups"  # its own: other tests leave theirs
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for real cgroups")
 
 

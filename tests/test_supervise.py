@@ -440,3 +440,55 @@ def _wait_log(c: Client, cid: str, text: str, timeout: float = 10) -> None:
     while text not in _log_text(c, cid):
         assert time.monotonic() < end, f"{cid} never printed {text!r}"
         time.sleep(0.02)
+
+
+def test_notify_socket_and_json_log(tmp_path, _no_leaks):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    root = str(tmp_path / "state")
+    log = tmp_path / "daemon.json.log"
+    proc = subprocess.Popen([*CORRAL, "--root", root, "--log", str(log), "--log-format", "json",
+                             "supervise"], stdout=subprocess.PIPE,
+                            env=dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify")))
+    try:
+        assert notify.recv(4096).startswith(b"READY=1")
+        assert b"ready on" in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        proc.stdout.close()
+        notify.close()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert lines and all(set(e) == {"level", "msg", "time"} for e in lines)
+    assert any("keeper pid" in e["msg"] for e in lines)
+    keeper = int(next(e["msg"] for e in lines if "keeper pid" in e["msg"]).split()[2].rstrip(";"))
+    wait_gone(keeper)
+    shutil.rmtree(os.path.join(root, ".supervisor"))
+
+
+def test_the_command_line_drives_the_daemons_containers(daemon):
+    c = daemon.client()
+    run(c, daemon, "shared", ["sleep", "100"])
+    cli = Corral(daemon.root)
+    assert cli.state("shared")["status"] == "running"
+    assert "shared" in cli("list", "-q").stdout.split()
+    cli("kill", "shared", "KILL")
+    assert c.call("wait", id="shared")["exitStatus"] == 137
+    cli("delete", "shared")
+    assert c.call("list") == []
+
+
+def test_keeper_killed_the_daemon_reaps_and_records(daemon):
+    """The keeper is the inits' parent; if it dies, they are reparented to the daemon (a
+    subreaper), which records their statuses as the keeper would have."""
+    c = daemon.client()
+    run(c, daemon, "orphan", ["sh", "-c", "sleep 0.5; exit 5"])
+    os.kill(daemon.keeper_pid(), signal.SIGKILL)
+    assert c.call("wait", id="orphan", timeout=20)["exitStatus"] == 5
+    record = json.load(open(os.path.join(daemon.root, "orphan", "exit.json")))
+    assert record["exitStatus"] == 5
+    with pytest.raises(ApiError, match="zygote"):
+        run(c, daemon, "after", ["true"])  # no keeper, no creations: said clearly
+    c.call("delete", id="orphan")
+    os.unlink(os.path.join(daemon.root, ".supervisor", "keeper.sock"))  # its keeper was killed

@@ -225,7 +225,23 @@ class Container:
         if cgroup is not None:
             cgroup.destroy()
         self.state_dir.remove()
+        self.remove_supervisor_files()
         self._run_hooks("poststop", STOPPED, 0)
+
+    def remove_supervisor_files(self, keep: bool | None = None) -> None:
+        """What a supervisor made beside the state dir (an inline config's bundle, a job's
+        work directory), named in the record: gone with the container whoever deletes it."""
+        owned = self.record.get("ownedBundle")
+        if owned:
+            import shutil
+
+            shutil.rmtree(owned, ignore_errors=True)
+        job = self.record.get("job")
+        if job:
+            from corral.job import JobBundle
+
+            JobBundle(job["workdir"], {}, job.get("upper"),
+                      keep=bool(job.get("keep")) if keep is None else keep).cleanup()
 
     def _wait_gone(self, timeout: float) -> None:
         try:

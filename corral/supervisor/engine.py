@@ -62,8 +62,14 @@ class Engine:
     def __init__(self, root: str, zygote: ZygoteHandle, nursery: trio.Nursery, *,
                  max_concurrent_creates: int = 16, create_timeout: float = 60.0,
                  log_max_bytes: int = DEFAULT_MAX_BYTES, log_keep: int = DEFAULT_KEEP,
-                 cgroup_parent: str = "corral", stop_grace: float = 2.0) -> None:
+                 cgroup_parent: str = "corral", stop_grace: float = 2.0,
+                 networks: dict | None = None) -> None:
+        from corral.net.registry import Networks, parse_options
+
         self.root = os.path.abspath(root)
+        # bridge networks by name ({"corral0": {"subnet": ..., "nat": ...}}; docs/networks.md)
+        self.networks = Networks(os.path.join(self.root, SUPERVISOR_DIR, "networks"),
+                                 parse_options(networks), lambda: list_ids(self.root))
         self.cgroup_parent = cgroup_parent
         self.stop_grace = stop_grace  # SIGTERM to SIGKILL when a job's time is up
         self.zygote = zygote
@@ -124,7 +130,8 @@ class Engine:
 
     async def create(self, cid: str, *, bundle: str | None = None, config: dict | None = None,
                      logs: bool = True, stdio: tuple[int, int, int] | None = None,
-                     timeout: float | None = None, _extra: dict | None = None) -> dict:
+                     timeout: float | None = None, _extra: dict | None = None,
+                     _host_step: tuple | None = None) -> dict:
         """A container from a bundle directory, or from an inline OCI ``config`` (its
         ``root.path`` absolute), created up to the exec-fifo wait.  Its stdout/stderr go to
         log files in its state dir (``logs``) or to ``stdio``."""
@@ -134,6 +141,7 @@ class Engine:
         validate_id(cid)
         if (bundle is None) == (config is None):
             raise ConfigError("bundle", "give exactly one of bundle and config")
+        self._forget_if_gone(cid)
         if cid in self._busy or cid in self.tracked:
             raise CorralError(f"container with id {cid} already exists")
         self._busy.add(cid)
@@ -147,6 +155,8 @@ class Engine:
                 stdio = _null_stdio()
             async with self._creates:
                 prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra)
+                if _host_step is not None:  # a job's network attach (run_job)
+                    prepared.add_host_step(*_host_step)
                 log_spec = ({"dir": prepared.state_dir.path, "max_bytes": self.log_max_bytes,
                              "keep": self.log_keep} if logs and stdio is None else None)
                 await create_container(
@@ -245,13 +255,20 @@ class Engine:
             raise ConfigError("job", f"{job!r} is not a corral.Job")
         validate_id(cid)
         workdir = os.path.join(self.root, SUPERVISOR_DIR, "jobs", cid)
+        self._forget_if_gone(cid)
         if cid in self._busy or cid in self.tracked or os.path.exists(workdir):
             raise CorralError(f"container with id {cid} already exists")
-        made = job.bundle(workdir, cid, self.cgroup_parent)
+        netns = self._joined_netns(job.joins) if job.joins else None
+        made = job.bundle(workdir, cid, self.cgroup_parent, netns=netns)
         info = {"workdir": workdir, "keep": job.keep, "upper": made.upper,
                 "timeLimit": job.limits.time}
         try:
-            state = await self.create(cid, bundle=made.path, logs=logs, _extra={"job": info})
+            step = None
+            if job.bridge is not None:
+                step = await self._network_step(cid, job, made.path, made.config)
+                info["network"] = job.bridge
+            state = await self.create(cid, bundle=made.path, logs=logs, _extra={"job": info},
+                                      _host_step=step)
         except BaseException:
             made.cleanup(keep=False)
             raise
@@ -263,6 +280,27 @@ class Engine:
             with trio.CancelScope(shield=True):
                 await self.delete(cid, force=True)
             raise
+
+    async def _network_step(self, cid: str, job, workdir: str, config: dict) -> tuple:
+        """Opens the job's bridge network (the bridge is made on first use) and returns the
+        creation step that attaches the container once its namespace exists."""
+        from corral.job import NAMES_DIR
+
+        await trio.to_thread.run_sync(self.networks.open, job.bridge, "job.network")
+        return self.networks.attach_step(job.bridge, cid, os.path.join(workdir, NAMES_DIR),
+                                         config.get("hostname") or cid, job.ports,
+                                         job.peer_names)
+
+    def _joined_netns(self, target: str) -> str:
+        """A ``container:ID`` network: that container's namespace, by its init's pid."""
+        try:
+            container = self._load(target)
+        except ContainerNotFound:
+            raise ConfigError("job.network", f"container:{target}: no such container") from None
+        status = container.status()
+        if status not in (CREATED, RUNNING, PAUSED):
+            raise ConfigError("job.network", f"container:{target}: it is {status}, not running")
+        return f"/proc/{container.pid}/ns/net"
 
     def result(self, cid: str) -> dict:
         """What a caller of a finished job wants besides its output."""
@@ -334,12 +372,11 @@ class Engine:
             if tracked is not None and tracked.managed and self.zygote.alive:
                 await self.zygote.close_logs(container.state_dir.path)
             # Waiting for stragglers and cgroup rmdir retries block: not on the event loop.
+            # (it removes the inline bundle or the job's work directory too)
             await trio.to_thread.run_sync(container.delete, True)
-            if tracked is not None and tracked.owned_bundle:
-                shutil.rmtree(tracked.owned_bundle, ignore_errors=True)
-            job = (tracked.job if tracked is not None else None) or container.record.get("job")
-            if job:
-                await trio.to_thread.run_sync(_cleanup_job, job)
+            network = (container.record.get("job") or {}).get("network")
+            if network:  # a bridge job's veth, ports and lease
+                await trio.to_thread.run_sync(self.networks.detach, network, cid)
         finally:
             self._busy.discard(cid)
         self._untrack(cid)
@@ -480,6 +517,12 @@ class Engine:
         self._spawn(self._watch, tracked, record.get("cgroup"))
         return tracked
 
+    def _forget_if_gone(self, cid: str) -> None:
+        """A container deleted by someone else (the command line) is no longer ours."""
+        tracked = self.tracked.get(cid)
+        if tracked is not None and cid not in self._busy and not os.path.isdir(tracked.state_dir):
+            self._untrack(cid)
+
     def _untrack(self, cid: str) -> None:
         tracked = self.tracked.pop(cid, None)
         if tracked is not None:
@@ -525,10 +568,17 @@ class Engine:
         if tracked.managed and self.zygote.alive:
             with trio.move_on_after(2):  # the keeper reports right after it reaps
                 return await self.zygote.wait(tracked.pid)
-        record = read_exit(tracked.state_dir)
-        if record is not None and record.get("pid") == tracked.pid:
-            return record["exitStatus"]
-        return None
+        # No keeper to ask: the status is on disk (written by a keeper before it died, or
+        # by the daemon's orphan reaper, which may be a moment behind this watcher).
+        patience = 3.0 if tracked.managed else 0.0
+        while True:
+            record = read_exit(tracked.state_dir)
+            if record is not None and record.get("pid") == tracked.pid:
+                return record["exitStatus"]
+            if patience <= 0:
+                return None
+            await trio.sleep(0.05)
+            patience -= 0.05
 
     async def adopt(self) -> dict:
         """At start-up: watch every container of the root again; undo creations a dead
@@ -547,6 +597,9 @@ class Engine:
                 continue  # the command line's own creation, in progress: not ours
             tracked = self._track(cid, container.state_dir.path, record)
             counts["running" if is_alive(tracked.pid, tracked.pid_start) else "exited"] += 1
+        # Network leases of containers that are gone (a daemon killed mid-create)
+        freed = await trio.to_thread.run_sync(self.networks.reclaim, list_ids(self.root))
+        counts["network_leases_freed"] = sum(len(ids) for ids in freed.values())
         return counts
 
     def reap_orphan(self, pid: int, status: int) -> bool:
@@ -676,12 +729,6 @@ def _peak_memory(cgroup_json: dict | None) -> int | None:
         return None
 
 
-def _cleanup_job(job: dict) -> None:
-    from corral.job import JobBundle
-
-    JobBundle(job["workdir"], {}, job.get("upper"), keep=bool(job.get("keep"))).cleanup()
-
-
 def _undo_half_made(container: Container) -> None:
     from corral.cgroups import Cgroup
 
@@ -691,10 +738,7 @@ def _undo_half_made(container: Container) -> None:
         cgroup.kill_all(_signal.SIGKILL)
         cgroup.destroy()
     container.state_dir.remove()
-    if record.get("ownedBundle"):
-        shutil.rmtree(record["ownedBundle"], ignore_errors=True)
-    if record.get("job"):
-        _cleanup_job(dict(record["job"], keep=False))
+    container.remove_supervisor_files(keep=False)
 
 
 @asynccontextmanager
@@ -715,6 +759,8 @@ async def open_engine(root: str, *, keeper: bool = False, **options) -> AsyncIte
                 finally:
                     engine._close()
                     nursery.cancel_scope.cancel()
+                    with trio.CancelScope(shield=True):  # unused bridges go (registry.py)
+                        await trio.to_thread.run_sync(engine.networks.close)
     finally:
         if lock is not None:
             lock.release()

@@ -59,8 +59,15 @@ class PreparedExec:
     def _join_cgroup(self, pid: int) -> None:
         if self.container.has_cgroup():
             from corral.cgroups import Cgroup
+            from corral.errors import CgroupError
+            from corral.procfs import is_alive
 
-            Cgroup.from_json(self.container.record["cgroup"]).add(pid)
+            try:
+                Cgroup.from_json(self.container.record["cgroup"]).add(pid)
+            except CgroupError:
+                if is_alive(pid, None):
+                    raise
+                # The process already failed and exited: its Error message follows.
 
     def release(self, pid: int) -> None:
         """The driver's last step before the process may exec (``before_release``)."""
