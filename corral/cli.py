@@ -17,6 +17,16 @@ from corral import OCI_VERSION, __version__
 from corral.errors import ConfigError, CorralError, NotSupportedError
 
 
+def log_line(level: str, msg: str, fmt: str) -> bytes:
+    """One line as runc logs it: JSON (what containerd parses) or logfmt-like text."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if fmt == "json":
+        line = json.dumps({"level": level, "msg": msg, "time": now})
+    else:
+        line = f'time="{now}" level={level} msg={json.dumps(msg)}'
+    return (line + "\n").encode()
+
+
 class Log:
     """The --log file (always created when named, as engines expect) and stderr."""
 
@@ -30,12 +40,7 @@ class Log:
     def _write(self, level: str, msg: str) -> None:
         if self.fd is None:
             return
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if self.fmt == "json":
-            line = json.dumps({"level": level, "msg": msg, "time": now})
-        else:
-            line = f'time="{now}" level={level} msg={json.dumps(msg)}'
-        os.write(self.fd, (line + "\n").encode())
+        os.write(self.fd, log_line(level, msg, self.fmt))
 
     def error(self, msg: str) -> None:
         self._write("error", msg)

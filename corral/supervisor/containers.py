@@ -78,17 +78,22 @@ class Container:
 
     # ---- start ----
 
-    def start(self, timeout: float | None = None) -> None:
-        """Lets init exec: opening the fifo for reading releases its blocked write."""
+    def open_fifo(self) -> int:
+        """The exec fifo opened for reading (non-blocking), after runc's state checks:
+        the first step of every `start`."""
         status = self.status()
         if status == STOPPED:
             raise ContainerStateError("cannot start a container that has stopped")
         if status != CREATED:
             raise ContainerStateError(f"cannot start a container in the {status} state")
         try:
-            fd = os.open(self.state_dir.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            return os.open(self.state_dir.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ContainerStateError("cannot start an already running container") from None
+
+    def start(self, timeout: float | None = None) -> None:
+        """Lets init exec: opening the fifo for reading releases its blocked write."""
+        fd = self.open_fifo()
         try:
             self._await_fifo(fd, timeout)
         finally:

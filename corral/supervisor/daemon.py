@@ -8,13 +8,11 @@ keeps them, their statuses and logs until a daemon comes back.
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import signal as _signal
 import socket as _socket
 import sys
-import time
 
 import trio
 
@@ -34,15 +32,12 @@ class DaemonLog:
                    if path else 2)
 
     def __call__(self, level: str, msg: str) -> None:
+        from corral.cli import log_line
+
         if level == "debug" and not self.debug:
             return
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        if self.fmt == "json":
-            line = json.dumps({"level": level, "msg": msg, "time": now})
-        else:
-            line = f'time="{now}" level={level} msg={json.dumps(msg)}'
         try:
-            os.write(self.fd, (line + "\n").encode())
+            os.write(self.fd, log_line(level, msg, self.fmt))
         except OSError:
             pass
 
@@ -80,6 +75,7 @@ def main(args) -> int:
                "log_keep": args.log_max_files, "cgroup_parent": args.cgroup_parent}
     if args.log_max_files < 0:
         raise ConfigError("--log-max-files", "must not be negative")
+    options["networks"] = _networks(args.network)
     try:
         request_timeout = float(args.request_timeout)
     except ValueError:
@@ -92,6 +88,24 @@ def main(args) -> int:
     _raise_fd_limit()
     trio.run(_serve, root, socket_path, group, request_timeout, options, log)
     return 0
+
+
+def _networks(flags: list[str]) -> dict:
+    """--network NAME=SUBNET[,...] flags, checked here so that a bad one stops the daemon
+    before it starts anything."""
+    from corral.net.registry import parse_flag, parse_options
+
+    networks: dict = {}
+    for text in flags:
+        name, options = parse_flag(text)
+        if name in networks:
+            raise ConfigError("--network", f"network {name} is given twice")
+        networks[name] = options
+    try:
+        parse_options(networks)
+    except ConfigError as err:  # name the flag, not the engine option
+        raise ConfigError("--network", str(err)) from None
+    return networks
 
 
 def _raise_fd_limit() -> None:
