@@ -281,6 +281,7 @@ class Zygote:
         if status is None:
             self.tracked[pid] = state_dir
         else:
+            self._drain_logs(state_dir)
             self._record(pid, state_dir, status)
 
     def _reap(self) -> None:
