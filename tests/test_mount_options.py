@@ -145,3 +145,39 @@ def test_idmap_option_on_a_tmpfs_is_refused():
                              "options": ["idmap"]})
     with pytest.raises(ConfigError, match=r"options: only bind mounts can be idmapped"):
         parse_config(config)
+
+
+def test_tmpcopyup_starts_a_tmpfs_with_a_copy_of_what_it_covers(corral, make_bundle):
+    """podman's --read-only asks for it on /tmp, /var/tmp and /run (runc and crun have it):
+    the files, directories, symlinks, modes and owners of the covered directory are copied
+    into the new tmpfs, which is writable while the rootfs under it is not touched."""
+    b = make_bundle(["sh", "-c", "ls -ln /etc/skel; readlink /etc/skel/link; cat /etc/skel/sub/f; "
+                                 "echo new > /etc/skel/sub/f && cat /etc/skel/sub/f"])
+    skel = os.path.join(b.rootfs, "etc", "skel")
+    os.makedirs(os.path.join(skel, "sub"))
+    with open(os.path.join(skel, "sub", "f"), "w") as f:
+        f.write("old\n")
+    os.symlink("/nowhere", os.path.join(skel, "link"))
+    b.config["root"]["readonly"] = True
+    b.config["mounts"].append({"destination": "/etc/skel", "type": "tmpfs", "source": "tmpfs",
+                               "options": ["nosuid", "nodev", "tmpcopyup"]})
+    b.write()
+    out = corral("run", "--bundle", b.path, b.id).stdout.splitlines()
+    assert any(line.split()[0] == "lrwxrwxrwx" and line.endswith("link -> /nowhere") for line in out)
+    assert out[-3:] == ["/nowhere", "old", "new"]
+    with open(os.path.join(skel, "sub", "f")) as f:
+        assert f.read() == "old\n"  # the rootfs's own copy is untouched
+
+
+def test_tmpcopyup_keeps_owner_and_mode(corral, make_bundle):
+    b = make_bundle(["stat", "-c", "%u:%g %a", "/etc/skel/f"])
+    skel = os.path.join(b.rootfs, "etc", "skel")
+    os.makedirs(skel)
+    with open(os.path.join(skel, "f"), "w") as f:
+        f.write("x")
+    os.chown(os.path.join(skel, "f"), 1234, 5678)
+    os.chmod(os.path.join(skel, "f"), 0o640)
+    b.config["mounts"].append({"destination": "/etc/skel", "type": "tmpfs", "source": "tmpfs",
+                               "options": ["tmpcopyup"]})
+    b.write()
+    assert corral("run", "--bundle", b.path, b.id).stdout.strip() == "1234:5678 640"

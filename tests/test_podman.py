@@ -161,11 +161,11 @@ def _cgroup_file(pid: str, controller: str, name: str) -> str:
 def test_podman_limits_user_workdir_pause_and_stop(podman):
     """--memory, --pids-limit, --read-only, -w, --user, --hostname, -e in one container;
     then pause/unpause, and stop of a process that ignores SIGTERM (killed after --time).
-    (--read-only-tmpfs=false: podman's tmpfs on /tmp, /var/tmp, /run ask for the
-    `tmpcopyup` mount extension, which corral refuses by name until it has it.)"""
+    --read-only as podman does it by default: tmpfs on /tmp, /var/tmp, /run with the
+    `tmpcopyup` extension (the rest of the root read-only)."""
     script = "trap '' TERM; echo up; while :; do sleep 0.1; done"
     proc = podman.run("-d", "--name", "c2", "--memory", "64m", "--pids-limit", "50",
-                      "--read-only", "--read-only-tmpfs=false", "-w", "/tmp", "--user",
+                      "--read-only", "-w", "/tmp", "--user",
                       "1000:1000", "--hostname", "limited", "-e", "FOO=bar", IMAGE,
                       "sh", "-c", script)
     assert proc.returncode == 0, proc.stderr

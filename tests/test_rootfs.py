@@ -209,7 +209,7 @@ def test_parse_devpts_data_and_x_options():
     assert opts.data == "newinstance,ptmxmode=0666,mode=0620,gid=5"
 
 
-@pytest.mark.parametrize("option", ["tmpcopyup", "copy-symlink", "src-nofollow"])
+@pytest.mark.parametrize("option", ["copy-symlink", "src-nofollow", "dest-nofollow"])
 def test_parse_unsupported(option):
     with pytest.raises(NotSupportedError) as info:
         parse_mount_options(["ro", option], "mounts[2].options")

@@ -113,8 +113,8 @@ RECURSIVE_OPTIONS: dict[str, tuple[bool, int]] = {
 #: idmapped mount options (the mapping is made before the namespaces: open_idmapped_trees).
 IDMAP_OPTIONS = frozenset({"idmap", "ridmap"})
 
-# Options runc/crun know that need copying or path tricks: refused, never ignored.
-UNSUPPORTED_OPTIONS = frozenset({"tmpcopyup", "copy-symlink", "src-nofollow", "dest-nofollow"})
+# Options runc/crun know that need path tricks: refused, never ignored.
+UNSUPPORTED_OPTIONS = frozenset({"copy-symlink", "src-nofollow", "dest-nofollow"})
 
 # Flags the kernel locks on mounts inherited by a less privileged (user) namespace; a
 # bind remount must repeat them or it fails with EPERM.
@@ -152,6 +152,7 @@ class MountOptions(Record):
     rec_set: int = 0
     rec_clear: int = 0
     recursive: tuple[str, ...] = ()
+    tmpcopyup: bool = False
 
     @property
     def is_bind(self) -> bool:
@@ -164,8 +165,11 @@ def parse_mount_options(options, field: str = "options") -> MountOptions:
     propagation: list[int] = []
     data: list[str] = []
     recursive: list[str] = []
+    tmpcopyup = False
     for option in options:
-        if option in FLAG_OPTIONS:
+        if option == "tmpcopyup":
+            tmpcopyup = True  # a tmpfs starts with a copy of what it covers (runc, crun)
+        elif option in FLAG_OPTIONS:
             clear, flag = FLAG_OPTIONS[option]
             if clear:
                 flags &= ~flag
@@ -196,7 +200,7 @@ def parse_mount_options(options, field: str = "options") -> MountOptions:
         elif option:
             data.append(option)
     return MountOptions(flags, cleared, tuple(propagation), ",".join(data), rec_set,
-                        rec_clear, tuple(recursive))
+                        rec_clear, tuple(recursive), tmpcopyup)
 
 
 def statvfs_flags(path: str) -> int:
@@ -370,16 +374,85 @@ def _mount_tmpfs(root: str, mount, opts: MountOptions) -> None:
     writable, given that mode, then made read-only."""
     covered = _dir_mode(paths.resolve_in_root(root, mount.destination))
     target = _directory_target(root, mount)
-    mount_in_root(root, target, mount.source or "tmpfs", "tmpfs", opts.flags & ~MS_RDONLY,
-                  opts.data or None)
-    if covered is not None and not any(o.startswith("mode=") for o in opts.data.split(",")):
-        fd = paths.open_in_root(root, target)
-        try:
-            os.chmod(paths.procfd(fd, target), covered)
-        finally:
-            os.close(fd)
+    # tmpcopyup: the directory about to be covered, held open: still the old one after the mount
+    below = _open_below(root, target) if opts.tmpcopyup else -1
+    try:
+        mount_in_root(root, target, mount.source or "tmpfs", "tmpfs", opts.flags & ~MS_RDONLY,
+                      opts.data or None)
+        if covered is not None and not any(o.startswith("mode=") for o in opts.data.split(",")):
+            fd = paths.open_in_root(root, target)
+            try:
+                os.chmod(paths.procfd(fd, target), covered)
+            finally:
+                os.close(fd)
+        if below >= 0:
+            fd = paths.open_in_root(root, target)
+            try:
+                top = os.open(paths.procfd(fd, target), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            finally:
+                os.close(fd)
+            try:
+                _copy_tree(below, top)
+            finally:
+                os.close(top)
+    finally:
+        if below >= 0:
+            os.close(below)
     if opts.flags & MS_RDONLY and not is_dev(mount):
         remount_bind(root, target, opts.flags, opts.cleared)
+
+
+def _open_below(root: str, target: str) -> int:
+    """The directory a tmpfs will cover, opened (through the checked path) for reading."""
+    fd = paths.open_in_root(root, target)
+    try:
+        return os.open(paths.procfd(fd, target), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    finally:
+        os.close(fd)
+
+
+def _copy_tree(src: int, dst: int) -> None:
+    """Copies a directory's entries (files, directories, symlinks, device and fifo nodes)
+    with their modes and owners, by descriptors only: nothing is looked up by path, so no
+    symlink in the copied tree is ever followed."""
+    for entry in os.scandir(src):
+        name = entry.name
+        st = os.stat(name, dir_fd=src, follow_symlinks=False)
+        kind = stat.S_IFMT(st.st_mode)
+        if kind == stat.S_IFDIR:
+            os.mkdir(name, 0o700, dir_fd=dst)
+            sub_src = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              dir_fd=src)
+            try:
+                sub_dst = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW |
+                                  os.O_CLOEXEC, dir_fd=dst)
+                try:
+                    _copy_tree(sub_src, sub_dst)
+                finally:
+                    os.close(sub_dst)
+            finally:
+                os.close(sub_src)
+        elif kind == stat.S_IFREG:
+            fin = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
+            try:
+                fout = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                               os.O_CLOEXEC, 0o600, dir_fd=dst)
+                try:
+                    while os.sendfile(fout, fin, None, 1 << 20):
+                        pass
+                finally:
+                    os.close(fout)
+            finally:
+                os.close(fin)
+        elif kind == stat.S_IFLNK:
+            os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
+        elif kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO):
+            os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst)
+        else:
+            continue  # sockets: nothing to copy
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=dst, follow_symlinks=False)
+        if kind != stat.S_IFLNK:
+            os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dst)
 
 
 def _dir_mode(host_path: str) -> int | None:
