@@ -7,12 +7,14 @@ from dataclasses import dataclass, field
 
 from bench.oneshot import OPS, Samples
 from bench.stats import median, percentile, ratio
-from bench.supervisor import SoakResult
+from bench.supervisor import Memory, SoakResult
 from bench.throughput import Results
 
 REFERENCE_CONCURRENCY = 8  # the issue's comparison point
 CYCLE = "create+start+delete"
 PERCENTILES = (50, 90, 99)
+# issue 6: the supervisor (daemon + keeper) under 40 MiB plus 64 KiB per live container
+MEMORY_BASE_KIB, MEMORY_PER_CONTAINER_KIB = 40 * 1024, 64
 
 
 @dataclass
@@ -28,7 +30,7 @@ class Outcome:
     oneshot: Samples
     throughput: Results
     throughput_absent: dict[str, str]  # contender -> why
-    supervisor_rss: dict[int, int] | str
+    supervisor_rss: dict[int, Memory] | str
     soak: SoakResult | str
     plots: list[str] | str = field(default_factory=list)  # file names, or why none
     seconds: float = 0.0
@@ -83,6 +85,7 @@ def targets_section(o: Outcome) -> list[str]:
     sup = "corral supervisor"
     ref = REFERENCE_CONCURRENCY
     for other, want, text in (("crun", 2.0, "at least 2x crun's"),
+                              ("runc", 5.0, "at least 5x runc's (issue 6)"),
                               ("kernel floor", 1 / 3, "within 3x of the kernel floor's")):
         label = f"- supervisor containers/s at concurrency {ref} {text}: "
         if sup not in o.throughput or other not in o.throughput:
@@ -94,6 +97,16 @@ def targets_section(o: Outcome) -> list[str]:
         else:
             got = rates(o.throughput, sup)[ref] / rates(o.throughput, other)[ref]
             lines.append(label + f"{_verdict(got >= want)} ({got:.2f}x {other}'s)")
+    label = (f"- supervisor memory (daemon + keeper RSS) under 40 MiB + 64 KiB per live "
+             f"container (issue 6): ")
+    if isinstance(o.supervisor_rss, str):
+        lines.append(label + o.supervisor_rss)
+    else:
+        most = max(o.supervisor_rss)
+        m = o.supervisor_rss[most]
+        limit = MEMORY_BASE_KIB + MEMORY_PER_CONTAINER_KIB * most
+        lines.append(label + f"{_verdict(m.rss_kb < limit)} at {most} live ({mib(m.rss_kb)} "
+                             f"MiB of {mib(limit)})")
     label = "- supervisor memory flat across the soak (RSS +10% at most, no more fds or tasks): "
     if isinstance(o.soak, str):
         lines.append(label + o.soak)
@@ -192,8 +205,16 @@ def memory_section(o: Outcome) -> list[str]:
     if isinstance(o.supervisor_rss, str):
         lines.append(f"- {o.supervisor_rss}")
     else:
-        lines += [f"- {live} live containers: {mib(kib)} MiB"
-                  for live, kib in o.supervisor_rss.items()]
+        lines += ["`corral supervise` with N sleeping containers alive, MiB: RSS of the daemon "
+                  "and of its keeper, their sum (the target's measure: an upper bound, pages "
+                  "they share count twice) and their PSS (shared pages split: what the two "
+                  "cost together).", "",
+                  "| live | daemon RSS | keeper RSS | RSS sum | PSS sum | target |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {live} | {mib(m.daemon_rss_kb)} | {mib(m.keeper_rss_kb)} | "
+                  f"{mib(m.rss_kb)} | {mib(m.pss_kb)} | "
+                  f"{mib(MEMORY_BASE_KIB + MEMORY_PER_CONTAINER_KIB * live)} |"
+                  for live, m in o.supervisor_rss.items()]
     return lines + [""]
 
 

@@ -69,7 +69,12 @@ class Session:
     def _cleanup(self, kill: bool) -> list[str]:
         """Stop the helpers (``kill``: with whatever they run), delete every container, kill
         what is left in our cgroups, remove them and the workspace."""
-        left = []
+        from bench import supervisor
+
+        try:
+            left = supervisor.stop(self.ws)
+        except Exception as e:  # noqa: BLE001 - the rest of the clean-up must still run
+            left = [f"corral supervise: {e}"]
         for helper in self.helpers:
             helper.stop(kill=kill)
         for rt in self.runtimes:

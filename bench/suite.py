@@ -40,6 +40,8 @@ class Sizes:
     levels: tuple[int, ...]
     per_concurrency: int  # N = max(min_n, per_concurrency * concurrency)
     min_n: int
+    live: tuple[int, ...] = SUPERVISOR_LIVE  # sleeping containers for the supervisor's memory
+    soak_jobs: int = SOAK_JOBS
 
     def n(self, concurrency: int) -> int:
         return max(self.min_n, self.per_concurrency * concurrency)
@@ -47,16 +49,18 @@ class Sizes:
     def describe(self) -> dict[str, str]:
         return {"one-shot rounds": f"{self.oneshot_rounds} (+{self.warmup} warm-up)",
                 "throughput rounds": str(self.throughput_rounds),
-                "N per concurrency": ", ".join(f"{c}: {self.n(c)}" for c in self.levels)}
+                "N per concurrency": ", ".join(f"{c}: {self.n(c)}" for c in self.levels),
+                "supervisor live containers": ", ".join(map(str, self.live)),
+                "soak jobs": str(self.soak_jobs)}
 
 
 MODES = {
     "full": Sizes(oneshot_rounds=30, warmup=2, throughput_rounds=3, levels=LEVELS,
                   per_concurrency=4, min_n=24),
     "quick": Sizes(oneshot_rounds=10, warmup=1, throughput_rounds=1, levels=LEVELS,
-                   per_concurrency=2, min_n=8),
+                   per_concurrency=2, min_n=8, soak_jobs=1000),
     "smoke": Sizes(oneshot_rounds=1, warmup=0, throughput_rounds=1, levels=(1, 2),
-                   per_concurrency=1, min_n=2),
+                   per_concurrency=1, min_n=2, live=(0, 2), soak_jobs=10),
 }
 
 
@@ -135,12 +139,14 @@ def measure(session: Session, sizes: Sizes, started: str, mode: str) -> report.O
                                           sizes.throughput_rounds)
     absent_contenders.update(dropped)
 
+    log(f"supervisor memory: {', '.join(map(str, sizes.live))} live containers")
     try:
-        rss = {live: supervisor.rss(ws, live) for live in SUPERVISOR_LIVE}
+        rss = {live: supervisor.rss(ws, live) for live in sizes.live}
     except NotMeasured as e:
         rss = str(e)
+    log(f"soak: {sizes.soak_jobs} jobs through `corral batch`")
     try:
-        soak = supervisor.soak(ws, SOAK_JOBS)
+        soak = supervisor.soak(ws, sizes.soak_jobs)
     except NotMeasured as e:
         soak = str(e)
     return report.Outcome(started=started, mode=mode, machine=machine,
@@ -173,7 +179,8 @@ def summary(o: report.Outcome) -> dict:
                                  for n, ops in o.oneshot.items()},
         "containers_per_s": {n: {c: round(r, 2) for c, r in report.rates(o.throughput, n).items()}
                              for n in o.throughput},
-        "supervisor_rss_kib": o.supervisor_rss,
+        "supervisor_memory_kib": (o.supervisor_rss if isinstance(o.supervisor_rss, str) else
+                                  {live: asdict(m) for live, m in o.supervisor_rss.items()}),
         "soak": o.soak if isinstance(o.soak, str) else asdict(o.soak),
     }
 

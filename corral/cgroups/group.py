@@ -7,7 +7,7 @@ import os
 import time
 
 from ..errors import CgroupError, ConfigError, NotSupportedError
-from .files import fail, read, write
+from .files import fail, read, read_raw, write
 from .hierarchy import UNIFIED, Layout, resolve, split_path
 
 TYPE_CHECKING = False
@@ -24,8 +24,7 @@ _RMDIR_TIMEOUT = 2.0
 
 def _populated_dir(path: str) -> bool:
     try:
-        with open(path + "/cgroup.procs") as f:
-            return bool(f.read().strip())
+        return bool(read_raw(path + "/cgroup.procs").strip())
     except FileNotFoundError:
         return False
     except OSError as e:
@@ -77,6 +76,17 @@ def _rmdir(path: str, patient: bool) -> None:
         delay = min(delay * 2, 0.05)
 
 
+def _rmdir_now(path: str) -> bool:
+    """One rmdir attempt: True when ``path`` is gone (removed, or missing)."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 def _subdirs(path: str) -> list[str]:
     """Child cgroups of ``path``, deepest first (the order rmdir needs)."""
     found = []
@@ -96,8 +106,7 @@ def _procs(path: str) -> list[int]:
     pids = set()
     for d in [path] + _subdirs(path):
         try:
-            with open(d + "/cgroup.procs") as f:
-                pids.update(int(line) for line in f.read().split())
+            pids.update(int(line) for line in read_raw(d + "/cgroup.procs").split())
         except FileNotFoundError:
             if d == path:
                 return []
@@ -234,10 +243,9 @@ class Cgroup:
         """Whether any task is left; cgroup.events says so without listing (v2)."""
         if UNIFIED in self.paths:
             try:
-                with open(self.paths[UNIFIED] + "/cgroup.events") as f:
-                    for line in f:
-                        if line.startswith("populated "):
-                            return line.split()[1] != "0"
+                for line in read_raw(self.paths[UNIFIED] + "/cgroup.events").splitlines():
+                    if line.startswith("populated "):
+                        return line.split()[1] != "0"
             except FileNotFoundError:
                 return False
             except OSError as e:
@@ -330,8 +338,11 @@ class Cgroup:
         first: CgroupError | None = None
         for key, path in self.paths.items():
             try:
-                for d in _subdirs(path) + [path]:
-                    _rmdir(d, patient=True)
+                # Most containers have no child cgroups: try the leaf alone first, and walk
+                # the tree (a scandir per directory) only when that does not do it.
+                if not _rmdir_now(path):
+                    for d in _subdirs(path) + [path]:
+                        _rmdir(d, patient=True)
                 for d in sorted(self.prune.get(key, ()), key=len, reverse=True):
                     _rmdir(d, patient=False)
             except CgroupError as e:

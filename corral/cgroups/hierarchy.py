@@ -116,11 +116,26 @@ def parse_mountinfo(text: str) -> Layout:
 def detect(mountinfo: str = "/proc/self/mountinfo") -> Layout:
     """The cgroup layout this process sees."""
     try:
-        with open(mountinfo) as f:
-            text = f.read()
+        fd = os.open(mountinfo, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise CgroupError(f"read {mountinfo}: {e.strerror}") from None
-    return parse_mountinfo(text)
+    text = b"".join(chunks).decode()
+    # A supervisor asks once per container, and the table rarely changes: the last parse is
+    # reused while the text is the same (read each time, so a change is seen at once).
+    if _last_layout is not None and _last_layout[0] == text:
+        return _last_layout[1]
+    layout = parse_mountinfo(text)
+    globals()["_last_layout"] = (text, layout)
+    return layout
+
+
+_last_layout: tuple[str, Layout] | None = None
 
 
 def own_cgroups(proc_self_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:

@@ -53,7 +53,8 @@ def prepare_rootfs(config, rootfs: str, *, no_pivot: bool = False, cgroup_mounts
     root = checked_root(rootfs)
     propagation = root_propagation(config.linux.rootfs_propagation)
     set_root_propagation(propagation or DEFAULT_ROOT_PROPAGATION)
-    make_parent_private(root)
+    if not _leaves_nothing_shared(propagation or DEFAULT_ROOT_PROPAGATION):
+        make_parent_private(root)
     overlay = root_overlay(config.mounts)
     if overlay is None:
         bind_root(root)
@@ -138,6 +139,13 @@ def set_root_propagation(flags: int) -> None:
         nsenter.mount(None, "/", None, flags)
     except OSError as err:
         raise CorralError(f"set the propagation of /: {reason(err)}") from err
+
+
+def _leaves_nothing_shared(flags: int) -> bool:
+    """After a recursive private or slave propagation of ``/`` no mount of the namespace is
+    shared, so ``make_parent_private`` has nothing to do (and need not parse mountinfo)."""
+    return bool(flags & MS_REC) and bool(flags & (MS_PRIVATE | MS_SLAVE)) \
+        and not flags & nsenter.MS_SHARED
 
 
 def make_parent_private(root: str) -> None:
