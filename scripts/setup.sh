@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(busybox-static libseccomp2 libnftables1 python3 python3-venv python3-dev gcc libc6-dev util-linux)
+packages=(busybox-static libseccomp2 libnftables1 procps python3 python3-venv python3-dev gcc libc6-dev util-linux)
 if [[ "${1:-}" == "--test" ]]; then
   # runc to compare with; podman (conmon, containers-common) and containerd to drive corral.
   packages+=(runc podman containerd)
