@@ -40,7 +40,7 @@ import re
 import shutil
 import stat
 
-from corral.errors import ConfigError, CorralError, NotSupportedError
+from corral.errors import ConfigError, CorralError
 from corral.record import Record
 
 __all__ = ["Bind", "Job", "JobBundle", "Limits", "parse_duration", "parse_size"]
@@ -50,7 +50,10 @@ PRIVATE_DIRS = ("dev", "proc", "run", "sys", "tmp")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_HOSTNAME = "corral"
 CPU_PERIOD = 100_000  # µs; cpus=1.5 -> quota 150000
-NETWORKS = ("none", "host")
+NETWORKS = ("none", "host", "bridge")  # and "bridge:NAME", "container:ID"
+DEFAULT_BRIDGE = "corral0"
+NAMES_DIR = "names"  # a bridge job's hosts and resolv.conf, in its work directory
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # an interface name: the bridge's
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:([kmgt])(?:i?b)?|b)?", re.IGNORECASE)
 _SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -253,6 +256,48 @@ def _user(value: object, field: str) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
+def _network(value: object, field: str) -> str | None:
+    """"none", "host", "bridge" (the engine's default network), "bridge:NAME" (a network
+    the engine was configured with) or "container:ID" (another container's namespace)."""
+    if value is None or value in NETWORKS:
+        return value
+    if isinstance(value, str):
+        kind, sep, name = value.partition(":")
+        if sep and kind == "bridge":
+            if not _NETWORK_NAME.fullmatch(name) or name in (".", ".."):
+                raise ConfigError(field, f"{value!r}: {name!r} is not a network name "
+                                         "(1-15 letters, digits, '_', '.', '-')")
+            return value
+        if sep and kind == "container":
+            from corral.oci.state import validate_id
+
+            try:
+                validate_id(name)
+            except ConfigError as err:
+                raise ConfigError(field, f"{value!r}: {err}") from None
+            return value
+    raise ConfigError(field, f"{value!r} is not 'none', 'host', 'bridge', 'bridge:NAME' or "
+                             "'container:ID'")
+
+
+def _ports(value: object, bridge: str | None, field: str) -> tuple[str, ...]:
+    """Published ports, "host_port:container_port[/tcp|udp]", normalized; a bridge's only."""
+    if not value:
+        return ()
+    if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+        raise ConfigError(field, f"{value!r} is not a list of 'host_port:container_port"
+                                 "[/tcp|udp]'")
+    if bridge is None:
+        raise ConfigError(field, "only a bridge network publishes ports (network='bridge')")
+    from corral.net.addresses import parse_ports
+    from corral.net.errors import NetworkError
+
+    try:
+        return tuple(str(p) for p in parse_ports(tuple(value)))
+    except NetworkError as err:
+        raise ConfigError(field, str(err).removeprefix("ports: ")) from None
+
+
 def _args(value: object, field: str) -> list[str]:
     if (not isinstance(value, (list, tuple)) or not value
             or not all(isinstance(a, str) and "\0" not in a for a in value)):
@@ -273,9 +318,9 @@ class Job:
     """
 
     __slots__ = ("args", "env", "cwd", "user", "hostname", "limits", "mounts", "network",
-                 "root", "bundle_dir", "keep", "retries")
+                 "ports", "peer_names", "root", "bundle_dir", "keep", "retries")
     _FIELDS = ("args", "env", "cwd", "user", "hostname", "limits", "mounts", "network",
-               "root", "bundle", "keep", "retries")
+               "ports", "peer_names", "root", "bundle", "keep", "retries")
 
     args: list[str] | None
     env: dict[str, str]
@@ -285,6 +330,8 @@ class Job:
     limits: Limits
     mounts: tuple[Bind, ...]
     network: str | None
+    ports: tuple[str, ...]
+    peer_names: bool
     root: str | None
     bundle_dir: str | None
     keep: bool
@@ -294,11 +341,13 @@ class Job:
                  env: dict[str, str] | list[str] | None = None, cwd: str | None = None,
                  user: int | str | None = None, hostname: str | None = None,
                  limits: Limits | dict | None = None, mounts: list[Bind | dict | str] | tuple = (),
-                 network: str | None = None, root: str | None = None,
+                 network: str | None = None, ports: list[str] | tuple = (),
+                 peer_names: bool = False, root: str | None = None,
                  bundle: str | None = None, keep: bool = False, retries: int = 0) -> None:
         self._set("job.", dict(args=args, env=env, cwd=cwd, user=user, hostname=hostname,
-                               limits=limits, mounts=mounts, network=network, root=root,
-                               bundle=bundle, keep=keep, retries=retries))
+                               limits=limits, mounts=mounts, network=network, ports=ports,
+                               peer_names=peer_names, root=root, bundle=bundle, keep=keep,
+                               retries=retries))
 
     @classmethod
     def from_dict(cls, data: object, where: str = "job.") -> Job:
@@ -341,12 +390,15 @@ class Job:
             raise ConfigError(where + "mounts", f"{mounts!r} is not a list of bind mounts")
         put(self, "mounts", tuple(Bind.parse(m, f"{where}mounts[{i}]")
                                   for i, m in enumerate(mounts)))
-        network = values.get("network")
-        if network == "bridge":
-            raise NotSupportedError(f"{where}network: 'bridge' (use 'none' or 'host')")
-        if network is not None and network not in NETWORKS:
-            raise ConfigError(where + "network", f"{network!r} is not 'none' or 'host'")
-        put(self, "network", network)
+        put(self, "network", _network(values.get("network"), where + "network"))
+        put(self, "ports", _ports(values.get("ports"), self.bridge, where + "ports"))
+        peer_names = values.get("peer_names", False)
+        if not isinstance(peer_names, bool):
+            raise ConfigError(where + "peer_names", f"{peer_names!r} is not true or false")
+        if peer_names and self.bridge is None:
+            raise ConfigError(where + "peer_names", "only a bridge network has peers "
+                                                    "(network='bridge')")
+        put(self, "peer_names", peer_names)
         put(self, "root", None if root is None else _root_dir(root, where + "root"))
         put(self, "bundle_dir", None if bundle is None else _bundle_dir(bundle,
                                                                         where + "bundle"))
@@ -363,6 +415,22 @@ class Job:
 
     def __setattr__(self, name, value) -> None:
         raise AttributeError("Job is frozen: use job.replace(...)")
+
+    @property
+    def bridge(self) -> str | None:
+        """The name of the bridge network the job is on ("bridge" is ``corral0``), or None."""
+        if self.network == "bridge":
+            return DEFAULT_BRIDGE
+        if self.network and self.network.startswith("bridge:"):
+            return self.network[len("bridge:"):]
+        return None
+
+    @property
+    def joins(self) -> str | None:
+        """The id of the container whose network namespace the job joins, or None."""
+        if self.network and self.network.startswith("container:"):
+            return self.network[len("container:"):]
+        return None
 
     def replace(self, **changes) -> Job:
         """A copy with some fields changed (validated again)."""
@@ -389,6 +457,10 @@ class Job:
             out["mounts"] = [m.to_dict() for m in self.mounts]
         if self.network is not None:
             out["network"] = self.network
+        if self.ports:
+            out["ports"] = list(self.ports)
+        if self.peer_names:
+            out["peer_names"] = True
         if self.root is not None:
             out["root"] = self.root
         if self.bundle_dir is not None:
@@ -410,13 +482,19 @@ class Job:
 
     # --- the bundle ----------------------------------------------------------------------
 
-    def bundle(self, workdir: str, container_id: str, cgroup_parent: str) -> JobBundle:
+    def bundle(self, workdir: str, container_id: str, cgroup_parent: str, *,
+               netns: str | None = None) -> JobBundle:
         """Write the job's bundle into ``workdir`` (made here; it must not exist, or be
         empty) for a container ``container_id`` in the cgroup ``<cgroup_parent>/<id>``.
+        ``netns``: for a ``container:ID`` network, the path of that container's network
+        namespace (``/proc/<pid>/ns/net``; the engine resolves it when it creates the job).
         On failure nothing is left behind."""
         from corral.oci.state import validate_id
 
         validate_id(container_id)
+        if (netns is not None) != (self.joins is not None):
+            raise ConfigError("netns", "give the namespace path for a 'container:ID' "
+                                       "network, and only for one")
         parent = cgroup_parent.strip("/") if isinstance(cgroup_parent, str) else None
         if not parent or ".." in parent.split("/"):
             raise ConfigError("cgroup_parent", f"{cgroup_parent!r} is not a cgroup path")
@@ -431,6 +509,7 @@ class Job:
         made = JobBundle(workdir, {}, upper, keep=self.keep)
         try:
             made.config = self._config(workdir, f"/{parent}/{container_id}")
+            self._network_config(made.config, workdir, container_id, netns)
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 json.dump(made.config, f, indent=1)
         except BaseException:
@@ -454,6 +533,31 @@ class Job:
         config["linux"]["cgroupsPath"] = cgroups_path
         return config
 
+    def _network_config(self, config: dict, workdir: str, container_id: str,
+                        netns: str | None) -> None:
+        """A bridge job: its own network namespace (the engine attaches it), its hostname
+        (by default its container id, the name its peers know it by) and /etc/hosts and
+        /etc/resolv.conf bound from files in the work directory: loopback names here, the
+        engine rewrites them in place once the job has an address.  A ``container:ID`` job:
+        that container's namespace, joined by path."""
+        namespaces = config["linux"].get("namespaces", [])
+        if netns is not None:
+            config["linux"]["namespaces"] = namespaces + [{"type": "network", "path": netns}]
+            return
+        if self.bridge is None:
+            return
+        from corral.net.names import write_names
+
+        if (self.hostname is None and self.bundle_dir is None
+                and _HOSTNAME.fullmatch(container_id)):
+            config["hostname"] = container_id
+        hosts, resolv = write_names(os.path.join(workdir, NAMES_DIR),
+                                    config.get("hostname") or container_id, [])
+        config["mounts"] += [{"destination": destination, "type": "bind", "source": source,
+                              "options": ["bind"]}
+                             for destination, source in (("/etc/hosts", hosts),
+                                                         ("/etc/resolv.conf", resolv))]
+
     def _apply(self, config: dict) -> None:
         """The job's fields over a base config; unset ones keep the base's values."""
         process = config["process"]
@@ -474,7 +578,7 @@ class Job:
         linux = config.setdefault("linux", {})
         if self.network is not None:
             namespaces = [ns for ns in linux.get("namespaces", []) if ns["type"] != "network"]
-            if self.network == "none":
+            if self.network == "none" or self.bridge is not None:
                 namespaces.append({"type": "network"})
             linux["namespaces"] = namespaces
         resources = linux.setdefault("resources", {})

@@ -70,16 +70,21 @@ class Client:
 
 
 class Daemon:
-    def __init__(self, root: str, *extra: str) -> None:
+    """``netns``: a network namespace path (``/proc/<pid>/fd/<n>``) to run the daemon in,
+    so that its bridges live there and never in the host's namespace."""
+
+    def __init__(self, root: str, *extra: str, netns: str | None = None) -> None:
         self.root = root
         self.socket = os.path.join(root, "supervise.sock")
         self.extra = extra
+        self.netns = netns
         self.proc: subprocess.Popen | None = None
         self.log = os.path.join(os.path.dirname(root), "daemon.log")
 
     def start(self) -> Daemon:
+        prefix = ["nsenter", f"--net={self.netns}", "--"] if self.netns else []
         self.proc = subprocess.Popen(
-            [*CORRAL, "--root", self.root, "--log", self.log, "supervise", "--cgroup-parent",
+            [*prefix, *CORRAL, "--root", self.root, "--log", self.log, "supervise", "--cgroup-parent",
              CGROUP_PARENT, *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = read_line(self.proc.stdout, time.monotonic() + 30)

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from corral.errors import ConfigError, NotSupportedError
+from corral.errors import ConfigError
 from corral.job import Bind, Job, Limits, parse_duration, parse_size
 from tests.conftest import CGROUP_PARENT, CORRAL, host_mounts, run_capturing
 
@@ -342,7 +342,7 @@ def test_bundle_root_with_overrides(corral, tmp_path, make_bundle):
     ({"mounts": [{"source": "/etc", "readonly": "yes"}]},
      "job.mounts[0].readonly: 'yes' is not true or false"),
     ({"mounts": "/etc"}, "job.mounts: '/etc' is not a list of bind mounts"),
-    ({"network": "wifi"}, "job.network: 'wifi' is not 'none' or 'host'"),
+    ({"network": "wifi"}, "job.network: 'wifi' is not 'none', 'host', 'bridge'"),
     ({"root": "/no/such/root"}, "job.root: /no/such/root does not exist"),
     ({"root": "/etc/hostname"}, "job.root: /etc/hostname is not a directory"),
     ({"bundle": "/etc"}, "job.bundle: /etc is not an OCI bundle (no config.json)"),
@@ -363,8 +363,8 @@ def test_bad_args_and_bridge():
                           ([""], "job.args[0]: the command must not be empty")]:
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             Job(args)
-    with pytest.raises(NotSupportedError, match="job.network: 'bridge'"):
-        Job(["true"], network="bridge")
+    with pytest.raises(ConfigError, match="job.ports: only a bridge network"):
+        Job(["true"], network="host", ports=["80:80"])
 
 
 def test_bundle_refusals_leave_nothing(tmp_path):

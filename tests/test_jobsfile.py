@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from corral.errors import ConfigError, NotSupportedError
+from corral.errors import ConfigError
 from corral.jobsfile import file_format, load_jobs, parse_jobs
 
 
@@ -139,9 +139,13 @@ def test_toml_errors_name_job_and_field(tmp_path, text, message):
     assert str(err.value).startswith(os.path.join(str(tmp_path), message)), str(err.value)
 
 
-def test_bridge_network_is_refused_by_name():
-    with pytest.raises(NotSupportedError, match="jobs line 1: network: 'bridge'"):
-        parse_jobs('{"args": ["true"], "network": "bridge"}', "jsonl")
+def test_bridge_network_fields_pass_through_and_are_checked_by_name():
+    [(_, job)] = parse_jobs('{"args": ["true"], "network": "bridge", "ports": ["80:80"]}',
+                            "jsonl")
+    assert (job.bridge, job.ports) == ("corral0", ("80:80/tcp",))
+    with pytest.raises(ConfigError, match="jobs line 1: ports: host port 80/tcp is given"):
+        parse_jobs('{"args": ["true"], "network": "bridge", "ports": ["80:80", "80:1"]}',
+                   "jsonl")
 
 
 def test_unreadable_file_and_bad_encoding(tmp_path):

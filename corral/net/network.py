@@ -22,7 +22,7 @@ import ipaddress
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from hashlib import sha256
 from typing import Callable, Iterable, TypeVar
@@ -103,13 +103,24 @@ class BridgeNetwork:
         """Connect the container whose network namespace is ``netns`` (a path such as
         ``/proc/<pid>/ns/net``, or a descriptor) and publish ``ports``
         (``host_port:container_port/tcp|udp``).  On any error nothing is left behind."""
+        return self.attach_start(container_id, netns, ports, hostname).result()
+
+    def attach_start(self, container_id: str, netns: str | int,
+                     ports: Iterable[str | PortMapping] = (), hostname: str = "") -> Future:
+        """``attach`` begun on the worker thread: its ``Future`` gives the ``Attachment``
+        (or raises its error).  The namespace is opened (and checked) before this returns,
+        so the caller may let its process go on; a ``detach`` called meanwhile runs after
+        it on the same thread, but finds the lease only once the attach has taken it: wait
+        for the future first."""
         check_container_id(container_id)
         mappings = parse_ports(tuple(ports))
         fd = ns.open_netns(netns, "netns")
         try:
-            return self._run(self._attach, container_id, fd, mappings, hostname or container_id)
-        finally:
+            return self._submit(self._attach_closing, container_id, fd, mappings,
+                                hostname or container_id)
+        except BaseException:
             os.close(fd)
+            raise
 
     def detach(self, container_id: str) -> bool:
         """Remove the container's veth, published ports and lease (False if it had none).
@@ -170,11 +181,14 @@ class BridgeNetwork:
     # -- worker side ----------------------------------------------------------------------
 
     def _run(self, fn: Callable[..., T], *args) -> T:
+        return self._submit(fn, *args).result()
+
+    def _submit(self, fn: Callable[..., T], *args) -> Future:
         if self._broken:
             raise NetworkError(f"network {self.name}: {self._broken}")
         if self._worker is None:
             raise NetworkError(f"network {self.name} is closed")
-        return self._worker.submit(fn, *args).result()
+        return self._worker.submit(fn, *args)
 
     def _start(self) -> None:
         from pyroute2 import IPRoute
@@ -210,6 +224,13 @@ class BridgeNetwork:
                 bridges.write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
                 self._ports().masquerade(self.subnet6)
         return self._bridge
+
+    def _attach_closing(self, cid: str, fd: int, ports: tuple[PortMapping, ...],
+                        hostname: str) -> Attachment:
+        try:
+            return self._attach(cid, fd, ports, hostname)
+        finally:
+            os.close(fd)
 
     def _attach(self, cid: str, fd: int, ports: tuple[PortMapping, ...],
                 hostname: str) -> Attachment:

@@ -188,15 +188,7 @@ class Engine:
     async def start(self, cid: str, timeout: float | None = None) -> dict:
         """Lets the init exec: opens the exec fifo for reading and waits for its byte."""
         container = self._load(cid)
-        status = container.status()
-        if status == STOPPED:
-            raise ContainerStateError("cannot start a container that has stopped")
-        if status != CREATED:
-            raise ContainerStateError(f"cannot start a container in the {status} state")
-        try:
-            fd = os.open(container.state_dir.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise ContainerStateError("cannot start an already running container") from None
+        fd = container.open_fifo()
         tracked = self.tracked.get(cid)
         started = False
         try:
@@ -272,21 +264,19 @@ class Engine:
         except BaseException:
             made.cleanup(keep=False)
             raise
+        if job.bridge is not None:  # no checkpoint since create returned (registry.py)
+            self.networks.confirm(job.bridge, cid)
         if not start:
             return state
-        try:
-            return await self.start(cid)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.delete(cid, force=True)
-            raise
+        return await self._start_or_delete(cid)
 
     async def _network_step(self, cid: str, job, workdir: str, config: dict) -> tuple:
         """Opens the job's bridge network (the bridge is made on first use) and returns the
         creation step that attaches the container once its namespace exists."""
         from corral.job import NAMES_DIR
 
-        await trio.to_thread.run_sync(self.networks.open, job.bridge, "job.network")
+        if not self.networks.ready(job.bridge):
+            await trio.to_thread.run_sync(self.networks.open, job.bridge, "job.network")
         return self.networks.attach_step(job.bridge, cid, os.path.join(workdir, NAMES_DIR),
                                          config.get("hostname") or cid, job.ports,
                                          job.peer_names)
@@ -316,6 +306,9 @@ class Engine:
     async def run(self, cid: str, **create_args) -> dict:
         """create + start; a failed start deletes what create made."""
         await self.create(cid, **create_args)
+        return await self._start_or_delete(cid)
+
+    async def _start_or_delete(self, cid: str) -> dict:
         try:
             return await self.start(cid)
         except BaseException:
@@ -584,6 +577,7 @@ class Engine:
         """At start-up: watch every container of the root again; undo creations a dead
         daemon left half-made.  Returns counts for the log."""
         counts = {"running": 0, "exited": 0, "undone": 0}
+        exited: list[str] = []
         for cid in list_ids(self.root):
             try:
                 container = Container.load(self.root, cid)
@@ -596,9 +590,13 @@ class Engine:
                     counts["undone"] += 1
                 continue  # the command line's own creation, in progress: not ours
             tracked = self._track(cid, container.state_dir.path, record)
-            counts["running" if is_alive(tracked.pid, tracked.pid_start) else "exited"] += 1
-        # Network leases of containers that are gone (a daemon killed mid-create)
-        freed = await trio.to_thread.run_sync(self.networks.reclaim, list_ids(self.root))
+            alive = is_alive(tracked.pid, tracked.pid_start)
+            counts["running" if alive else "exited"] += 1
+            if not alive:
+                exited.append(cid)
+        # Network leases of containers that are gone or died mid-create (a daemon killed)
+        freed = await trio.to_thread.run_sync(self.networks.reclaim, list_ids(self.root),
+                                              exited)
         counts["network_leases_freed"] = sum(len(ids) for ids in freed.values())
         return counts
 

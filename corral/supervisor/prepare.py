@@ -20,6 +20,10 @@ from corral.oci.state import StateDir, rfc3339_now, validate_id
 from corral.procfs import is_alive, start_time
 from corral.supervisor.protocol import Bootstrap
 
+TYPE_CHECKING = False  # typing and collections.abc cost ms on the CLI's start-up path
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 NS_FLAGS = {
     "pid": nsenter.CLONE_NEWPID,
     "network": nsenter.CLONE_NEWNET,
@@ -47,6 +51,12 @@ class PreparedContainer:
         # until creation is over so that a failure can move them back (netdevices.py)
         self.moved_devices: list = []
         self.netns_fd = -1
+        # the caller's own host-side steps (add_host_step): the undoing of those begun,
+        # and the completion of those still running
+        self.host_steps: list[tuple[Callable[[int], None], Callable[[], None],
+                                    Callable[[], None] | None]] = []
+        self._undo_steps: list[Callable[[], None]] = []
+        self._unfinished_steps: list[Callable[[], None]] = []
 
     @property
     def id(self) -> str:
@@ -66,6 +76,7 @@ class PreparedContainer:
         elif isinstance(action, c.RecordPid):
             self.record_pid(action.pid)
             self.move_net_devices(action.pid)
+            self.run_host_steps(action.pid)
         elif isinstance(action, c.RunCreateRuntimeHooks):
             self.run_create_runtime_hooks(action.pid)
         elif isinstance(action, c.ApplyResources):
@@ -96,6 +107,7 @@ class PreparedContainer:
     def run_create_runtime_hooks(self, pid: int) -> None:
         """prestart (deprecated, run at the same moment) then createRuntime, in the runtime's
         namespaces, while the init waits before pivot_root."""
+        self.finish_host_steps()
         hooks = self.config.hooks
         if not (hooks.prestart or hooks.create_runtime):
             return
@@ -116,12 +128,48 @@ class PreparedContainer:
         self.netns_fd = devices.open_netns(pid)
         devices.move_in(self.config.linux.net_devices, self.netns_fd, self.moved_devices)
 
+    def add_host_step(self, do: Callable[[int], None], undo: Callable[[], None],
+                      finish: Callable[[], None] | None = None) -> None:
+        """A host-side step of the caller's own (the engine attaches a job to its bridge
+        network here): ``do(pid)`` runs once the init's namespaces exist (on RecordPid,
+        after linux.netDevices moved), in the order added.  It may only begin the work
+        (on a thread of its own, beside the cgroup join and the init's rootfs): then
+        ``finish()`` completes it before the next host-side step that may rely on it, the
+        create-time hooks or else the resources, right before Run.  ``undo()`` runs if
+        creation fails after ``do`` returned, in reverse order, whatever the stage of the
+        failure (up to the init's last message); it must wait for work still running.
+        ``do`` and ``finish`` undo their own partial work when they raise."""
+        self.host_steps.append((do, undo, finish))
+
+    def run_host_steps(self, pid: int) -> None:
+        for do, undo, finish in self.host_steps:
+            do(pid)
+            self._undo_steps.append(undo)
+            if finish is not None:
+                self._unfinished_steps.append(finish)
+
+    def finish_host_steps(self) -> None:
+        while self._unfinished_steps:
+            self._unfinished_steps.pop(0)()
+
+    def _undo_host_steps(self) -> None:
+        """Every step's undo runs even if one fails; the first error is raised after."""
+        error = None
+        while self._undo_steps:
+            try:
+                self._undo_steps.pop()()
+            except Exception as exc:  # noqa: BLE001
+                error = error or exc
+        if error is not None:
+            raise error
+
     def _release_netns(self) -> None:
         if self.netns_fd >= 0:
             os.close(self.netns_fd)
             self.netns_fd = -1
 
     def apply_resources(self, pid: int) -> None:
+        self.finish_host_steps()
         if self.cgroup is not None:  # None: rootless, and prepare refused any resources
             resources = self.config.linux.resources
             if not resources.empty():
@@ -145,12 +193,16 @@ class PreparedContainer:
     def undo(self) -> None:
         """Removes everything made for this container; safe to call on any partial state.
         The cgroup only once create() made it: before, its path may be someone else's.
-        Moved network devices go back to the runtime's namespace first."""
+        The caller's host steps are undone first, then moved network devices go back to
+        the runtime's namespace."""
         try:
-            if self.moved_devices:
-                from corral.supervisor import netdevices as devices
+            try:
+                self._undo_host_steps()
+            finally:
+                if self.moved_devices:
+                    from corral.supervisor import netdevices as devices
 
-                devices.move_back(self.moved_devices, self.netns_fd)
+                    devices.move_back(self.moved_devices, self.netns_fd)
         finally:
             self._release_netns()
             try:

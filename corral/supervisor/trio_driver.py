@@ -83,15 +83,16 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                 # deadline) abandons the thread; the hook's own timeout ends it.
                 await trio.to_thread.run_sync(prepared.carry_out, action, abandon_on_cancel=True)
             else:
+                # The init's pidfd first: a failure of RecordPid's own steps (network
+                # devices, the engine's attach) must kill the init too.
+                if isinstance(action, c.RecordPid) and not zygote.exited(action.pid):
+                    try:
+                        pidfds.append(os.pidfd_open(action.pid))
+                    except ProcessLookupError:
+                        pass  # exited (and reaped) before the zygote's report came
                 prepared.carry_out(action)
-                if isinstance(action, c.RecordPid):
-                    if not zygote.exited(action.pid):
-                        try:
-                            pidfds.append(os.pidfd_open(action.pid))
-                        except ProcessLookupError:
-                            pass  # exited (and reaped) before the zygote's report came
-                    if track:
-                        await zygote.track(action.pid, prepared.state_dir.path)
+                if isinstance(action, c.RecordPid) and track:
+                    await zygote.track(action.pid, prepared.state_dir.path)
         try:
             data = await sock.recv(65536)
         except ConnectionResetError:  # the child exited with bytes unread: it is gone all the same
