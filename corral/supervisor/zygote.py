@@ -262,16 +262,8 @@ class Zygote:
 
     def _close_logs(self, state_dir: str) -> None:
         """Before the daemon removes a state dir: nothing of ours may write there after."""
+        self._drain_logs(state_dir)
         for fd in [fd for fd, log in self.logs.items() if log.state_dir == state_dir]:
-            os.set_blocking(fd, False)
-            try:
-                while True:
-                    data = os.read(fd, 65536)
-                    if not data:
-                        break
-                    self.logs[fd].write(data)
-            except OSError:
-                pass
             self._stop_relay(fd)
 
     # ---- exits ----
