@@ -67,6 +67,7 @@ async def measure(work: str, parent: str, rounds: int, ports: bool) -> dict[str,
     rootfs = build_rootfs(os.path.join(work, "rootfs"))
     jobs = {"none": Job(["true"], root=rootfs, network="none")}
     times: dict[str, list[float]] = {"none": [], "bridge": []}
+    previous = ""
     async with open_engine(os.path.join(work, "state"), cgroup_parent=parent,
                            networks={"corral0": {"subnet": "10.91.0.0/16"}}) as engine:
         for i in range(rounds + WARM_UP):
@@ -82,18 +83,28 @@ async def measure(work: str, parent: str, rounds: int, ports: bool) -> dict[str,
                 elapsed = time.perf_counter() - start
                 if i >= WARM_UP:
                     times[kind].append(elapsed * 1000)
+                    times.setdefault(f"{kind} after {previous}", []).append(elapsed * 1000)
+                previous = kind
                 await engine.wait(cid)
                 await engine.delete(cid)
     return times
 
 
 def report(times: dict[str, list[float]], ports: bool) -> None:
-    medians = {kind: statistics.median(ms) for kind, ms in times.items()}
+    medians: dict[str, float] = {}
     for kind in ("none", "bridge"):
         ms = sorted(times[kind])
+        medians[kind] = statistics.median(ms)
         label = "bridge + 1 port" if kind == "bridge" and ports else kind
         print(f"{label:>15}: median {medians[kind]:6.2f} ms, p90 {ms[int(len(ms) * 0.9)]:6.2f} "
               f"ms, min {ms[0]:6.2f} ms ({len(ms)} containers)")
+    for before in ("none", "bridge"):
+        # The previous job's deletion sets the kernel's state for the next cgroup join
+        # (docs/networks.md, "Start-up cost"): the same difference, by predecessor.
+        after = {kind: statistics.median(times[f"{kind} after {before}"])
+                 for kind in ("none", "bridge")}
+        print(f"{'after ' + before:>15}: none {after['none']:6.2f} ms, bridge "
+              f"{after['bridge']:6.2f} ms: {after['bridge'] - after['none']:+6.2f} ms")
     extra = medians["bridge"] - medians["none"]
     verdict = "within" if extra <= BUDGET_MS else "OVER"
     print(f"{'difference':>15}: {extra:+6.2f} ms (median; the budget is +{BUDGET_MS:.0f} ms: "

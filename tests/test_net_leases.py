@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from corral.net import Leases, NetworkError, PortMapping, parse_subnet
-from corral.net.names import hosts_content, resolv_content, write_names
+from corral.net.names import hosts_content, resolv_content, write_hosts, write_names
 
 NET = ipaddress.ip_network("10.88.0.0/16")
 
@@ -108,3 +108,15 @@ def test_write_names_rewrites_in_place_for_bind_mounts(tmp_path):
     assert os.stat(hosts).st_ino == inode
     assert open(hosts).read().endswith("10.88.0.2\tweb\n10.88.0.3\tdb\n")
     assert open(resolv).read().startswith("nameserver 192.0.2.1\n")
+
+
+def test_write_hosts_rewrites_hosts_in_place_and_leaves_resolv_conf(tmp_path):
+    hosts, resolv = write_names(str(tmp_path / "job"), "web", [], nameservers=["192.0.2.1"])
+    inode = os.stat(hosts).st_ino
+    before = os.stat(resolv)
+    assert write_hosts(str(tmp_path / "job"), "web", [ipaddress.ip_address("10.88.0.2")]) == hosts
+    assert os.stat(hosts).st_ino == inode
+    assert open(hosts).read().endswith("10.88.0.2\tweb\n")
+    assert "127.0.1.1" not in open(hosts).read()
+    after = os.stat(resolv)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

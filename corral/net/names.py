@@ -81,6 +81,17 @@ def write_names(directory: str, hostname: str, addresses: Iterable[Address],
     return hosts, resolv
 
 
+def write_hosts(directory: str, hostname: str, addresses: Iterable[Address],
+                peers: Mapping[str, Iterable[Address]] | None = None) -> str:
+    """Rewrite ``<directory>/hosts`` only (in place when it exists): what changes once a job
+    has its address or its peers change; its resolv.conf does not depend on either, so the
+    engine's attach leaves the one ``write_names`` made alone."""
+    os.makedirs(directory, exist_ok=True)
+    hosts = os.path.join(directory, "hosts")
+    _write(hosts, hosts_content(hostname, addresses, peers))
+    return hosts
+
+
 def _write(path: str, text: str) -> None:
     if os.path.exists(path):
         with open(path, "r+") as f:

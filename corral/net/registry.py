@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Mapping
 from corral.errors import ConfigError
 from corral.net.addresses import parse_subnet
 from corral.net.errors import NetworkError
-from corral.net.names import write_names
+from corral.net.names import write_hosts
 
 DEFAULT_NETWORK = "corral0"
 # Not docker's 172.17.0.0/16 (and the 172.18-31 ranges of its user networks), not podman's
@@ -260,8 +260,8 @@ class Networks:
         """The creation's host-side step (``PreparedContainer.add_host_step``: begin, undo,
         finish): attach the init's network namespace (``/proc/<pid>/ns/net``, once it
         exists) to the network ``name`` (``open`` it first) on the network's thread while
-        the init builds its rootfs; finish: wait for it, write the job's hosts and
-        resolv.conf (and refresh its peers')."""
+        the init builds its rootfs; finish: wait for it, write the job's hosts
+        (its resolv.conf, written by ``Job.bundle``, does not change) and refresh its peers'."""
         net = self._open[name]
         pending = os.path.join(self._dir(name), PENDING, cid)
         running: list = []  # the attach's Future, once begun
@@ -285,7 +285,7 @@ class Networks:
             try:
                 with self._names_lock:
                     addresses = [a.ip for a in (attachment.address, attachment.address6) if a]
-                    write_names(names_dir, hostname, addresses,
+                    write_hosts(names_dir, hostname, addresses,
                                 peers=net.peers() if peer_names else None)
                     if peer_names:
                         link = os.path.join(self._dir(name), NAMES, cid)
@@ -344,7 +344,7 @@ class Networks:
                 continue
             if lease is None or not os.path.isdir(names_dir):
                 continue
-            write_names(names_dir, lease.hostname,
+            write_hosts(names_dir, lease.hostname,
                         [a for a in (lease.address, lease.address6) if a], peers=peers)
 
     def reclaim(self, alive_ids: Iterable[str], stopped_ids: Iterable[str] = ()
