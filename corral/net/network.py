@@ -22,6 +22,7 @@ import ipaddress
 import os
 import re
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from hashlib import sha256
@@ -54,6 +55,10 @@ class Attachment:
     ifname: str  # host side of the veth pair; ``eth0`` inside
     mtu: int
     ports: tuple[PortMapping, ...]
+
+
+VETH_GRACE = 1.0  # seconds detach waits for the kernel to remove a veth with its namespace
+VETH_POLL = 0.005
 
 
 class BridgeNetwork:
@@ -122,13 +127,26 @@ class BridgeNetwork:
             os.close(fd)
             raise
 
-    def detach(self, container_id: str) -> bool:
+    def detach(self, container_id: str, grace: float = VETH_GRACE) -> bool:
         """Remove the container's veth, published ports and lease (False if it had none).
-        Safe to call again, and after the container's namespace is gone."""
+        Safe to call again, and after the container's namespace is gone.
+
+        The veth goes with the container's network namespace: the kernel removes the pair
+        when it cleans the namespace up, in its own worker, batched with others.  An
+        explicit delete costs the kernel an RCU grace period (~20 ms here) in the middle of
+        the next container's start (a cgroup v1 join waits for one too), so this waits up to
+        ``grace`` seconds for the kernel first, polling on the worker between other work,
+        and deletes the veth itself only if something still holds the namespace.  The lease
+        is freed only once the veth is gone: its address is never handed out while the old
+        interface lives."""
         lease = self.leases.get(container_id)
         if lease is None:
             return False
-        self._run(self._detach, lease)
+        self._run(self._unpublish, lease)
+        deadline = time.monotonic() + grace
+        while self._run(self._link_exists, lease.ifname) and time.monotonic() < deadline:
+            time.sleep(VETH_POLL)
+        self._run(self._detach, lease, True)
         return True
 
     def reclaim(self, alive_ids: Iterable[str]) -> list[str]:
@@ -295,9 +313,16 @@ class BridgeNetwork:
             self._delete_veth(lease.ifname)
         self._release(lease)
 
-    def _detach(self, lease: Lease) -> None:
+    def _unpublish(self, lease: Lease) -> None:
         if lease.ports:
             self._ports().unpublish(lease.address, lease.ports)
+
+    def _link_exists(self, ifname: str) -> bool:
+        return bool(self._ipr.link_lookup(ifname=ifname))
+
+    def _detach(self, lease: Lease, unpublished: bool = False) -> None:
+        if not unpublished:
+            self._unpublish(lease)
         self._delete_veth(lease.ifname)
         self._forget_neighbour(lease.address)
         self._release(lease)

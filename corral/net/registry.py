@@ -293,7 +293,7 @@ class Networks:
                         os.symlink(names_dir, link)
                     self._refresh_peers(name, net, cid)
             except BaseException:
-                self.detach(name, cid)
+                self.detach(name, cid, grace=0)
                 raise
 
         def undo() -> None:
@@ -302,7 +302,7 @@ class Networks:
                     running[0].result()  # detach finds the lease only once it is taken
                 except BaseException:  # noqa: BLE001 - it undid itself
                     pass
-            self.detach(name, cid)
+            self.detach(name, cid, grace=0)  # a failed creation: its namespace may live on
 
         return begin, undo, finish
 
@@ -316,12 +316,13 @@ class Networks:
         """The container's creation finished: its attachment is no longer pending."""
         _unlink(os.path.join(self._dir(name), PENDING, cid))
 
-    def detach(self, name: str, cid: str) -> bool:
+    def detach(self, name: str, cid: str, grace: float | None = None) -> bool:
         """Undo the container's attachment (False when it had none); its peers' hosts
-        files no longer list it."""
+        files no longer list it.  ``grace``: see ``BridgeNetwork.detach`` (0: delete the
+        veth at once)."""
         with self._lock:
             net = self._get(name, self.options.get(name))
-        detached = net.detach(cid)
+        detached = net.detach(cid) if grace is None else net.detach(cid, grace)
         _unlink(os.path.join(self._dir(name), PENDING, cid))
         with self._names_lock:
             _unlink(os.path.join(self._dir(name), NAMES, cid))
