@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import signal
 import socket as _socket
 import sys
@@ -357,7 +356,9 @@ def main(args, log) -> int:
     if engine[0] == "daemon" and options.cgroup_parent is not None:
         log.warn(f"--cgroup-parent applies to the embedded engine only: the daemon at "
                  f"{engine[1]} places jobs under its own --cgroup-parent")
-    _raise_fd_limit()
+    from corral.supervisor.daemon import raise_fd_limit
+
+    raise_fd_limit()
     view = make_view(sys.stderr, options.quiet)
     try:
         tally = trio.run(run_batch, options, planned, engine, view, results)
@@ -381,11 +382,3 @@ def _only_error(group: BaseExceptionGroup) -> BaseException:
     while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
         group = group.exceptions[0]
     return group
-
-
-def _raise_fd_limit() -> None:
-    """A pidfd per running container and log files: parallel batches need more than the
-    default soft limit of 1024 descriptors."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

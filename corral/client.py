@@ -22,6 +22,7 @@ from corral.job import Job
 from corral.session import Backend, Session, default_socket
 
 MAX_LINE = 64 * 1024 * 1024
+HELLO_TIMEOUT = 10.0
 CANCEL_WAIT = 10.0
 
 
@@ -35,7 +36,7 @@ class RemoteError(CorralError):
 
 _KNOWN = {name: getattr(errors, name) for name in (
     "ConfigError", "ContainerNotFound", "ContainerExists", "ContainerStateError",
-    "NotSupportedError", "ChildError", "CgroupError", "ProtocolError")}
+    "NotSupportedError", "ChildError", "CgroupError", "ProtocolError", "RequestCancelled")}
 
 
 def _error(error: dict) -> CorralError:
@@ -78,8 +79,18 @@ class Connection:
             raise CorralError(f"cannot reach corral supervise at {path}: "
                               f"{exc.strerror or exc} (is it running?)") from None
         reader = BufferedByteReceiveStream(stream)
-        line = await reader.receive_until(b"\n", MAX_LINE)
-        hello = json.loads(line)
+        try:
+            with anyio.fail_after(HELLO_TIMEOUT):
+                hello = json.loads(await reader.receive_until(b"\n", MAX_LINE))
+            if not isinstance(hello, dict):
+                raise ValueError(f"{hello!r}")
+        except BaseException as exc:
+            await stream.aclose()
+            if isinstance(exc, (TimeoutError, ValueError, anyio.EndOfStream,
+                                anyio.IncompleteRead, anyio.DelimiterNotFound)):
+                raise CorralError(f"{path} did not greet like corral supervise "
+                                  f"({type(exc).__name__})") from None
+            raise
         if "error" in hello:
             await stream.aclose()
             raise _error(hello["error"])

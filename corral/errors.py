@@ -56,3 +56,7 @@ class ChildError(CorralError):
 
 class CgroupError(CorralError):
     """A cgroup operation failed."""
+
+
+class RequestCancelled(CorralError):
+    """A request to the daemon that its client cancelled (the API's ``cancel``)."""

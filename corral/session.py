@@ -189,9 +189,10 @@ class Session:
         self._started[cid] = container  # before the call: a cancelled create is cleaned up
         try:
             await self.backend.run_job(cid, job)
-        except BaseException:
-            self._started.pop(cid, None)
+        except Exception:
+            self._started.pop(cid, None)  # failed, and undone by the engine
             raise
+        # (cancelled: the id stays, so that leaving the session deletes whatever was made)
         return container
 
     async def map(self, jobs: Iterable[Job | tuple[str, Job]], *, limit: int = 4,
@@ -235,10 +236,11 @@ class Session:
         started = time.monotonic()
         try:
             container = await self.run(job, name=name)
-        except CorralError as exc:
+        except (CorralError, OSError) as exc:
             if not keep_going:
                 return exc
-            return JobResult(name, "", job, error=str(exc), duration=time.monotonic() - started)
+            message = str(exc) if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}"
+            return JobResult(name, "", job, error=message, duration=time.monotonic() - started)
         try:
             result = await container.result()
         finally:

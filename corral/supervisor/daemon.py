@@ -85,7 +85,7 @@ def main(args) -> int:
                                                f"number of seconds")
     root = os.path.abspath(args.root)
     socket_path = os.path.abspath(args.socket or os.path.join(root, "supervise.sock"))
-    _raise_fd_limit()
+    raise_fd_limit()
     trio.run(_serve, root, socket_path, group, request_timeout, options, log)
     return 0
 
@@ -108,7 +108,7 @@ def _networks(flags: list[str]) -> dict:
     return networks
 
 
-def _raise_fd_limit() -> None:
+def raise_fd_limit() -> None:
     """A pidfd (and an OOM eventfd) per container and a socket per client: the default
     soft limit of 1024 is too low for a thousand containers."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -172,9 +172,10 @@ async def _reap_orphans(engine, log) -> None:
         while True:
             with trio.move_on_after(ORPHAN_SWEEP):
                 await sigchld.__anext__()
+            engine.prune()
             zombies = _zombie_children()
             for pid in zombies:
-                if pid in engine._by_pid or pid in seen:
+                if engine.container_of(pid) is not None or pid in seen:
                     try:
                         _, raw = os.waitpid(pid, os.WNOHANG)
                     except ChildProcessError:

@@ -23,7 +23,8 @@ from typing import AsyncIterator
 import trio
 
 from corral import jsonlite as json
-from corral.errors import ConfigError, ContainerNotFound, ContainerStateError, CorralError
+from corral.errors import (ConfigError, ContainerExists, ContainerNotFound,
+                           ContainerStateError, CorralError)
 from corral.oci.state import list_ids, rfc3339_now, validate_id
 from corral.procfs import is_alive
 from corral.supervisor.containers import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container
@@ -143,7 +144,7 @@ class Engine:
             raise ConfigError("bundle", "give exactly one of bundle and config")
         self._forget_if_gone(cid)
         if cid in self._busy or cid in self.tracked:
-            raise CorralError(f"container with id {cid} already exists")
+            raise ContainerExists(cid)
         self._busy.add(cid)
         owned = None
         try:
@@ -249,7 +250,7 @@ class Engine:
         workdir = os.path.join(self.root, SUPERVISOR_DIR, "jobs", cid)
         self._forget_if_gone(cid)
         if cid in self._busy or cid in self.tracked or os.path.exists(workdir):
-            raise CorralError(f"container with id {cid} already exists")
+            raise ContainerExists(cid)
         netns = self._joined_netns(job.joins) if job.joins else None
         made = job.bundle(workdir, cid, self.cgroup_parent, netns=netns)
         info = {"workdir": workdir, "keep": job.keep, "upper": made.upper,
@@ -337,7 +338,7 @@ class Engine:
                 with trio.move_on_after(grace):
                     await tracked.exited.wait()
             if container.status() != STOPPED:
-                container.kill(_signal.SIGKILL, all_processes=container.has_cgroup())
+                _kill_quietly(container, _signal.SIGKILL)
         if tracked is None:
             return None
         with trio.move_on_after(10):
@@ -353,26 +354,28 @@ class Engine:
         if cid in self._busy:
             raise ContainerStateError(f"container {cid} is being created or deleted")
         self._busy.add(cid)
+        tracked = self.tracked.get(cid)
+        # Once begun, a delete finishes: a cancellation of the caller must not leave a
+        # killed container half-removed (its cgroup, state dir or lease behind).
         try:
-            tracked = self.tracked.get(cid)
-            if status in (CREATED, RUNNING, PAUSED):
-                container.kill(_signal.SIGKILL, all_processes=container.has_cgroup())
-                if container.status() == PAUSED:
-                    container.resume()
-                if tracked is not None:
-                    with trio.move_on_after(10):
-                        await tracked.exited.wait()
-            if tracked is not None and tracked.managed and self.zygote.alive:
-                await self.zygote.close_logs(container.state_dir.path)
-            # Waiting for stragglers and cgroup rmdir retries block: not on the event loop.
-            # (it removes the inline bundle or the job's work directory too)
-            await trio.to_thread.run_sync(container.delete, True)
-            network = (container.record.get("job") or {}).get("network")
-            if network:  # a bridge job's veth, ports and lease
-                await trio.to_thread.run_sync(self.networks.detach, network, cid)
+            with trio.CancelScope(shield=True):
+                if status in (CREATED, RUNNING, PAUSED):
+                    _kill_quietly(container, _signal.SIGKILL)
+                    if tracked is not None:
+                        with trio.move_on_after(10):
+                            await tracked.exited.wait()
+                if tracked is not None and tracked.managed and self.zygote.alive:
+                    await self.zygote.close_logs(container.state_dir.path)
+                # Waiting for stragglers and cgroup rmdir retries block: not on the event
+                # loop.  (It removes the inline bundle or the job's work directory too.)
+                await trio.to_thread.run_sync(container.delete, True)
+                network = (container.record.get("job") or {}).get("network")
+                if network:  # a bridge job's veth, ports and lease
+                    await trio.to_thread.run_sync(self.networks.detach, network, cid)
         finally:
             self._busy.discard(cid)
-        self._untrack(cid)
+            if not os.path.isdir(container.state_dir.path):
+                self._untrack(cid)
         self._emit("deleted", cid)
 
     # ---- state ----
@@ -449,18 +452,17 @@ class Engine:
                     os.close(fd)
             outputs: dict[str, bytes] = {}
             status = None
-            with trio.move_on_after(timeout if timeout else math.inf):
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_collect, out_r, outputs, "stdout")
-                    nursery.start_soon(_collect, err_r, outputs, "stderr")
-                    status = await self.zygote.wait(pid)
+            try:
+                with trio.move_on_after(timeout if timeout else math.inf):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_collect, out_r, outputs, "stdout")
+                        nursery.start_soon(_collect, err_r, outputs, "stderr")
+                        status = await self.zygote.wait(pid)
+            except BaseException:  # the caller was cancelled or went away: so does the process
+                await self._kill_exec(pid)
+                raise
             if status is None:
-                try:
-                    os.kill(pid, _signal.SIGKILL)  # a zygote child not yet reaped: our pid
-                except ProcessLookupError:
-                    pass
-                with trio.CancelScope(shield=True):
-                    status = await self.zygote.wait(pid)
+                status = await self._kill_exec(pid)
                 raise ContainerStateError(f"exec in {cid} timed out after {timeout} s "
                                           f"(killed; exit status {status})")
         finally:
@@ -468,6 +470,15 @@ class Engine:
             os.close(err_r)
         return {"exitStatus": status,
                 **{k: outputs.get(k, b"").decode(errors="replace") for k in STREAMS}}
+
+    async def _kill_exec(self, pid: int) -> int:
+        """SIGKILL to an exec'd process (a zygote child not reaped yet: still our pid)."""
+        try:
+            os.kill(pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        with trio.CancelScope(shield=True):
+            return await self.zygote.wait(pid)
 
     # ---- logs ----
 
@@ -518,8 +529,18 @@ class Engine:
 
     def _untrack(self, cid: str) -> None:
         tracked = self.tracked.pop(cid, None)
-        if tracked is not None:
-            self._by_pid.pop(tracked.pid, None)
+        if tracked is not None and self._by_pid.get(tracked.pid) is tracked:
+            del self._by_pid[tracked.pid]
+
+    def prune(self) -> None:
+        """Forgets containers deleted behind the engine's back (by the command line)."""
+        for cid in list(self.tracked):
+            self._forget_if_gone(cid)
+
+    def container_of(self, pid: int) -> str | None:
+        """The id of the container whose init is ``pid``, if the engine watches it."""
+        tracked = self._by_pid.get(pid)
+        return tracked.id if tracked is not None else None
 
     async def _watch(self, tracked: Tracked, cgroup_json: dict | None) -> None:
         """Waits on the init's pidfd; reports OOMs meanwhile; then learns its status."""
@@ -558,9 +579,14 @@ class Engine:
                 return
 
     async def _exit_status(self, tracked: Tracked) -> int | None:
+        record = read_exit(tracked.state_dir)  # written before any report: an exit long ago
+        if record is not None and record.get("pid") == tracked.pid:
+            self.zygote.forget(tracked.pid)
+            return record["exitStatus"]
         if tracked.managed and self.zygote.alive:
             with trio.move_on_after(2):  # the keeper reports right after it reaps
                 return await self.zygote.wait(tracked.pid)
+            self.zygote.forget(tracked.pid)
         # No keeper to ask: the status is on disk (written by a keeper before it died, or
         # by the daemon's orphan reaper, which may be a moment behind this watcher).
         patience = 3.0 if tracked.managed else 0.0
@@ -705,6 +731,17 @@ def _oom_watch(cgroup_json: dict | None):
         watch.close()
         return None
     return watch
+
+
+def _kill_quietly(container: Container, sig: int) -> None:
+    """A signal to the container, and to a paused one's thawed processes; one that exited
+    meanwhile is not an error (delete and stop want it gone, and it is)."""
+    try:
+        container.kill(sig, all_processes=container.has_cgroup())
+        if container.status() == PAUSED:
+            container.resume()
+    except ContainerStateError:
+        pass
 
 
 def _peak_memory(cgroup_json: dict | None) -> int | None:

@@ -16,7 +16,7 @@ from typing import Callable
 
 import trio
 
-from corral.errors import CorralError
+from corral.errors import CorralError, RequestCancelled
 from corral.supervisor.api import API_VERSION, METHODS
 from corral.supervisor.engine import Engine
 
@@ -52,12 +52,18 @@ class Peer:
         return group is not None and (self.gid == group or group in self.groups())
 
 
+def daemon_listening(path: str) -> bool:
+    """Whether something accepts connections on the Unix socket ``path``."""
+    with _socket.socket(_socket.AF_UNIX) as probe:
+        return probe.connect_ex(path) == 0
+
+
 def bind_socket(path: str, group: int | None) -> _socket.socket:
     """0600 (0660 with the group's ownership when ``group``), created that way: no moment
     where others could connect."""
+    if daemon_listening(path):
+        raise CorralError(f"{path}: a daemon is already listening there")
     try:
-        if _socket.socket(_socket.AF_UNIX).connect_ex(path) == 0:
-            raise CorralError(f"{path}: a daemon is already listening there")
         os.unlink(path)  # stale: its daemon is gone
     except FileNotFoundError:
         pass
@@ -211,7 +217,7 @@ class Connection:
                 with scope:
                     result = await fn(self.engine, params, emit)
                 if scope.cancelled_caught:
-                    raise CorralError(f"{method}: cancelled by the client")
+                    raise RequestCancelled(f"{method}: cancelled by the client")
             except _GONE:
                 raise
             except CorralError as exc:

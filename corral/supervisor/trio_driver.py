@@ -83,6 +83,8 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                 # deadline) abandons the thread; the hook's own timeout ends it.
                 await trio.to_thread.run_sync(prepared.carry_out, action, abandon_on_cancel=True)
             else:
+                if isinstance(action, (c.RecordPid, c.JoinCgroup)):
+                    zygote.expect(action.pid)  # its status will be waited for
                 # The init's pidfd first: a failure of RecordPid's own steps (network
                 # devices, the engine's attach) must kill the init too.
                 if isinstance(action, c.RecordPid) and not zygote.exited(action.pid):

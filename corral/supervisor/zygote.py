@@ -36,11 +36,13 @@ import select
 import signal
 import socket
 import sys
+import time
 
 FDS_PER_SPAWN = 4
 MAX_PACKET = 65536
 KEEPER_VERSION = 1
 _PENDING_MAX = 1024  # statuses of pids not (yet) tracked: kept briefly for a late "track"
+_PENDING_TTL = 10.0  # seconds: a reused pid never gets an old status
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -51,7 +53,7 @@ class Zygote:
         self.control = control
         self.listener = listener
         self.tracked: dict[int, str] = {}
-        self.pending: dict[int, int] = {}
+        self.pending: dict[int, tuple[int, float]] = {}  # pid -> (status, when reaped)
         self.logs: dict[int, object] = {}  # pipe read fd -> LogFile
         self.poller = select.poll()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -269,12 +271,12 @@ class Zygote:
     # ---- exits ----
 
     def _track(self, pid: int, state_dir: str) -> None:
-        status = self.pending.pop(pid, None)
-        if status is None:
+        early = self.pending.pop(pid, None)
+        if early is None or time.monotonic() - early[1] > _PENDING_TTL:
             self.tracked[pid] = state_dir
         else:
             self._drain_logs(state_dir)
-            self._record(pid, state_dir, status)
+            self._record(pid, state_dir, early[0])
 
     def _reap(self) -> None:
         while True:
@@ -293,7 +295,7 @@ class Zygote:
             else:
                 if len(self.pending) >= _PENDING_MAX:
                     self.pending.pop(next(iter(self.pending)))
-                self.pending[pid] = status
+                self.pending[pid] = (status, time.monotonic())
             self._send({"op": "exited", "pid": pid, "status": status})
 
     def _record(self, pid: int, state_dir: str, status: int) -> None:

@@ -21,6 +21,8 @@ from corral.errors import CorralError
 from corral.supervisor.zygote import FDS_PER_SPAWN, KEEPER_VERSION, MAX_PACKET
 
 SUPERVISOR_DIR = ".supervisor"  # in the state root: not a container (no state.json)
+UNEXPECTED_MAX = 256
+UNEXPECTED_TTL = 10.0  # seconds: pids are not reused that fast
 
 
 class ZygoteHandle:
@@ -31,9 +33,12 @@ class ZygoteHandle:
         self.pid = pid
         self._seq = 0
         self._replies: dict[int, tuple[trio.Event, list]] = {}
-        self._exits: dict[int, int] = {}
+        self._exits: dict[int, int] = {}  # statuses of expected pids, until waited for
         self._exit_events: dict[int, trio.Event] = {}
-        self._forgotten: set[int] = set()
+        self._expected: set[int] = set()
+        # Statuses nobody expects (yet): the zygote reports every child it reaps, orphans of
+        # jobs included.  Bounded, and kept briefly for an ``expect`` that comes late.
+        self._unexpected: dict[int, tuple[int, float]] = {}
         self._dead = False
 
     async def spawn(self, sync_fd: int, stdio: tuple[int, int, int] | None = None,
@@ -59,11 +64,23 @@ class ZygoteHandle:
         """Returns once the zygote has stopped writing logs into ``state_dir``."""
         await self._request({"op": "close_logs", "dir": state_dir}, [])
 
+    def expect(self, pid: int) -> None:
+        """Someone will ``wait`` for ``pid`` (an init, an exec'd process): keep its status.
+        Only expected statuses are kept, so a pid the kernel reuses never inherits an old
+        one."""
+        early = self._unexpected.pop(pid, None)
+        if early is not None and trio.current_time() - early[1] < UNEXPECTED_TTL:
+            self._exits[pid] = early[0]
+        elif pid not in self._exits:
+            self._expected.add(pid)
+
     def exited(self, pid: int) -> bool:
         return pid in self._exits
 
     async def wait(self, pid: int) -> int:
         """Exit status of a child of the zygote (128+N for signal N)."""
+        if pid not in self._exits:
+            self.expect(pid)
         while pid not in self._exits:
             self._check_alive()
             event = self._exit_events.setdefault(pid, trio.Event())
@@ -71,9 +88,10 @@ class ZygoteHandle:
         return self._exits.pop(pid)
 
     def forget(self, pid: int) -> None:
-        """Drops a status nobody will wait for (e.g. the intermediate process)."""
-        if self._exits.pop(pid, None) is None:
-            self._forgotten.add(pid)
+        """Nobody will wait for ``pid`` (the intermediate process, a status given up on)."""
+        self._exits.pop(pid, None)
+        self._expected.discard(pid)
+        self._exit_events.pop(pid, None)
 
     @property
     def alive(self) -> bool:
@@ -132,9 +150,12 @@ class ZygoteHandle:
         return (json.loads(data) if data else None), list(fds)
 
     def _on_exit(self, pid: int, status: int) -> None:
-        if pid in self._forgotten:
-            self._forgotten.discard(pid)
+        if pid not in self._expected:
+            if len(self._unexpected) >= UNEXPECTED_MAX:
+                self._unexpected.pop(next(iter(self._unexpected)))
+            self._unexpected[pid] = (status, trio.current_time())
             return
+        self._expected.discard(pid)
         self._exits[pid] = status
         event = self._exit_events.pop(pid, None)
         if event is not None:
