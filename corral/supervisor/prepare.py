@@ -148,6 +148,12 @@ class PreparedContainer:
             if finish is not None:
                 self._unfinished_steps.append(finish)
 
+    @property
+    def steps_running(self) -> bool:
+        """A host step begun on a thread of its own (a network attach) is not done yet:
+        finishing waits for it, which a trio driver does off its event loop."""
+        return bool(self._unfinished_steps)
+
     def finish_host_steps(self) -> None:
         while self._unfinished_steps:
             self._unfinished_steps.pop(0)()

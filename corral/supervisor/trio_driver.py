@@ -78,6 +78,9 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                 return
             elif isinstance(action, c.Fail):
                 raise action.error
+            elif (isinstance(action, c.ApplyResources)
+                  and getattr(prepared, "steps_running", False)):
+                await trio.to_thread.run_sync(prepared.carry_out, action)
             elif isinstance(action, c.RunCreateRuntimeHooks):
                 # Hooks may take long: never on the event loop.  Cancellation (the
                 # deadline) abandons the thread; the hook's own timeout ends it.
