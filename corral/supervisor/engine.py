@@ -29,34 +29,10 @@ from corral.oci.state import list_ids, rfc3339_now, validate_id
 from corral.procfs import is_alive
 from corral.supervisor.containers import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container
 from corral.supervisor.exits import read_exit
+from corral.supervisor.event_bus import EventBus
 from corral.supervisor.logs import DEFAULT_KEEP, DEFAULT_MAX_BYTES, STREAMS, LogReader
+from corral.supervisor.watching import MANAGED, Tracked, oom_watch, peak_memory
 from corral.supervisor.zygote_handle import SUPERVISOR_DIR, ZygoteHandle
-
-MANAGED = "supervisor"  # state.json "managed": made by an engine, its init a zygote child
-EXEC_OUTPUT_CAP = 4 * 1024 * 1024
-EVENT_BUFFER = 4096
-
-
-class Tracked:
-    """The engine's view of one container: how it learns that the init exited."""
-
-    __slots__ = ("id", "state_dir", "pid", "pid_start", "managed", "exit_status", "exited",
-                 "owned_bundle", "job", "timed_out", "peak_memory", "started_at", "exited_at")
-
-    def __init__(self, cid: str, state_dir: str, record: dict) -> None:
-        self.id = cid
-        self.state_dir = state_dir
-        self.pid = record.get("pid") or 0
-        self.pid_start = record.get("pid_start")
-        self.managed = record.get("managed") == MANAGED
-        self.owned_bundle = record.get("ownedBundle")
-        self.job = record.get("job")  # {"workdir", "keep", "upper", "timeLimit"} of a Job
-        self.exit_status: int | None = None
-        self.exited = trio.Event()
-        self.timed_out = False
-        self.peak_memory: int | None = None
-        self.started_at: str | None = None
-        self.exited_at: str | None = None
 
 
 class Engine:
@@ -81,7 +57,7 @@ class Engine:
         self.log_keep = log_keep
         self.tracked: dict[str, Tracked] = {}
         self._by_pid: dict[int, Tracked] = {}
-        self._subscribers: set[trio.MemorySendChannel] = set()
+        self.events = EventBus()
         self._busy: set[str] = set()  # ids being created or deleted by this engine
         self._background: set[trio.CancelScope] = set()
 
@@ -105,27 +81,13 @@ class Engine:
 
     # ---- events ----
 
-    @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[trio.MemoryReceiveChannel]:
-        """Events from now on: ``{"type", "id", "time", ...}``.  A subscriber that falls
-        ``EVENT_BUFFER`` events behind is dropped (its channel closes), never the engine."""
-        send, receive = trio.open_memory_channel(EVENT_BUFFER)
-        self._subscribers.add(send)
-        try:
-            yield receive
-        finally:
-            self._subscribers.discard(send)
-            send.close()
-            receive.close()
+    def subscribe(self):
+        """Events from now on (an async context manager giving a channel): see
+        ``EventBus``."""
+        return self.events.subscribe()
 
     def _emit(self, kind: str, cid: str, **extra) -> None:
-        event = {"type": kind, "id": cid, "time": rfc3339_now(), **extra}
-        for send in list(self._subscribers):
-            try:
-                send.send_nowait(event)
-            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.discard(send)
-                send.close()
+        self.events.emit(kind, cid, **extra)
 
     # ---- creating and starting ----
 
@@ -430,55 +392,11 @@ class Engine:
     async def exec(self, cid: str, args: list[str] | None = None, *, process: dict | None = None,
                    env: list[str] = (), cwd: str | None = None, user: str | None = None,
                    timeout: float | None = None) -> dict:
-        """Runs a process in the container to its end: ``{"exitStatus", "stdout",
-        "stderr"}`` (each capped at 4 MiB).  ``timeout`` kills it."""
-        from corral.supervisor.execution import prepare_exec
-        from corral.supervisor.trio_driver import create_container
+        """Runs a process in the container to its end (``exec_capture.run_to_end``)."""
+        from corral.supervisor.exec_capture import run_to_end
 
-        if process is None and not args:
-            raise ConfigError("args", "exec needs args or a process")
-        if process is not None and not isinstance(process, dict):
-            raise ConfigError("process", "must be a JSON object (an OCI process)")
-        request = _ExecRequest(self.root, cid, args or [], process, list(env), cwd, user)
-        prepared = prepare_exec(request)
-        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            try:
-                pid = await create_container(prepared, self.zygote, stdio=(null, out_w, err_w))
-            finally:
-                for fd in (null, out_w, err_w):
-                    os.close(fd)
-            outputs: dict[str, bytes] = {}
-            status = None
-            try:
-                with trio.move_on_after(timeout if timeout else math.inf):
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_collect, out_r, outputs, "stdout")
-                        nursery.start_soon(_collect, err_r, outputs, "stderr")
-                        status = await self.zygote.wait(pid)
-            except BaseException:  # the caller was cancelled or went away: so does the process
-                await self._kill_exec(pid)
-                raise
-            if status is None:
-                status = await self._kill_exec(pid)
-                raise ContainerStateError(f"exec in {cid} timed out after {timeout} s "
-                                          f"(killed; exit status {status})")
-        finally:
-            os.close(out_r)
-            os.close(err_r)
-        return {"exitStatus": status,
-                **{k: outputs.get(k, b"").decode(errors="replace") for k in STREAMS}}
-
-    async def _kill_exec(self, pid: int) -> int:
-        """SIGKILL to an exec'd process (a zygote child not reaped yet: still our pid)."""
-        try:
-            os.kill(pid, _signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        with trio.CancelScope(shield=True):
-            return await self.zygote.wait(pid)
+        return await run_to_end(self.root, self.zygote, cid, args, process=process, env=env,
+                                cwd=cwd, user=user, timeout=timeout)
 
     # ---- logs ----
 
@@ -551,7 +469,7 @@ class Engine:
         oom = None
         try:
             if pidfd >= 0 and is_alive(tracked.pid, tracked.pid_start):
-                oom = _oom_watch(cgroup_json)
+                oom = oom_watch(cgroup_json)
                 async with trio.open_nursery() as nursery:
                     if oom is not None:
                         nursery.start_soon(self._report_ooms, tracked.id, oom)
@@ -560,7 +478,7 @@ class Engine:
                 if oom is not None and oom.check():
                     self._emit("oom", tracked.id)
             tracked.exited_at = rfc3339_now()
-            tracked.peak_memory = _peak_memory(cgroup_json)
+            tracked.peak_memory = peak_memory(cgroup_json)
             tracked.exit_status = await self._exit_status(tracked)
         finally:
             if pidfd >= 0:
@@ -641,26 +559,6 @@ class Engine:
         return True
 
 
-class _ExecRequest:
-    """What ``prepare_exec`` reads from the command line's arguments, from an API call."""
-
-    def __init__(self, root: str, cid: str, command: list[str], process: dict | None,
-                 env: list[str], cwd: str | None, user: str | None) -> None:
-        self.root, self.id, self.command = root, cid, command
-        self.process_json = process
-        self.process = None
-        self.env, self.cwd, self.user = env, cwd, user
-        self.additional_gids: list[str] = []
-        self.cap: list[str] = []
-        self.no_new_privs = False
-        self.tty = False
-        self.ignore_paused = False
-        self.preserve_fds = 0
-        self.console_socket = None
-        self.detach = True
-        self.pid_file = None
-
-
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
@@ -698,41 +596,6 @@ def _fifo_byte(fd: int) -> bool:
         return False
 
 
-async def _collect(fd: int, outputs: dict[str, bytes], key: str) -> None:
-    os.set_blocking(fd, False)
-    chunks, size = [], 0
-    while True:
-        await trio.lowlevel.wait_readable(fd)
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
-            continue
-        if not data:
-            break
-        if size < EXEC_OUTPUT_CAP:
-            chunks.append(data[: EXEC_OUTPUT_CAP - size])
-            size += len(chunks[-1])
-    outputs[key] = b"".join(chunks)
-
-
-def _oom_watch(cgroup_json: dict | None):
-    """An OOM eventfd for a v1 memory cgroup (pollable by trio); None otherwise (on v2 an
-    OOM that kills the init still shows in its status)."""
-    if not cgroup_json:
-        return None
-    from corral.cgroups import Cgroup
-    from corral.supervisor.events import OomWatch
-
-    try:
-        watch = OomWatch(Cgroup.from_json(cgroup_json))
-    except OSError:
-        return None
-    if watch.kind != "v1":
-        watch.close()
-        return None
-    return watch
-
-
 def _kill_quietly(container: Container, sig: int) -> None:
     """A signal to the container, and to a paused one's thawed processes; one that exited
     meanwhile is not an error (delete and stop want it gone, and it is)."""
@@ -742,26 +605,6 @@ def _kill_quietly(container: Container, sig: int) -> None:
             container.resume()
     except ContainerStateError:
         pass
-
-
-def _peak_memory(cgroup_json: dict | None) -> int | None:
-    """The container's highest memory use, read before its cgroup goes (v1
-    max_usage_in_bytes, v2 memory.peak where the kernel has it)."""
-    if not cgroup_json:
-        return None
-    from corral.cgroups import Cgroup
-    from corral.supervisor.events import memory_dir
-
-    try:
-        cgroup = Cgroup.from_json(cgroup_json)
-        directory, v1 = memory_dir(cgroup)
-        if directory is None:
-            return None
-        name = "memory.max_usage_in_bytes" if v1 else "memory.peak"
-        with open(os.path.join(directory, name)) as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
 
 
 def _undo_half_made(container: Container) -> None:
