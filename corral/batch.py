@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 EXIT_JOB_FAILED = 3
 NOT_RETRIED = (ConfigError, NotSupportedError, ChildError)
 SUMMARY = "summary.json"
-DELETE_TIMEOUT = 30.0
 
 
 class Options:
@@ -132,34 +131,17 @@ async def run_one(session: Session, planned: Planned, view) -> Finished:
 
 async def _attempt(session: Session, planned: Planned) -> tuple[JobResult, bool]:
     """(JobResult, whether a failure is worth another attempt)."""
-    import trio
-
     from corral.session import JobResult
 
     started = time.monotonic()
-
-    def failed(exc: CorralError) -> JobResult:
-        return JobResult(planned.name, "", planned.job, error=str(exc) or type(exc).__name__,
-                         duration=time.monotonic() - started)
-
     try:
-        container = await session.run(planned.job, name=planned.name)
-    except CorralError as exc:
-        return failed(exc), not isinstance(exc, NOT_RETRIED)
-    try:
-        result = await container.result()
-    except CorralError as exc:
-        return failed(exc), True
-    finally:
-        # Cancelled (Ctrl-C) or not, the container goes now; the session's own clean-up
-        # retries one that this could not delete.
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + DELETE_TIMEOUT):
-            try:
-                await container.delete()
-            except CorralError:
-                pass
-    result.duration = time.monotonic() - started
-    return result, True
+        return await session.run_to_end(planned.job, name=planned.name), True
+    except (CorralError, OSError) as exc:
+        error = (str(exc) or type(exc).__name__) if isinstance(exc, CorralError) \
+            else f"{type(exc).__name__}: {exc}"
+        return (JobResult(planned.name, "", planned.job, error=error,
+                          duration=time.monotonic() - started),
+                not isinstance(exc, NOT_RETRIED))
 
 
 # ---- the batch ----------------------------------------------------------------------------

@@ -232,22 +232,31 @@ class Session:
         finally:
             scope.cancel()
 
+    async def run_to_end(self, job: Job, *, name: str | None = None) -> JobResult:
+        """run + result + delete: the job's result once its container is gone (deleted
+        even when the caller is cancelled).  A job that cannot be created raises."""
+        started = time.monotonic()
+        container = await self.run(job, name=name)
+        try:
+            result = await container.result()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT):
+                try:
+                    await container.delete()
+                except CorralError:
+                    pass  # gone already; leaving the session retries anything left
+        result.duration = time.monotonic() - started
+        return result
+
     async def _run_to_end(self, name: str, job: Job, keep_going: bool):
         started = time.monotonic()
         try:
-            container = await self.run(job, name=name)
+            return await self.run_to_end(job, name=name)
         except (CorralError, OSError) as exc:
             if not keep_going:
                 return exc
             message = str(exc) if isinstance(exc, CorralError) else f"{type(exc).__name__}: {exc}"
             return JobResult(name, "", job, error=message, duration=time.monotonic() - started)
-        try:
-            result = await container.result()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await container.delete()
-        result.duration = time.monotonic() - started
-        return result
 
     async def events(self) -> AsyncIterator[dict]:
         """Every container's events (created, started, exited, oom, timeout, deleted) from
