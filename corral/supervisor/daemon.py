@@ -167,6 +167,8 @@ async def _reap_orphans(engine, log) -> None:
     for: a container init (its keeper died) is reaped and its status recorded; any other
     zombie child only once it has stayed a zombie for a whole sweep (trio's and the hooks'
     own children are reaped by their waiters within milliseconds)."""
+    from corral.supervisor.foreground import exit_status
+
     seen: set[int] = set()
     with trio.open_signal_receiver(_signal.SIGCHLD) as sigchld:
         while True:
@@ -180,8 +182,7 @@ async def _reap_orphans(engine, log) -> None:
                         _, raw = os.waitpid(pid, os.WNOHANG)
                     except ChildProcessError:
                         continue
-                    status = os.waitstatus_to_exitcode(raw)
-                    status = 128 - status if status < 0 else status
+                    status = exit_status(raw)
                     if engine.reap_orphan(pid, status):
                         log("info", f"reaped container init {pid} (its keeper is gone): {status}")
             seen = zombies

@@ -38,6 +38,8 @@ import socket
 import sys
 import time
 
+from corral.supervisor.foreground import exit_status
+
 FDS_PER_SPAWN = 4
 MAX_PACKET = 65536
 KEEPER_VERSION = 1
@@ -286,8 +288,7 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            status = os.waitstatus_to_exitcode(raw)
-            status = 128 - status if status < 0 else status
+            status = exit_status(raw)
             state_dir = self.tracked.pop(pid, None)
             if state_dir is not None:
                 self._drain_logs(state_dir)  # what it wrote before exiting, before anyone hears
