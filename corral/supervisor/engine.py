@@ -35,6 +35,9 @@ from corral.supervisor.watching import MANAGED, Tracked, oom_watch, peak_memory
 from corral.supervisor.zygote_handle import SUPERVISOR_DIR, ZygoteHandle
 
 
+OOM_EVENT_PERIOD = 0.1
+
+
 class Engine:
     def __init__(self, root: str, zygote: ZygoteHandle, nursery: trio.Nursery, *,
                  max_concurrent_creates: int = 16, create_timeout: float = 60.0,
@@ -475,8 +478,9 @@ class Engine:
                         nursery.start_soon(self._report_ooms, tracked.id, oom)
                     await trio.lowlevel.wait_readable(pidfd)
                     nursery.cancel_scope.cancel()
-                if oom is not None and oom.check():
-                    self._emit("oom", tracked.id)
+                count = oom.check() if oom is not None else 0
+                if count:
+                    self._emit("oom", tracked.id, count=count)
             tracked.exited_at = rfc3339_now()
             tracked.peak_memory = peak_memory(cgroup_json)
             tracked.exit_status = await self._exit_status(tracked)
@@ -491,10 +495,14 @@ class Engine:
     async def _report_ooms(self, cid: str, oom) -> None:
         while True:
             await trio.lowlevel.wait_readable(oom.fd)
-            for _ in range(oom.check()):
-                self._emit("oom", cid)
+            count = oom.check()
+            if count:
+                self._emit("oom", cid, count=count)
             if oom.gone():
                 return
+            # A v1 cgroup under memory pressure signals thousands of OOMs a second: at
+            # most one event per OOM_EVENT_PERIOD, with the count since the last one.
+            await trio.sleep(OOM_EVENT_PERIOD)
 
     async def _exit_status(self, tracked: Tracked) -> int | None:
         record = read_exit(tracked.state_dir)  # written before any report: an exit long ago

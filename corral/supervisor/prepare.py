@@ -319,12 +319,13 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         create_hooks=bool(hooks.prestart or hooks.create_runtime or hooks.create_container)))
     try:
         state_dir.make_fifo()
-        state_dir.write(record)
+        state_dir.write(record)  # the cgroup's paths: what a crash from here on leaves
         if cgroup is not None:
             cgroup.create()  # on failure it removes what it made itself
             prepared.cgroup_made = True
+            # The parents it made (to prune at delete) reach state.json with the pid, one
+            # write later: a crash in between leaves at most those empty parents.
             record["cgroup"] = cgroup.to_json()
-            state_dir.write(record)
     except BaseException:
         prepared.undo()
         raise
