@@ -75,12 +75,12 @@ class Planned:
 
 def plan(jobs: list[tuple[str, Job]], options: Options) -> list[Planned]:
     """A job's own ``timeout``/``limits.time`` wins over ``--timeout``; its own
-    ``retries`` (1 or more) over ``--retries``."""
+    ``retries`` (0 or more) over ``--retries``."""
     planned = []
     for index, (name, job) in enumerate(jobs):
         if options.timeout is not None and job.limits.time is None:
             job = job.replace(limits={**job.limits.to_dict(), "time": options.timeout})
-        retries = job.retries or options.retries
+        retries = options.retries if job.retries is None else job.retries
         planned.append(Planned(index, name, job, 1 + retries))
     return planned
 

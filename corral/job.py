@@ -335,7 +335,7 @@ class Job:
     root: str | None
     bundle_dir: str | None
     keep: bool
-    retries: int
+    retries: int | None  # None: the runner's default (corral batch --retries)
 
     def __init__(self, args: list[str] | None = None, *,
                  env: dict[str, str] | list[str] | None = None, cwd: str | None = None,
@@ -343,7 +343,7 @@ class Job:
                  limits: Limits | dict | None = None, mounts: list[Bind | dict | str] | tuple = (),
                  network: str | None = None, ports: list[str] | tuple = (),
                  peer_names: bool = False, root: str | None = None,
-                 bundle: str | None = None, keep: bool = False, retries: int = 0) -> None:
+                 bundle: str | None = None, keep: bool = False, retries: int | None = None) -> None:
         self._set("job.", dict(args=args, env=env, cwd=cwd, user=user, hostname=hostname,
                                limits=limits, mounts=mounts, network=network, ports=ports,
                                peer_names=peer_names, root=root, bundle=bundle, keep=keep,
@@ -408,8 +408,9 @@ class Job:
         if keep and root is None:
             raise ConfigError(where + "keep", "only a directory root has a layer to keep")
         put(self, "keep", keep)
-        retries = values.get("retries", 0)
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        retries = values.get("retries")
+        if retries is not None and (not isinstance(retries, int) or isinstance(retries, bool)
+                                    or retries < 0):
             raise ConfigError(where + "retries", f"{retries!r} is not a count (0 or more)")
         put(self, "retries", retries)
 
@@ -467,7 +468,7 @@ class Job:
             out["bundle"] = self.bundle_dir
         if self.keep:
             out["keep"] = True
-        if self.retries:
+        if self.retries is not None:
             out["retries"] = self.retries
         return out
 

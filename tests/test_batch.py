@@ -52,9 +52,11 @@ def test_200_jobs_with_failures_timeouts_and_retries(corral, tmp_path):
         jobs.append({"name": f"exit-{i}", "args": f"echo out-{i}; echo err-{i} >&2; "
                                                   f"exit {1 + i % 5}"})
         expect[f"exit-{i}"] = ("failed", "exit_status", 2)
-    for i in range(5):  # their own retries win over --retries
+    for i in range(4):  # their own retries win over --retries
         jobs.append({"name": f"exit3-{i}", "args": "exit 7", "retries": 2})
         expect[f"exit3-{i}"] = ("failed", "exit_status", 3)
+    jobs.append({"name": "no-retry", "args": "exit 9", "retries": 0})  # 0 opts out of it
+    expect["no-retry"] = ("failed", "exit_status", 1)
     for i in range(8):  # fail once, then succeed
         jobs.append({"name": f"flaky-{i}", "mounts": [f"{marks}:/marks:rw"],
                      "args": f"test -e /marks/{i} && echo second || {{ touch /marks/{i}; exit 1; }}"})

@@ -48,7 +48,7 @@ def test_toml_defaults_and_overrides(tmp_path):
     assert j2.args == ["/bin/sh", "-c", "echo $MODE"]
     assert j2.env == {"MODE": "slow", "KEEP": "yes"}  # merged key by key
     assert (j2.limits.memory, j2.limits.time, j2.limits.pids) == (256 << 20, 5.0, 10)
-    assert (j2.retries, j2.network, j1.retries, j1.network) == (2, "host", 0, None)
+    assert (j2.retries, j2.network, j1.retries, j1.network) == (2, "host", None, None)
 
 
 def test_jsonl_defaults_apply_to_the_lines_after(tmp_path):
