@@ -22,7 +22,7 @@ from corral.errors import ConfigError
 from corral.job import Job
 from corral.net.nft import Nft, PortTable
 from corral.net.registry import DEFAULT_SUBNET, parse_flag, parse_options
-from tests.conftest import CORRAL
+from tests.conftest import CORRAL, Corral
 from tests.supervisor_fixture import ApiError, Client, Daemon, wait_gone
 from tests.test_net_bridge import Netns
 
@@ -340,3 +340,18 @@ def test_daemon_killed_mid_create_restarts_and_frees_the_half_made_network(
     c.call("run", id="again", job=daemon.job(["true"], network="bridge", ports=["18084:80"]))
     assert finish(c, "again")[0] == 0
     c.call("delete", id="again")
+
+
+def test_a_bridge_job_deleted_by_the_command_line_gives_its_lease_back(daemon):
+    """The command line deletes the container (it does not load the network code); the
+    daemon's next sweep notices, frees the veth and the lease, and says "deleted"."""
+    c = daemon.client()
+    c.call("run", id="cli-gone", job=daemon.job(["sleep", "100"], network="bridge:t1"))
+    assert list(daemon.leases("t1").values()) == ["cli-gone"]
+    Corral(daemon.root)("delete", "--force", "cli-gone")
+    end = time.monotonic() + 10
+    while daemon.leases("t1") or daemon.veths():
+        assert time.monotonic() < end, (daemon.leases("t1"), daemon.veths())
+        time.sleep(0.1)
+    assert c.call("list") == []
+    c.close()

@@ -174,7 +174,7 @@ async def _reap_orphans(engine, log) -> None:
         while True:
             with trio.move_on_after(ORPHAN_SWEEP):
                 await sigchld.__anext__()
-            engine.prune()
+            await engine.prune()
             zombies = _zombie_children()
             for pid in zombies:
                 if engine.container_of(pid) is not None or pid in seen:

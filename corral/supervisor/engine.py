@@ -107,7 +107,7 @@ class Engine:
         validate_id(cid)
         if (bundle is None) == (config is None):
             raise ConfigError("bundle", "give exactly one of bundle and config")
-        self._forget_if_gone(cid)
+        await self._prune_one(cid)
         if cid in self._busy or cid in self.tracked:
             raise ContainerExists(cid)
         self._busy.add(cid)
@@ -213,7 +213,7 @@ class Engine:
             raise ConfigError("job", f"{job!r} is not a corral.Job")
         validate_id(cid)
         workdir = os.path.join(self.root, SUPERVISOR_DIR, "jobs", cid)
-        self._forget_if_gone(cid)
+        await self._prune_one(cid)
         if cid in self._busy or cid in self.tracked or os.path.exists(workdir):
             raise ContainerExists(cid)
         netns = self._joined_netns(job.joins) if job.joins else None
@@ -442,21 +442,35 @@ class Engine:
         self._spawn(self._watch, tracked, record.get("cgroup"))
         return tracked
 
-    def _forget_if_gone(self, cid: str) -> None:
-        """A container deleted by someone else (the command line) is no longer ours."""
+    def _forget_if_gone(self, cid: str) -> Tracked | None:
+        """A container deleted by someone else (the command line) is no longer ours;
+        returns what was forgotten."""
         tracked = self.tracked.get(cid)
         if tracked is not None and cid not in self._busy and not os.path.isdir(tracked.state_dir):
             self._untrack(cid)
+            return tracked
+        return None
 
     def _untrack(self, cid: str) -> None:
         tracked = self.tracked.pop(cid, None)
         if tracked is not None and self._by_pid.get(tracked.pid) is tracked:
             del self._by_pid[tracked.pid]
 
-    def prune(self) -> None:
-        """Forgets containers deleted behind the engine's back (by the command line)."""
+    async def prune(self) -> None:
+        """Forgets containers deleted behind the engine's back."""
         for cid in list(self.tracked):
-            self._forget_if_gone(cid)
+            await self._prune_one(cid)
+
+    async def _prune_one(self, cid: str) -> None:
+        """If ``cid`` was deleted by someone else (the command line, which does not load
+        the network code): forget it, and give back a bridge job's veth and lease."""
+        gone = self._forget_if_gone(cid)
+        if gone is None:
+            return
+        network = (gone.job or {}).get("network")
+        if network:
+            await trio.to_thread.run_sync(self.networks.detach, network, cid)
+        self._emit("deleted", cid)
 
     def container_of(self, pid: int) -> str | None:
         """The id of the container whose init is ``pid``, if the engine watches it."""
