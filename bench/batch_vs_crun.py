@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from corral.images import build_rootfs  # noqa: E402
 from corral.oci.spec import default_spec  # noqa: E402
+from bench.workspace import remove_cgroup_tree  # noqa: E402
 
 PARENT = f"corral-bench-batch-{os.getpid()}"
 CORRAL = os.path.join(os.path.dirname(sys.executable), "corral")
@@ -61,7 +62,7 @@ def main() -> int:
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        _remove_cgroups()
+        remove_cgroup_tree(PARENT)
 
 
 def _prepare(work: str, count: int) -> str:
@@ -114,17 +115,6 @@ def _crun(work: str, jobs_file: str, args, crun: str, round_: int) -> float:
         raise SystemExit(f"crun failed: {proc.stderr.strip()[:400]}")
     return elapsed
 
-
-def _remove_cgroups() -> None:
-    for hierarchy in os.listdir("/sys/fs/cgroup"):
-        base = os.path.join("/sys/fs/cgroup", hierarchy, PARENT)
-        if not os.path.isdir(base):
-            continue
-        for dirpath, _dirs, _files in sorted(os.walk(base), key=lambda e: -len(e[0])):
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                pass
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from bench.workspace import remove_cgroup_tree  # noqa: E402
 from corral.net import netns as ns  # noqa: E402
 
 WARM_UP = 5
@@ -54,7 +55,7 @@ def main() -> int:
         times = trio.run(measure, work, parent, args.rounds, args.ports)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        _remove_cgroup_parent(parent)
+        remove_cgroup_tree(parent)
     report(times, args.ports)
     return 0
 
@@ -109,18 +110,6 @@ def report(times: dict[str, list[float]], ports: bool) -> None:
     verdict = "within" if extra <= BUDGET_MS else "OVER"
     print(f"{'difference':>15}: {extra:+6.2f} ms (median; the budget is +{BUDGET_MS:.0f} ms: "
           f"{verdict})")
-
-
-def _remove_cgroup_parent(parent: str) -> None:
-    """The engine removes each container's cgroup; the parent is ours to remove."""
-    root = "/sys/fs/cgroup"
-    hierarchies = ([root] if os.path.exists(os.path.join(root, "cgroup.controllers"))
-                   else [os.path.join(root, h) for h in os.listdir(root)])
-    for hierarchy in hierarchies:
-        try:
-            os.rmdir(os.path.join(hierarchy, parent))
-        except OSError:
-            pass
 
 
 if __name__ == "__main__":

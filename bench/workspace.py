@@ -30,6 +30,18 @@ def hierarchies() -> list[str]:
             if os.path.ismount(p)]
 
 
+def remove_cgroup_tree(parent: str) -> None:
+    """rmdir ``parent`` and every (empty) cgroup below it, deepest first, in every
+    hierarchy; what still holds a task stays (its owner's to kill first)."""
+    for hierarchy in hierarchies():
+        base = os.path.join(hierarchy, parent.strip("/"))
+        for dirpath, _dirs, _files in sorted(os.walk(base), key=lambda e: -len(e[0])):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
+
+
 def is_v1_cpuset(path: str) -> bool:
     """A v1 cpuset cgroup: created empty, it admits no task until cpus and mems are set."""
     return (os.path.exists(os.path.join(path, "cpuset.cpus"))

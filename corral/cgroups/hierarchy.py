@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from ..errors import CgroupError, ConfigError, NotSupportedError
+from .files import read_raw
 
 UNIFIED = "unified"  # the key of the cgroup2 hierarchy in Layout/Cgroup dicts
 
@@ -116,16 +117,9 @@ def parse_mountinfo(text: str) -> Layout:
 def detect(mountinfo: str = "/proc/self/mountinfo") -> Layout:
     """The cgroup layout this process sees."""
     try:
-        fd = os.open(mountinfo, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            chunks = []
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
+        text = read_raw(mountinfo)
     except OSError as e:
         raise CgroupError(f"read {mountinfo}: {e.strerror}") from None
-    text = b"".join(chunks).decode()
     # A supervisor asks once per container, and the table rarely changes: the last parse is
     # reused while the text is the same (read each time, so a change is seen at once).
     if _last_layout is not None and _last_layout[0] == text:

@@ -7,7 +7,6 @@ with follow, ``events``) call ``await emit(item)`` for each item before returnin
 
 from __future__ import annotations
 
-import codecs
 import signal as _signal
 from typing import Any, Awaitable, Callable
 
@@ -152,8 +151,7 @@ async def m_wait(engine: Engine, params: dict, emit: Emit) -> dict:
     cid = _param(params, "id", str)
     timeout = _param(params, "timeout", float, None)
     with trio.move_on_after(timeout if timeout is not None else float("inf")):
-        await engine.wait(cid)
-        return engine.result(cid)
+        return await engine.wait_result(cid)
     raise ContainerStateError(f"container {cid} still running after {timeout} s")
 
 
@@ -173,13 +171,9 @@ async def m_logs(engine: Engine, params: dict, emit: Emit) -> dict:
     which = _param(params, "stream", str, "both")
     if which not in ("stdout", "stderr", "both"):
         raise ConfigError("params.stream", f"{which!r}: use stdout, stderr or both")
-    streams = ("stdout", "stderr") if which == "both" else (which,)
-    decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in streams}
-    async for stream, data in engine.logs(_param(params, "id", str), streams,
-                                          _param(params, "follow", bool, False)):
-        text = decoders[stream].decode(data)
-        if text:
-            await emit({"stream": stream, "data": text})
+    async for stream, text in engine.text_logs(_param(params, "id", str), which,
+                                               _param(params, "follow", bool, False)):
+        await emit({"stream": stream, "data": text})
     return {}
 
 

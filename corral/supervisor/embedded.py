@@ -6,7 +6,6 @@ the engine runs in the caller's event loop and its zygote ends with the ``async 
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 from typing import AsyncIterator
 
@@ -26,8 +25,7 @@ class EngineBackend:
         return await self.engine.run_job(cid, job)
 
     async def wait(self, cid: str) -> dict:
-        await self.engine.wait(cid)
-        return self.engine.result(cid)
+        return await self.engine.wait_result(cid)
 
     async def kill(self, cid: str, signal: int | str, all_processes: bool) -> None:
         self.engine.kill(cid, signal_number(signal), all_processes)
@@ -49,12 +47,8 @@ class EngineBackend:
         return self.engine.stats(cid)
 
     async def logs(self, cid: str, stream: str, follow: bool) -> AsyncIterator[tuple[str, str]]:
-        streams = ("stdout", "stderr") if stream == "both" else (stream,)
-        decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in streams}
-        async for name, data in self.engine.logs(cid, streams, follow):
-            text = decoders[name].decode(data)
-            if text:
-                yield name, text
+        async for item in self.engine.text_logs(cid, stream, follow):
+            yield item
 
     async def events(self) -> AsyncIterator[dict]:
         async with self.engine.subscribe() as events:

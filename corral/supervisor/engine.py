@@ -13,6 +13,7 @@ file for a container that exited while no daemon was running.
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 import shutil
@@ -112,13 +113,15 @@ class Engine:
             raise ContainerExists(cid)
         self._busy.add(cid)
         owned = None
+        null = -1  # /dev/null for a container that neither logs nor was given stdio
         try:
             if config is not None:
                 owned = bundle = self._write_bundle(cid, config)
             extra = {"managed": MANAGED, **({"ownedBundle": owned} if owned else {}),
                      **(_extra or {})}
             if not logs and stdio is None:
-                stdio = _null_stdio()
+                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+                stdio = (null, null, null)
             async with self._creates:
                 prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra)
                 if _host_step is not None:  # a job's network attach (run_job)
@@ -130,9 +133,11 @@ class Engine:
                     deadline=self.create_timeout if timeout is None else timeout)
         except BaseException:
             if owned:
-                shutil.rmtree(os.path.dirname(owned), ignore_errors=True)
+                shutil.rmtree(owned, ignore_errors=True)
             raise
         finally:
+            if null >= 0:
+                os.close(null)  # the zygote has dup'ed it for the child
             self._busy.discard(cid)
         tracked = self._track(cid, prepared.state_dir.path, prepared.record)
         self._emit("created", cid, pid=tracked.pid)
@@ -401,7 +406,25 @@ class Engine:
         return await run_to_end(self.root, self.zygote, cid, args, process=process, env=env,
                                 cwd=cwd, user=user, timeout=timeout)
 
+    async def wait_result(self, cid: str) -> dict:
+        """``wait``, then ``result``: what a caller waiting for a job wants."""
+        await self.wait(cid)
+        return self.result(cid)
+
     # ---- logs ----
+
+    async def text_logs(self, cid: str, which: str = "both",
+                        follow: bool = False) -> AsyncIterator[tuple[str, str]]:
+        """``logs`` as text (UTF-8, a character split across reads kept whole; invalid
+        bytes replaced): ``which`` is stdout, stderr or both."""
+        if which not in ("stdout", "stderr", "both"):
+            raise ConfigError("stream", f"{which!r}: use stdout, stderr or both")
+        streams = STREAMS if which == "both" else (which,)
+        decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in streams}
+        async for stream, data in self.logs(cid, streams, follow):
+            text = decoders[stream].decode(data)
+            if text:
+                yield stream, text
 
     async def logs(self, cid: str, streams: tuple[str, ...] = STREAMS,
                    follow: bool = False, poll: float = 0.1) -> AsyncIterator[tuple[str, bytes]]:
@@ -484,8 +507,9 @@ class Engine:
         except (ProcessLookupError, ValueError):
             pidfd = -1
         oom = None
+        watched = pidfd >= 0 and is_alive(tracked.pid, tracked.pid_start)
         try:
-            if pidfd >= 0 and is_alive(tracked.pid, tracked.pid_start):
+            if watched:
                 oom = oom_watch(cgroup_json)
                 async with trio.open_nursery() as nursery:
                     if oom is not None:
@@ -497,7 +521,7 @@ class Engine:
                     self._emit("oom", tracked.id, count=count)
             tracked.exited_at = rfc3339_now()
             tracked.peak_memory = peak_memory(cgroup_json)
-            tracked.exit_status = await self._exit_status(tracked)
+            tracked.exit_status = await self._exit_status(tracked, watched)
         finally:
             if pidfd >= 0:
                 os.close(pidfd)
@@ -518,12 +542,10 @@ class Engine:
             # most one event per OOM_EVENT_PERIOD, with the count since the last one.
             await trio.sleep(OOM_EVENT_PERIOD)
 
-    async def _exit_status(self, tracked: Tracked) -> int | None:
-        record = read_exit(tracked.state_dir)  # written before any report: an exit long ago
-        if record is not None and record.get("pid") == tracked.pid:
-            self.zygote.forget(tracked.pid)
-            return record["exitStatus"]
-        if tracked.managed and self.zygote.alive:
+    async def _exit_status(self, tracked: Tracked, watched: bool) -> int | None:
+        """From the keeper's report when this engine saw the init exit; from exit.json
+        (written before any report) when it had exited already (adopted after a restart)."""
+        if watched and tracked.managed and self.zygote.alive:
             with trio.move_on_after(2):  # the keeper reports right after it reaps
                 return await self.zygote.wait(tracked.pid)
             self.zygote.forget(tracked.pid)
@@ -597,18 +619,6 @@ async def _read_fifo(fd: int) -> None:
             return
         # The writer came and went, and another `start` took its byte.
         raise ContainerStateError("cannot start an already running container")
-
-
-_NULL_FD = -1
-
-
-def _null_stdio() -> tuple[int, int, int]:
-    """/dev/null for a container that neither logs nor was given stdio (one descriptor,
-    opened once: the zygote dups it)."""
-    global _NULL_FD
-    if _NULL_FD < 0:
-        _NULL_FD = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-    return (_NULL_FD, _NULL_FD, _NULL_FD)
 
 
 def _fifo_byte(fd: int) -> bool:
