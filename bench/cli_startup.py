@@ -23,7 +23,7 @@ def commands(root: str) -> dict[str, list[str]]:
         interpreter = f.readline()[2:].split()[0]
     cmds = {
         "python -IS -c pass (the floor)": [interpreter, "-IS", "-c", "pass"],
-        "corral --version (+ corral.cli)": [CORRAL, "--version"],
+        "corral --version (+ corral.cli.main)": [CORRAL, "--version"],
         "corral state (unknown id)": [CORRAL, "--root", root, "state", "nope"],
         "corral list (empty)": [CORRAL, "--root", root, "list"],
     }

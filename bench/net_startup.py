@@ -8,7 +8,7 @@ return: the process is running.  Waiting and deleting are not counted.  The firs
 each kind (imports, the bridge's creation, caches) are not counted either.
 
 The process runs in a network namespace of its own (``unshare(CLONE_NEWNET)`` before any
-thread exists; the engine's zygote and network thread inherit it), so the bridge and its
+thread exists; the engine's keeper and network thread inherit it), so the bridge and its
 veths are made there and the machine's own network is never touched.  State and rootfs live
 in a temporary directory under /run (tmpfs, as the supervisor's state root), cgroups under
 ``corral-bench-net-<pid>``; all of it is removed at the end.
@@ -62,7 +62,7 @@ def main() -> int:
 
 async def measure(work: str, parent: str, rounds: int, ports: bool) -> dict[str, list[float]]:
     from corral.images import build_rootfs
-    from corral.job import Job
+    from corral.jobs.job import Job
     from corral.supervisor.engine import open_engine
 
     rootfs = build_rootfs(os.path.join(work, "rootfs"))

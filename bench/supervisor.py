@@ -98,7 +98,7 @@ class Daemon:
             with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
                 for pid in map(int, f.read().split()):
                     with open(f"/proc/{pid}/cmdline", "rb") as c:
-                        if b"corral.supervisor.zygote" in c.read():
+                        if b"corral.supervisor.keeper" in c.read():
                             return pid
         raise BenchError("corral supervise: no keeper process found among its children")
 
@@ -116,7 +116,7 @@ class Daemon:
         import trio
 
         from bench.session import Interrupted
-        from corral.client import Connection
+        from corral.api.client import Connection
 
         caught: list[str] = []
 
@@ -240,7 +240,7 @@ def throughput(ws: Workspace, n: int, concurrency: int) -> Batch:
 async def _pool(conn, socket: str, bundles: list[str], concurrency: int) -> tuple[float, list[float]]:
     import trio
 
-    from corral.client import Connection
+    from corral.api.client import Connection
 
     latencies: list[float] = []
     todo = iter(enumerate(bundles))

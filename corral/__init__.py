@@ -3,27 +3,26 @@
 Kept import-free on purpose: the one-shot command line pays for every import.
 """
 
-__version__ = "0.1.0"
-OCI_VERSION = "1.0.2-dev"
+from corral.version import OCI_VERSION, __version__  # noqa: F401
 
 
 def __getattr__(name: str):
     """``corral.Job``, ``corral.Client``, ``corral.Supervisor`` and the results, imported
     when first used (the command line imports none of them)."""
     if name in ("Job", "Limits", "Bind"):
-        from corral import job
+        from corral.jobs import job
 
         return getattr(job, name)
     if name == "Client":
-        from corral.client import Client
+        from corral.api.client import Client
 
         return Client
     if name == "Supervisor":
-        from corral.supervisor.embedded import Supervisor
+        from corral.api.embedded import Supervisor
 
         return Supervisor
     if name in ("JobResult", "ExecResult", "Container"):
-        from corral import session
+        from corral.api import session
 
         return getattr(session, name)
     if name in ("CorralError", "ConfigError", "ContainerNotFound", "ContainerStateError"):

@@ -131,3 +131,26 @@ def _container(items, opening, closing, out, indent, item_sep, key_sep, level, i
     if indent is not None:
         out.append("\n" + indent * level)
     out.append(closing)
+
+
+def read_object(source: str, flag: str, what: str = "a JSON object") -> dict:
+    """The JSON object a flag names: a file, or stdin for "-" (as `update --resources -`)."""
+    import sys
+
+    from corral.errors import ConfigError
+
+    try:
+        if source == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(source, "rb") as f:
+                raw = f.read()
+    except OSError as exc:
+        raise ConfigError(flag, f"cannot read {source}: {exc.strerror}") from None
+    try:
+        data = loads(raw)
+    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
+        raise ConfigError(flag, f"invalid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(flag, f"must hold {what}")
+    return data

@@ -1,4 +1,5 @@
-"""Process identity from /proc: a pid plus its start time names one process, never a reused pid."""
+"""Processes as the kernel shows them: a pid plus its start time names one process, never a
+reused pid; this process's descriptor limit."""
 
 from __future__ import annotations
 
@@ -27,3 +28,46 @@ def is_alive(pid: int, start: int | None) -> bool:
     if fields is None or fields[0] in ("Z", "X", "x"):
         return False
     return start is None or int(fields[19]) == start
+
+
+def raise_fd_limit() -> None:
+    """A pidfd (and an OOM eventfd) per container and a socket per client: the default
+    soft limit of 1024 is too low for a thousand containers."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as 3-digit octal escapes."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        code = field[i + 1:i + 4]
+        if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
+            out.append(chr(int(code, 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mountinfo(path: str = "/proc/self/mountinfo") -> list[tuple[str, str, str]]:
+    """(mount point, root inside its filesystem, filesystem type) of every mount, in mount
+    order."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    out = []
+    for line in lines:
+        fields = line.split(" ")
+        sep = fields.index("-", 6)
+        out.append((_unescape(fields[4]), _unescape(fields[3]), fields[sep + 1]))
+    return out
+
+
+def mount_points() -> list[str]:
+    return [point for point, _root, _fstype in mountinfo()]

@@ -30,8 +30,8 @@ extra=""
 .venv/bin/pip install -q --disable-pip-version-check -e ".${extra}" \
   --config-settings editable_mode=compat
 # The `corral` command itself: a launcher that starts the interpreter with -IS (see
-# corral/launcher.py), in place of pip's slower console script.
-.venv/bin/python -m corral.launcher .venv/bin/corral
+# corral/cli/launcher.py), in place of pip's slower console script.
+.venv/bin/python -m corral.cli.launcher .venv/bin/corral
 # Byte-compile now: each `corral` call is a new interpreter, and hosts may set
 # PYTHONDONTWRITEBYTECODE, which would make every call compile corral again.
 .venv/bin/python -m compileall -q corral

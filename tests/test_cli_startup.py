@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from corral.launcher import launcher_paths
+from corral.cli.launcher import launcher_paths
 
 HEAVY = ("trio", "anyio", "argparse", "re", "enum", "dataclasses", "typing", "inspect",
          "pyroute2", "json.decoder", "collections")
@@ -16,7 +16,7 @@ HEAVY = ("trio", "anyio", "argparse", "re", "enum", "dataclasses", "typing", "in
 PROBE = """
 import os, sys
 sys.path += {paths!r}
-from corral.cli import main
+from corral.cli.main import main
 code = main({argv!r})
 modules = sorted(sys.modules)  # before the probe's own json import below
 import json

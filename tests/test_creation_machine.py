@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from corral.errors import ChildError, ProtocolError
-from corral.supervisor import creation as c
-from corral.supervisor import protocol as p
+from corral.runtime import creation as c
+from corral.runtime import protocol as p
 
 
 def bootstrap(new_user=False, create_hooks=False):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral import cliargs
+from corral.cli import args as cliargs
 from tests.conftest import CORRAL, run_capturing
 
 B = "/run/b/bundle"

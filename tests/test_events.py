@@ -11,7 +11,7 @@ import pytest
 
 from corral.cgroups import Cgroup, stats
 from corral.errors import ConfigError
-from corral.supervisor import events as events_mod
+from corral.runtime import events as events_mod
 from tests.conftest import CORRAL, read_line
 
 

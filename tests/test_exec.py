@@ -231,9 +231,9 @@ def test_runtime_exe_cannot_be_opened_from_inside(corral, make_bundle):
     it can't be opened through /proc/<pid>/exe by the container's root."""
     import subprocess
 
-    from corral import cliargs
-    from corral.supervisor.blocking import create_container
-    from corral.supervisor.execution import prepare_exec
+    from corral.cli import args as cliargs
+    from corral.runtime.blocking import create_container
+    from corral.runtime.execution import prepare_exec
     from tests.conftest import CORRAL
 
     b = make_bundle(["sh", "-c", EXE_SWEEP])

@@ -699,9 +699,9 @@ def test_v2_mapping_refusals_name_the_field(tmp_path, res, field):
 def test_create_delete_loop_of_500_leaves_no_cgroup(tmp_path, make_bundle, _no_leaks):
     """In-process, through the blocking driver (the CLI's own path without the interpreter
     start): create, start, delete 500 containers; nothing may remain in any hierarchy."""
-    from corral.supervisor.blocking import create_container
-    from corral.supervisor.containers import Container
-    from corral.supervisor.prepare import prepare
+    from corral.runtime.blocking import create_container
+    from corral.runtime.containers import Container
+    from corral.runtime.prepare import prepare
 
     root = str(tmp_path / "state")
     b = make_bundle(["true"])

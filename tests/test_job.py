@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from corral.errors import ConfigError
-from corral.job import Bind, Job, Limits, parse_duration, parse_size
+from corral.jobs.job import Bind, Job, Limits, parse_duration, parse_size
 from tests.conftest import CGROUP_PARENT, CORRAL, host_mounts, run_capturing
 
 
@@ -390,7 +390,7 @@ def test_a_missing_command_is_a_clear_error(corral, tmp_path):
 def test_cleanup_refuses_while_mounted(tmp_path):
     bundle = Job(["true"]).bundle(str(tmp_path / "w"), "c1", CGROUP_PARENT)
     script = (f"mount --bind /usr {bundle.path}/rootfs/usr && {sys.executable} -c "
-              "'import sys; from corral.job import JobBundle; "
+              "'import sys; from corral.jobs.job import JobBundle; "
               f"JobBundle(sys.argv[1], {{}}, None).cleanup()' {bundle.path}")
     proc = run_capturing(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
     assert proc.returncode != 0 and "still mounted below it" in proc.stderr

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 
 from corral.errors import ConfigError
-from corral.jobsfile import file_format, load_jobs, parse_jobs
+from corral.jobs.jobsfile import file_format, load_jobs, parse_jobs
 
 
 def write(tmp_path, name: str, text: str) -> str:

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from corral.errors import ConfigError
-from corral.job import Job
+from corral.jobs.job import Job
 from corral.net.nft import Nft, PortTable
 from corral.net.registry import DEFAULT_SUBNET, parse_flag, parse_options
 from tests.conftest import CORRAL, Corral

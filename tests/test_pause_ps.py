@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from corral import cliargs
+from corral.cli import args as cliargs
 from corral.errors import ConfigError
 
 

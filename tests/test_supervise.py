@@ -491,7 +491,7 @@ def test_keeper_killed_the_daemon_reaps_and_records(daemon):
     assert c.call("wait", id="orphan", timeout=20)["exitStatus"] == 5
     record = json.load(open(os.path.join(daemon.root, "orphan", "exit.json")))
     assert record["exitStatus"] == 5
-    with pytest.raises(ApiError, match="zygote"):
+    with pytest.raises(ApiError, match="keeper"):
         run(c, daemon, "after", ["true"])  # no keeper, no creations: said clearly
     c.call("delete", id="orphan")
     os.unlink(os.path.join(daemon.root, ".supervisor", "keeper.sock"))  # its keeper was killed

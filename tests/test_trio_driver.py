@@ -1,4 +1,4 @@
-"""The trio driver: many creations at once through the zygote, deadlines and cancellation."""
+"""The trio driver: many creations at once through the keeper, deadlines and cancellation."""
 
 import os
 
@@ -6,10 +6,10 @@ import pytest
 import trio
 
 from corral.errors import CorralError
-from corral.supervisor.containers import Container
-from corral.supervisor.prepare import prepare
-from corral.supervisor.trio_driver import create_container
-from corral.supervisor.zygote_handle import open_zygote
+from corral.runtime.containers import Container
+from corral.runtime.prepare import prepare
+from corral.runtime.trio_driver import create_container
+from corral.supervisor.keeper_handle import open_embedded_keeper
 
 
 def _stdio(path):
@@ -21,20 +21,20 @@ def _stdio(path):
 async def test_concurrent_creations(corral, make_bundle, tmp_path):
     bundles = [make_bundle(["sh", "-c", f"echo job {i}; exit {i}"]) for i in range(8)]
     results = {}
-    async with open_zygote() as zygote:
+    async with open_embedded_keeper() as keeper:
 
         async def one(i, b):
             null, out = _stdio(str(tmp_path / f"out{i}"))
             try:
                 prepared = prepare(corral.root, b.id, b.path)
-                pid = await create_container(prepared, zygote, stdio=(null, out, out))
+                pid = await create_container(prepared, keeper, stdio=(null, out, out))
             finally:
                 os.close(null)
                 os.close(out)
             container = Container(prepared.state_dir, prepared.record)
             assert container.status() == "created"
             await trio.to_thread.run_sync(container.start)
-            results[i] = await zygote.wait(pid)
+            results[i] = await keeper.wait(pid)
             container.delete()
 
         async with trio.open_nursery() as nursery:
@@ -47,36 +47,36 @@ async def test_concurrent_creations(corral, make_bundle, tmp_path):
 
 async def test_child_error_is_raised_and_undone(corral, make_bundle):
     b = make_bundle(["no-such-program"])
-    async with open_zygote() as zygote:
+    async with open_embedded_keeper() as keeper:
         prepared = prepare(corral.root, b.id, b.path)
         with pytest.raises(CorralError, match="executable file not found"):
-            await create_container(prepared, zygote)
+            await create_container(prepared, keeper)
     assert not os.path.exists(os.path.join(corral.root, b.id))
 
 
 async def test_cancellation_undoes_everything(corral, make_bundle):
-    """Cancelled while the child is mid-way (the deadline passes before the zygote's child
+    """Cancelled while the child is mid-way (the deadline passes before the keeper's child
     can answer): the processes are killed and the host side removed."""
     bundles = [make_bundle(["true"]) for _ in range(4)]
-    async with open_zygote() as zygote:
+    async with open_embedded_keeper() as keeper:
         for delay in (0, 0.001, 0.005, 0.02):
             b = bundles.pop()
             prepared = prepare(corral.root, b.id, b.path)
             with trio.move_on_after(delay):
-                pid = await create_container(prepared, zygote)
+                pid = await create_container(prepared, keeper)
                 # Finished before the deadline: clean it up the normal way.
                 Container(prepared.state_dir, prepared.record).delete(force=True)
-                await zygote.wait(pid)
+                await keeper.wait(pid)
             assert not os.path.exists(prepared.state_dir.path)
-        await trio.sleep(0.2)  # let the zygote reap the killed children
+        await trio.sleep(0.2)  # let the keeper reap the killed children
 
 
 async def test_deadline_is_a_clear_error(corral, make_bundle):
     b = make_bundle(["true"])
-    async with open_zygote() as zygote:
+    async with open_embedded_keeper() as keeper:
         prepared = prepare(corral.root, b.id, b.path)
         with pytest.raises(CorralError, match="timed out"):
-            await create_container(prepared, zygote, deadline=0.0001)
+            await create_container(prepared, keeper, deadline=0.0001)
         await trio.sleep(0.2)
     assert not os.path.exists(prepared.state_dir.path)
 
@@ -87,10 +87,10 @@ async def test_failing_create_runtime_hook_is_undone(corral, make_bundle, tmp_pa
     b.config["hooks"] = {"createRuntime": [
         {"path": "/bin/sh", "args": ["sh", "-c", f"cat > {tmp_path}/hookstate; exit 5"]}]}
     b.write()
-    async with open_zygote() as zygote:
+    async with open_embedded_keeper() as keeper:
         prepared = prepare(corral.root, b.id, b.path)
         with pytest.raises(CorralError, match="createRuntime hook #0 /bin/sh: exit status 5"):
-            await create_container(prepared, zygote)
+            await create_container(prepared, keeper)
         await trio.sleep(0.2)
     assert '"status": "creating"' in (tmp_path / "hookstate").read_text()
     assert not os.path.exists(prepared.state_dir.path)

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from corral import cliargs
+from corral.cli import args as cliargs
 from corral.errors import ConfigError, NotSupportedError
-from corral.supervisor import update as update_mod
+from corral.runtime import update as update_mod
 
 
 def _cgroup_file(corral, cid, controller, v1_name, v2_name):

@@ -23,8 +23,8 @@ import resource
 
 from corral import nsenter
 from corral.errors import ChildError, CorralError
-from corral.supervisor import hooks  # not lazily: after pivot_root the host's files are gone
-from corral.supervisor import protocol as p
+from corral.runtime import hooks  # not lazily: after pivot_root the host's files are gone
+from corral.runtime import protocol as p
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

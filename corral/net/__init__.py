@@ -1,7 +1,7 @@
 """corral's networks: bridge, veth pairs, leased addresses, published ports, names.
 
 Used by the supervisor only, never on the command line's path.  The names below are loaded
-on first use (PEP 562): ``corral.job`` parses published ports with ``corral.net.addresses``
+on first use (PEP 562): ``corral.jobs.job`` parses published ports with ``corral.net.addresses``
 and writes names with ``corral.net.names`` without loading pyroute2, which ``network.py``
 needs.
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from corral import OCI_VERSION, __version__
+from corral.version import OCI_VERSION, __version__
 
 HOOKS = ["prestart", "createRuntime", "createContainer", "startContainer", "poststart",
          "poststop"]

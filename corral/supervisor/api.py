@@ -90,13 +90,13 @@ def _job(params: dict):
         return None
     if "bundle" in params or "config" in params:
         raise ConfigError("params.job", "give exactly one of bundle, config and job")
-    from corral.job import Job
+    from corral.jobs.job import Job
 
     return Job.from_dict(raw, "params.job.")
 
 
 async def m_version(engine: Engine, params: dict, emit: Emit) -> dict:
-    from corral import __version__
+    from corral.version import __version__
 
     return {"api": API_VERSION, "version": __version__}
 

@@ -32,7 +32,7 @@ class DaemonLog:
                    if path else 2)
 
     def __call__(self, level: str, msg: str) -> None:
-        from corral.cli import log_line
+        from corral.logformat import log_line
 
         if level == "debug" and not self.debug:
             return
@@ -85,6 +85,8 @@ def main(args) -> int:
                                                f"number of seconds")
     root = os.path.abspath(args.root)
     socket_path = os.path.abspath(args.socket or os.path.join(root, "supervise.sock"))
+    from corral.procfs import raise_fd_limit
+
     raise_fd_limit()
     trio.run(_serve, root, socket_path, group, request_timeout, options, log)
     return 0
@@ -108,14 +110,6 @@ def _networks(flags: list[str]) -> dict:
     return networks
 
 
-def raise_fd_limit() -> None:
-    """A pidfd (and an OOM eventfd) per container and a socket per client: the default
-    soft limit of 1024 is too low for a thousand containers."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 async def _serve(root: str, socket_path: str, group: int | None, request_timeout: float,
                  options: dict, log) -> None:
     from corral import nsenter
@@ -125,14 +119,14 @@ async def _serve(root: str, socket_path: str, group: int | None, request_timeout
     # Inits whose keeper died are reparented here (the keeper is our child), not to pid 1.
     nsenter.prctl(PR_SET_CHILD_SUBREAPER, 1)
     with trio.open_signal_receiver(_signal.SIGTERM, _signal.SIGINT) as signals:
-        async with open_engine(root, keeper=True, **options) as engine:
+        async with open_engine(root, daemon=True, **options) as engine:
             counts = await engine.adopt()
             listener = bind_socket(socket_path, group)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(serve, engine, listener, log, group, request_timeout)
                     nursery.start_soon(_reap_orphans, engine, log)
-                    log("info", f"keeper pid {engine.zygote.pid}; adopted {counts['running']} "
+                    log("info", f"keeper pid {engine.keeper.pid}; adopted {counts['running']} "
                                 f"running and {counts['exited']} exited containers, undid "
                                 f"{counts['undone']} half-made")
                     _announce_ready(socket_path)
@@ -167,7 +161,7 @@ async def _reap_orphans(engine, log) -> None:
     for: a container init (its keeper died) is reaped and its status recorded; any other
     zombie child only once it has stayed a zombie for a whole sweep (trio's and the hooks'
     own children are reaped by their waiters within milliseconds)."""
-    from corral.supervisor.foreground import exit_status
+    from corral.runtime.foreground import exit_status
 
     seen: set[int] = set()
     with trio.open_signal_receiver(_signal.SIGCHLD) as sigchld:

@@ -1,12 +1,12 @@
 """The supervisor's engine: many containers in one trio event loop.
 
-One ``Engine`` owns, for a state root: the zygote (or the keeper, for the daemon), a watcher
+One ``Engine`` owns, for a state root: the keeper (embedded, or the daemon's own), a watcher
 task per live container (a pidfd, plus the OOM eventfd of a v1 memory cgroup), the exec-fifo
 waits of ``start``, and the event stream.  The daemon (``daemon.py``) serves it on a socket;
 ``corral.Supervisor`` embeds it.  It shares the state directories of the command line: it
 lists, signals and deletes containers the command line made, and the command line sees its.
 
-Exit statuses: the zygote/keeper reaps every container it forked and writes the status to
+Exit statuses: the keeper reaps every container it forked and writes the status to
 ``exit.json`` (fsync) before reporting it; the engine learns it from the report, or from the
 file for a container that exited while no daemon was running.
 """
@@ -28,19 +28,19 @@ from corral.errors import (ConfigError, ContainerExists, ContainerNotFound,
                            ContainerStateError, CorralError)
 from corral.oci.state import list_ids, rfc3339_now, validate_id
 from corral.procfs import is_alive
-from corral.supervisor.containers import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container
-from corral.supervisor.exits import read_exit
+from corral.runtime.containers import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container
+from corral.runtime.exits import read_exit
 from corral.supervisor.event_bus import EventBus
 from corral.supervisor.logs import DEFAULT_KEEP, DEFAULT_MAX_BYTES, STREAMS, LogReader
 from corral.supervisor.watching import MANAGED, Tracked, oom_watch, peak_memory
-from corral.supervisor.zygote_handle import SUPERVISOR_DIR, ZygoteHandle
+from corral.supervisor.keeper_handle import SUPERVISOR_DIR, KeeperHandle
 
 
 OOM_EVENT_PERIOD = 0.1
 
 
 class Engine:
-    def __init__(self, root: str, zygote: ZygoteHandle, nursery: trio.Nursery, *,
+    def __init__(self, root: str, keeper: KeeperHandle, nursery: trio.Nursery, *,
                  max_concurrent_creates: int = 16, create_timeout: float = 60.0,
                  log_max_bytes: int = DEFAULT_MAX_BYTES, log_keep: int = DEFAULT_KEEP,
                  cgroup_parent: str = "corral", stop_grace: float = 2.0,
@@ -53,7 +53,7 @@ class Engine:
                                  parse_options(networks), lambda: list_ids(self.root))
         self.cgroup_parent = cgroup_parent
         self.stop_grace = stop_grace  # SIGTERM to SIGKILL when a job's time is up
-        self.zygote = zygote
+        self.keeper = keeper
         self._nursery = nursery
         self._creates = trio.CapacityLimiter(max_concurrent_creates)
         self.create_timeout = create_timeout
@@ -102,8 +102,8 @@ class Engine:
         """A container from a bundle directory, or from an inline OCI ``config`` (its
         ``root.path`` absolute), created up to the exec-fifo wait.  Its stdout/stderr go to
         log files in its state dir (``logs``) or to ``stdio``."""
-        from corral.supervisor.prepare import prepare
-        from corral.supervisor.trio_driver import create_container
+        from corral.runtime.prepare import prepare
+        from corral.runtime.trio_driver import create_container
 
         validate_id(cid)
         if (bundle is None) == (config is None):
@@ -129,7 +129,7 @@ class Engine:
                 log_spec = ({"dir": prepared.state_dir.path, "max_bytes": self.log_max_bytes,
                              "keep": self.log_keep} if logs and stdio is None else None)
                 await create_container(
-                    prepared, self.zygote, stdio=stdio, logs=log_spec, track=True,
+                    prepared, self.keeper, stdio=stdio, logs=log_spec, track=True,
                     deadline=self.create_timeout if timeout is None else timeout)
         except BaseException:
             if owned:
@@ -137,7 +137,7 @@ class Engine:
             raise
         finally:
             if null >= 0:
-                os.close(null)  # the zygote has dup'ed it for the child
+                os.close(null)  # the keeper has dup'ed it for the child
             self._busy.discard(cid)
         tracked = self._track(cid, prepared.state_dir.path, prepared.record)
         self._emit("created", cid, pid=tracked.pid)
@@ -209,10 +209,10 @@ class Engine:
     # ---- jobs ----
 
     async def run_job(self, cid: str, job, *, logs: bool = True, start: bool = True) -> dict:
-        """Creates (and starts) a container for a ``corral.job.Job``: its bundle is written
+        """Creates (and starts) a container for a ``corral.jobs.job.Job``: its bundle is written
         in ``<root>/.supervisor/jobs/<id>`` and removed (but for a kept overlay layer) when
         the container is deleted."""
-        from corral.job import Job
+        from corral.jobs.job import Job
 
         if not isinstance(job, Job):
             raise ConfigError("job", f"{job!r} is not a corral.Job")
@@ -244,7 +244,7 @@ class Engine:
     async def _network_step(self, cid: str, job, workdir: str, config: dict) -> tuple:
         """Opens the job's bridge network (the bridge is made on first use) and returns the
         creation step that attaches the container once its namespace exists."""
-        from corral.job import NAMES_DIR
+        from corral.jobs.job import NAMES_DIR
 
         if not self.networks.ready(job.bridge):
             await trio.to_thread.run_sync(self.networks.open, job.bridge, "job.network")
@@ -334,8 +334,8 @@ class Engine:
                     if tracked is not None:
                         with trio.move_on_after(10):
                             await tracked.exited.wait()
-                if tracked is not None and tracked.managed and self.zygote.alive:
-                    await self.zygote.close_logs(container.state_dir.path)
+                if tracked is not None and tracked.managed and self.keeper.alive:
+                    await self.keeper.close_logs(container.state_dir.path)
                 # Waiting for stragglers and cgroup rmdir retries block: not on the event
                 # loop.  (It removes the inline bundle or the job's work directory too.)
                 await trio.to_thread.run_sync(container.delete, True)
@@ -384,7 +384,7 @@ class Engine:
         return tracked.exit_status
 
     def stats(self, cid: str) -> dict:
-        from corral.supervisor.events import stats_event
+        from corral.runtime.events import stats_event
 
         container = self._load(cid)
         if container.status() not in (CREATED, RUNNING, PAUSED):
@@ -403,7 +403,7 @@ class Engine:
         """Runs a process in the container to its end (``exec_capture.run_to_end``)."""
         from corral.supervisor.exec_capture import run_to_end
 
-        return await run_to_end(self.root, self.zygote, cid, args, process=process, env=env,
+        return await run_to_end(self.root, self.keeper, cid, args, process=process, env=env,
                                 cwd=cwd, user=user, timeout=timeout)
 
     async def wait_result(self, cid: str) -> dict:
@@ -545,10 +545,10 @@ class Engine:
     async def _exit_status(self, tracked: Tracked, watched: bool) -> int | None:
         """From the keeper's report when this engine saw the init exit; from exit.json
         (written before any report) when it had exited already (adopted after a restart)."""
-        if watched and tracked.managed and self.zygote.alive:
+        if watched and tracked.managed and self.keeper.alive:
             with trio.move_on_after(2):  # the keeper reports right after it reaps
-                return await self.zygote.wait(tracked.pid)
-            self.zygote.forget(tracked.pid)
+                return await self.keeper.wait(tracked.pid)
+            self.keeper.forget(tracked.pid)
         # No keeper to ask: the status is on disk (written by a keeper before it died, or
         # by the daemon's orphan reaper, which may be a moment behind this watcher).
         patience = 3.0 if tracked.managed else 0.0
@@ -594,7 +594,7 @@ class Engine:
         tracked = self._by_pid.get(pid)
         if tracked is None:
             return False
-        from corral.supervisor.exits import write_exit
+        from corral.runtime.exits import write_exit
 
         try:
             write_exit(tracked.state_dir, pid, status, rfc3339_now())
@@ -652,18 +652,18 @@ def _undo_half_made(container: Container) -> None:
 
 
 @asynccontextmanager
-async def open_engine(root: str, *, keeper: bool = False, **options) -> AsyncIterator[Engine]:
-    """An engine on ``root``.  ``keeper``: the daemon's shape (one per root, a keeper that
-    outlives this process, containers adopted at start); otherwise an embedded zygote that
+async def open_engine(root: str, *, daemon: bool = False, **options) -> AsyncIterator[Engine]:
+    """An engine on ``root``.  ``daemon``: the daemon's shape (one per root, a keeper that
+    outlives this process, containers adopted at start); otherwise an embedded keeper that
     ends with the ``async with`` (its containers are the caller's to delete)."""
-    from corral.supervisor.zygote_handle import DaemonLock, open_keeper, open_zygote
+    from corral.supervisor.keeper_handle import DaemonLock, open_keeper, open_embedded_keeper
 
     os.makedirs(root, 0o711, exist_ok=True)
-    lock = DaemonLock(root) if keeper else None
+    lock = DaemonLock(root) if daemon else None
     try:
-        async with (open_keeper(root) if keeper else open_zygote()) as zygote:
+        async with (open_keeper(root) if daemon else open_embedded_keeper()) as keeper:
             async with trio.open_nursery() as nursery:
-                engine = Engine(root, zygote, nursery, **options)
+                engine = Engine(root, keeper, nursery, **options)
                 try:
                     yield engine
                 finally:
@@ -674,7 +674,7 @@ async def open_engine(root: str, *, keeper: bool = False, **options) -> AsyncIte
     finally:
         if lock is not None:
             lock.release()
-        if not keeper:  # an embedded engine's own files, once empty
+        if not daemon:  # an embedded engine's own files, once empty
             for name in ("jobs", "bundles", ""):
                 try:
                     os.rmdir(os.path.join(root, SUPERVISOR_DIR, name))

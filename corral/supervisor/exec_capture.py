@@ -1,7 +1,7 @@
 """exec for the supervisor: a process run in a container to its end, its output captured.
 
 The same creation path as ``corral exec`` (``execution.prepare_exec``, the trio driver, the
-zygote forks the child); stdout and stderr are pipes read here, each capped.  A timeout, or
+keeper forks the child); stdout and stderr are pipes read here, each capped.  A timeout, or
 the caller's cancellation, kills the process: it never outlives the request.
 """
 
@@ -15,18 +15,18 @@ import trio
 
 from corral.errors import ConfigError, ContainerStateError
 from corral.supervisor.logs import STREAMS
-from corral.supervisor.zygote_handle import ZygoteHandle
+from corral.supervisor.keeper_handle import KeeperHandle
 
 OUTPUT_CAP = 4 * 1024 * 1024
 
 
-async def run_to_end(root: str, zygote: ZygoteHandle, cid: str, args: list[str] | None = None,
+async def run_to_end(root: str, keeper: KeeperHandle, cid: str, args: list[str] | None = None,
                  *, process: dict | None = None, env: list[str] = (), cwd: str | None = None,
                  user: str | None = None, timeout: float | None = None) -> dict:
     """Runs a process in the container to its end: ``{"exitStatus", "stdout",
     "stderr"}`` (each capped at 4 MiB).  ``timeout`` kills it."""
-    from corral.supervisor.execution import prepare_exec
-    from corral.supervisor.trio_driver import create_container
+    from corral.runtime.execution import prepare_exec
+    from corral.runtime.trio_driver import create_container
 
     if process is None and not args:
         raise ConfigError("args", "exec needs args or a process")
@@ -39,7 +39,7 @@ async def run_to_end(root: str, zygote: ZygoteHandle, cid: str, args: list[str] 
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         try:
-            pid = await create_container(prepared, zygote, stdio=(null, out_w, err_w))
+            pid = await create_container(prepared, keeper, stdio=(null, out_w, err_w))
         finally:
             for fd in (null, out_w, err_w):
                 os.close(fd)
@@ -50,12 +50,12 @@ async def run_to_end(root: str, zygote: ZygoteHandle, cid: str, args: list[str] 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(_collect, out_r, outputs, "stdout")
                     nursery.start_soon(_collect, err_r, outputs, "stderr")
-                    status = await zygote.wait(pid)
+                    status = await keeper.wait(pid)
         except BaseException:  # the caller was cancelled or went away: so does the process
-            await _kill(zygote, pid)
+            await _kill(keeper, pid)
             raise
         if status is None:
-            status = await _kill(zygote, pid)
+            status = await _kill(keeper, pid)
             raise ContainerStateError(f"exec in {cid} timed out after {timeout} s "
                                       f"(killed; exit status {status})")
     finally:
@@ -64,14 +64,14 @@ async def run_to_end(root: str, zygote: ZygoteHandle, cid: str, args: list[str] 
     return {"exitStatus": status,
             **{k: outputs.get(k, b"").decode(errors="replace") for k in STREAMS}}
 
-async def _kill(zygote: ZygoteHandle, pid: int) -> int:
-    """SIGKILL to an exec'd process (a zygote child not reaped yet: still our pid)."""
+async def _kill(keeper: KeeperHandle, pid: int) -> int:
+    """SIGKILL to an exec'd process (a keeper child not reaped yet: still our pid)."""
     try:
         os.kill(pid, _signal.SIGKILL)
     except ProcessLookupError:
         pass
     with trio.CancelScope(shield=True):
-        return await zygote.wait(pid)
+        return await keeper.wait(pid)
 
 
 class _ExecRequest:

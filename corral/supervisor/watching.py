@@ -7,7 +7,7 @@ import os
 
 import trio
 
-MANAGED = "supervisor"  # state.json "managed": made by an engine, its init a zygote child
+MANAGED = "supervisor"  # state.json "managed": made by an engine, its init a keeper child
 
 
 class Tracked:
@@ -38,7 +38,7 @@ def oom_watch(cgroup_json: dict | None):
     if not cgroup_json:
         return None
     from corral.cgroups import Cgroup
-    from corral.supervisor.events import OomWatch
+    from corral.runtime.events import OomWatch
 
     try:
         watch = OomWatch(Cgroup.from_json(cgroup_json))
@@ -56,7 +56,7 @@ def peak_memory(cgroup_json: dict | None) -> int | None:
     if not cgroup_json:
         return None
     from corral.cgroups import Cgroup
-    from corral.supervisor.events import memory_dir
+    from corral.runtime.events import memory_dir
 
     try:
         cgroup = Cgroup.from_json(cgroup_json)

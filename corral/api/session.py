@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator, Iterable, Protocol
 import anyio
 
 from corral.errors import ConfigError, CorralError
-from corral.job import Job
+from corral.jobs.job import Job
 
 CLEANUP_TIMEOUT = 30.0
 

@@ -18,7 +18,7 @@ from corral.errors import CgroupError, ConfigError, CorralError
 from corral.oci.config import Config, DeviceRule, load_bundle
 from corral.oci.state import StateDir, rfc3339_now, validate_id
 from corral.procfs import is_alive, start_time
-from corral.supervisor.protocol import Bootstrap
+from corral.runtime.protocol import Bootstrap
 
 TYPE_CHECKING = False  # typing and collections.abc cost ms on the CLI's start-up path
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ class PreparedContainer:
     def carry_out(self, action) -> None:
         """Does one host-side action of the creation machine (Send, Done and Fail are the
         driver's own, since they are I/O or control flow)."""
-        from corral.supervisor import creation as c
+        from corral.runtime import creation as c
 
         if isinstance(action, c.JoinCgroup):
             self.join_cgroup(action.pid)
@@ -95,7 +95,7 @@ class PreparedContainer:
             # The init already died: its own Error message (or EOF) follows and says why.
 
     def write_id_maps(self, pid: int) -> None:
-        from corral.supervisor.rootless import write_id_maps
+        from corral.runtime.rootless import write_id_maps
 
         write_id_maps(pid, self.config.linux.uid_mappings, self.config.linux.gid_mappings)
 
@@ -111,7 +111,7 @@ class PreparedContainer:
         hooks = self.config.hooks
         if not (hooks.prestart or hooks.create_runtime):
             return
-        from corral.supervisor.hooks import run_hooks, state_from_record
+        from corral.runtime.hooks import run_hooks, state_from_record
 
         state = state_from_record(self.record, "creating", pid)
         bundle = self.record["bundle"]  # every hook's working directory, as in runc
@@ -123,7 +123,7 @@ class PreparedContainer:
         the create-time hooks, which may configure them."""
         if not self.config.linux.net_devices:
             return
-        from corral.supervisor import netdevices as devices
+        from corral.runtime import netdevices as devices
 
         self.netns_fd = devices.open_netns(pid)
         devices.move_in(self.config.linux.net_devices, self.netns_fd, self.moved_devices)
@@ -206,7 +206,7 @@ class PreparedContainer:
                 self._undo_host_steps()
             finally:
                 if self.moved_devices:
-                    from corral.supervisor import netdevices as devices
+                    from corral.runtime import netdevices as devices
 
                     devices.move_back(self.moved_devices, self.netns_fd)
         finally:
@@ -258,7 +258,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
     check_host(config)
     rootless = os.geteuid() != 0
     if rootless:
-        from corral.supervisor import rootless as rl
+        from corral.runtime import rootless as rl
 
         rl.check_config(config)
     if config.linux.net_devices:
@@ -266,7 +266,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
             raise ConfigError("linux.netDevices", f"rootless (corral run as uid "
                                                   f"{os.geteuid()}): moving network devices "
                                                   f"needs root")
-        from corral.supervisor.netdevices import check_present
+        from corral.runtime.netdevices import check_present
 
         check_present(config.linux.net_devices)
     rootfs = os.path.join(bundle, config.root_path)
@@ -301,7 +301,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
     }
     hooks = config.hooks
     if hooks.poststart or hooks.poststop:  # what `start` and `delete` run, without the config
-        from corral.supervisor.hooks import hooks_to_json
+        from corral.runtime.hooks import hooks_to_json
 
         record["hooks"] = {"poststart": hooks_to_json(hooks.poststart),
                            "poststop": hooks_to_json(hooks.poststop)}

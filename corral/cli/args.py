@@ -286,29 +286,6 @@ def _convert(opt: Opt, name: str, raw: str, where: str):
     return raw
 
 
-def read_json_object(source: str, flag: str, what: str = "a JSON object") -> dict:
-    """The JSON object a flag names: a file, or stdin for "-" (as `update --resources -`)."""
-    import sys
-
-    from corral import jsonlite
-
-    try:
-        if source == "-":
-            raw = sys.stdin.buffer.read()
-        else:
-            with open(source, "rb") as f:
-                raw = f.read()
-    except OSError as exc:
-        raise ConfigError(flag, f"cannot read {source}: {exc.strerror}") from None
-    try:
-        data = jsonlite.loads(raw)
-    except (ValueError, RecursionError, UnicodeDecodeError) as exc:
-        raise ConfigError(flag, f"invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(flag, f"must hold {what}")
-    return data
-
-
 def usage(command: Command | None) -> str:
     if command is None:
         lines = ["usage: corral [global flags] COMMAND [flags] [arguments]", "", "commands:"]

@@ -1,4 +1,4 @@
-"""The zygote and keeper: a single-threaded helper that forks container children for a trio
+"""The keeper and keeper: a single-threaded helper that forks container children for a trio
 program, is their parent, and keeps their exit statuses and logs.
 
 Forking a threaded process is unsafe, and a trio program may have threads, so the supervisor
@@ -9,17 +9,17 @@ with CLONE_PARENT), so it reaps them, writes each tracked init's exit status to 
 directory (fsync) and only then reports it.
 
 Two modes.  Embedded (``corral.Supervisor``, tests): the control socket is one end of a
-socketpair and its EOF ends the zygote.  Keeper (``corral supervise``): the zygote is given a
+socketpair and its EOF ends the keeper.  Keeper (``corral supervise``): the keeper is given a
 listening socket; when the daemon goes away it keeps reaping, recording statuses and writing
 logs, and a restarted daemon connects again.  It exits once it has no daemon, no child and no
 log left.
 
 Control socket (SOCK_SEQPACKET, one JSON object per packet):
-    supervisor -> zygote  {"op": "spawn", "seq": N, "logs": null}  + fds [sync, stdin, stdout, stderr]
+    supervisor -> keeper  {"op": "spawn", "seq": N, "logs": null}  + fds [sync, stdin, stdout, stderr]
                           {"op": "spawn", "seq": N, "logs": {"dir", "max_bytes", "keep"}} + fds [sync]
                           {"op": "track", "pid": P, "dir": D}   the init of the container in D
                           {"op": "close_logs", "seq": N, "dir": D}
-    zygote -> supervisor  {"op": "hello", "pid": P, "version": V}   (keeper mode, on connect)
+    keeper -> supervisor  {"op": "hello", "pid": P, "version": V}   (keeper mode, on connect)
                           {"op": "spawned", "seq": N, "pid": P} + fd [pidfd of P] |
                           {"op": "failed", "seq": N, "error": "..."} |
                           {"op": "logs_closed", "seq": N} |
@@ -38,7 +38,7 @@ import socket
 import sys
 import time
 
-from corral.supervisor.foreground import exit_status
+from corral.runtime.foreground import exit_status
 
 FDS_PER_SPAWN = 4
 MAX_PACKET = 65536
@@ -48,7 +48,7 @@ _PENDING_TTL = 10.0  # seconds: a reused pid never gets an old status
 PR_SET_CHILD_SUBREAPER = 36
 
 
-class Zygote:
+class Keeper:
     def __init__(self, child_main, control: socket.socket | None,
                  listener: socket.socket | None) -> None:
         self.child_main = child_main
@@ -301,7 +301,7 @@ class Zygote:
 
     def _record(self, pid: int, state_dir: str, status: int) -> None:
         from corral.oci.state import rfc3339_now
-        from corral.supervisor.exits import write_exit
+        from corral.runtime.exits import write_exit
 
         try:
             write_exit(state_dir, pid, status, rfc3339_now())
@@ -309,14 +309,14 @@ class Zygote:
             pass  # deleted meanwhile (delete --force): nobody will ask
 
 
-def zygote_main(control_fd: int, listen: bool = False) -> None:
+def keeper_main(control_fd: int, listen: bool = False) -> None:
     """``control_fd`` is a connected control socket, or with ``listen`` a listening one."""
     # Preloaded: every fork starts with the init code imported.
     import corral.init.rootfs  # noqa: F401
     import corral.oci.capabilities  # noqa: F401
     import corral.oci.config  # noqa: F401
     import corral.oci.state  # noqa: F401
-    import corral.supervisor.exits  # noqa: F401
+    import corral.runtime.exits  # noqa: F401
     import corral.supervisor.logs  # noqa: F401
     from corral import nsenter
     from corral.init.child import child_main
@@ -324,7 +324,7 @@ def zygote_main(control_fd: int, listen: bool = False) -> None:
     import corral.init.seccomp  # noqa: F401
     import corral.init.terminal  # noqa: F401
 
-    # Everything loaded so far lives as long as the zygote: out of the collector's sight,
+    # Everything loaded so far lives as long as the keeper: out of the collector's sight,
     # so a child's collection neither walks it nor dirties its copy-on-write pages.
     gc.collect()
     gc.freeze()
@@ -334,9 +334,9 @@ def zygote_main(control_fd: int, listen: bool = False) -> None:
         # Orphans of containers without a pid namespace come here, not to the host's init.
         nsenter.prctl(PR_SET_CHILD_SUBREAPER, 1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        Zygote(child_main, None, sock).run()
+        Keeper(child_main, None, sock).run()
     else:
-        Zygote(child_main, sock, None).run()
+        Keeper(child_main, sock, None).run()
 
 
 def _recv(control: socket.socket) -> tuple[dict | None, list[int]]:
@@ -363,4 +363,4 @@ def _drain(fd: int) -> None:
 
 
 if __name__ == "__main__":
-    zygote_main(int(sys.argv[1]), listen=sys.argv[2:] == ["--listen"])
+    keeper_main(int(sys.argv[1]), listen=sys.argv[2:] == ["--listen"])

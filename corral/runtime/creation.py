@@ -26,7 +26,7 @@ from __future__ import annotations
 from corral.record import Record
 
 from corral.errors import ChildError, CorralError, ProtocolError
-from corral.supervisor import protocol as p
+from corral.runtime import protocol as p
 
 
 class State:
@@ -101,7 +101,7 @@ class CreationMachine:
         return self.state in (State.DONE, State.FAILED)
 
     def start(self, child_pid: int) -> list[Action]:
-        """The child process exists (forked by the driver or by the zygote)."""
+        """The child process exists (forked by the driver or by the keeper)."""
         if self.state is not State.START:
             return self._fail(ProtocolError(f"start() while {self.state}"))
         self.child_pid = child_pid

@@ -32,7 +32,7 @@ import os
 import re
 
 from corral.errors import ConfigError
-from corral.job import Job
+from corral.jobs.job import Job
 
 __all__ = ["load_jobs", "parse_jobs"]
 

@@ -6,7 +6,7 @@ launcher runs the interpreter isolated and without ``site`` (``-I -S``) and puts
 two directories corral needs on ``sys.path``.  Its interpreter path is absolute: podman calls
 runtimes with no PATH at all.
 
-    python -m corral.launcher DEST
+    python -m corral.cli.launcher DEST
 """
 
 from __future__ import annotations
@@ -19,19 +19,18 @@ def launcher_paths() -> list[str]:
     """Where corral and its one compiled dependency (cffi's backend) are installed."""
     import _cffi_backend
 
-    import corral
-
-    return [os.path.dirname(os.path.dirname(os.path.abspath(corral.__file__))),
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # corral/
+    return [os.path.dirname(package),
             os.path.dirname(os.path.abspath(_cffi_backend.__file__))]
 
 
 def launcher_text() -> str:
     paths = launcher_paths()
     return (f"#!{sys.executable} -IS\n"
-            "# corral's command line, written by `python -m corral.launcher`\n"
+            "# corral's command line, written by `python -m corral.cli.launcher`\n"
             "import sys\n"
             f"sys.path += {paths!r}  # after the stdlib's: its imports need not search ours\n"
-            "from corral.cli import main\n"
+            "from corral.cli.main import main\n"
             "code = main()\n"
             "# Nothing to tear down that the kernel does not: skip the interpreter's finalization.\n"
             "sys.stdout.flush(), sys.stderr.flush()\n"
@@ -48,5 +47,5 @@ def write_launcher(dest: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m corral.launcher DEST")
+        sys.exit("usage: python -m corral.cli.launcher DEST")
     write_launcher(sys.argv[1])

@@ -1,7 +1,7 @@
 """The blocking driver of the creation machine, for the one-shot command line.
 
 The command line is single-threaded, so it forks the child itself (the supervisor forks
-through its zygote instead).  No trio here: ``import trio`` alone costs more than runc's
+through its keeper instead).  No trio here: ``import trio`` alone costs more than runc's
 whole ``create``.
 """
 
@@ -14,9 +14,9 @@ import time
 
 from corral import nsenter
 from corral.errors import CorralError
-from corral.supervisor import creation as c
-from corral.supervisor import protocol as p
-from corral.supervisor.prepare import PreparedContainer
+from corral.runtime import creation as c
+from corral.runtime import protocol as p
+from corral.runtime.prepare import PreparedContainer
 
 TYPE_CHECKING = False  # typing and collections.abc cost ms on the CLI's start-up path
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ import socket
 
 from corral.errors import CorralError
 from corral.record import asdict
-from corral.supervisor.protocol import Bootstrap
+from corral.runtime.protocol import Bootstrap
 
 TYPE_CHECKING = False  # typing and collections.abc cost ms on the CLI's start-up path
 if TYPE_CHECKING:
@@ -238,7 +238,7 @@ def relay_foreground(master: int, pid: int, wait: Callable[[], int],
     restored and the master closed on every way out."""
     import _signal
 
-    from corral.supervisor.foreground import forwarding_signals
+    from corral.runtime.foreground import forwarding_signals
 
     def resize(_signum, _frame) -> None:
         copy_window_size(master)

@@ -13,18 +13,9 @@ import os
 import sys
 import time
 
-from corral import OCI_VERSION, __version__
+from corral.version import OCI_VERSION, __version__
 from corral.errors import ConfigError, CorralError, NotSupportedError
-
-
-def log_line(level: str, msg: str, fmt: str) -> bytes:
-    """One line as runc logs it: JSON (what containerd parses) or logfmt-like text."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    if fmt == "json":
-        line = json.dumps({"level": level, "msg": msg, "time": now})
-    else:
-        line = f'time="{now}" level={level} msg={json.dumps(msg)}'
-    return (line + "\n").encode()
+from corral.logformat import log_line
 
 
 class Log:
@@ -72,8 +63,8 @@ def cmd_spec(args, log: Log) -> int:
 
 
 def _create(args, log: Log) -> tuple:
-    from corral.supervisor.blocking import create_container
-    from corral.supervisor.prepare import prepare
+    from corral.runtime.blocking import create_container
+    from corral.runtime.prepare import prepare
 
     listen = _listen_fds()
     _check_fds_open(3, args.preserve_fds + listen)
@@ -88,7 +79,7 @@ def _create(args, log: Log) -> tuple:
     try:
         if prepared.config.process.terminal and not args.console_socket:
             # A foreground run (prepare refused the rest): we take the pty master ourselves.
-            from corral.supervisor.tty_relay import ConsoleReceiver, with_console_socket
+            from corral.runtime.tty_relay import ConsoleReceiver, with_console_socket
 
             console = ConsoleReceiver()
             prepared.bootstrap = with_console_socket(prepared.bootstrap, console.path)
@@ -120,8 +111,8 @@ def cmd_create(args, log: Log) -> int:
 
 
 def cmd_run(args, log: Log) -> int:
-    from corral.supervisor.containers import Container
-    from corral.supervisor.foreground import forwarding_signals, reap_until
+    from corral.runtime.containers import Container
+    from corral.runtime.foreground import forwarding_signals, reap_until
 
     if not args.no_subreaper and not args.detach:
         from corral import nsenter
@@ -133,7 +124,7 @@ def cmd_run(args, log: Log) -> int:
         _start_or_delete(container)
         return 0
     if master is not None:
-        from corral.supervisor.tty_relay import relay_foreground
+        from corral.runtime.tty_relay import relay_foreground
 
         status = relay_foreground(master, pid, lambda: reap_until(pid),
                                   start=lambda: _start_or_delete(container))
@@ -152,8 +143,8 @@ def cmd_exec(args, log: Log) -> int:
     forwarded to it and its status is ours (128+N for signal N), its terminal relayed by us
     when it has one and no --console-socket; --detach returns once it runs.  The pid file is
     written either way."""
-    from corral.supervisor.blocking import create_container
-    from corral.supervisor.execution import prepare_exec
+    from corral.runtime.blocking import create_container
+    from corral.runtime.execution import prepare_exec
 
     _check_fds_open(3, args.preserve_fds)
     prepared = prepare_exec(args)
@@ -164,13 +155,13 @@ def cmd_exec(args, log: Log) -> int:
     if args.detach:
         _publish_exec_pid(args.pid_file, pid)
         return 0
-    from corral.supervisor.foreground import exit_status, forwarding_signals
+    from corral.runtime.foreground import exit_status, forwarding_signals
 
     def wait() -> int:
         return exit_status(os.waitpid(pid, 0)[1])
 
     if prepared.master is not None:
-        from corral.supervisor.tty_relay import relay_foreground
+        from corral.runtime.tty_relay import relay_foreground
 
         return relay_foreground(prepared.master, pid, wait,
                                 start=lambda: _publish_exec_pid(args.pid_file, pid))
@@ -202,7 +193,7 @@ def _start_or_delete(container) -> None:
 
 
 def _load(args):
-    from corral.supervisor.containers import Container
+    from corral.runtime.containers import Container
 
     return Container.load(args.root, args.id)
 
@@ -242,7 +233,7 @@ def cmd_delete(args, log: Log) -> int:
 
 
 def cmd_list(args, log: Log) -> int:
-    from corral.supervisor.containers import list_containers
+    from corral.runtime.containers import list_containers
 
     states = [c.oci_state() for c in list_containers(args.root)]
     if args.quiet:
@@ -322,7 +313,7 @@ def _run_ps(ps_args: list[str]) -> tuple[int, str]:
 
 
 def cmd_update(args, log: Log) -> int:
-    from corral.supervisor.update import build, update
+    from corral.runtime.update import build, update
 
     resources, warnings = build(args)  # bad input is named before any container is read
     container = _load(args)
@@ -333,7 +324,7 @@ def cmd_update(args, log: Log) -> int:
 
 
 def cmd_events(args, log: Log) -> int:
-    from corral.supervisor.events import parse_duration, run
+    from corral.runtime.events import parse_duration, run
 
     interval = parse_duration(args.interval)
     return run(_load(args), args.stats, interval)
@@ -346,7 +337,7 @@ def cmd_supervise(args, log: Log) -> int:
 
 
 def cmd_batch(args, log: Log) -> int:
-    from corral.batch import main as batch
+    from corral.cli.batch import main as batch
 
     return batch(args, log)
 
@@ -414,7 +405,7 @@ def _write_pid_file(path: str, pid: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from corral import cliargs
+    from corral.cli import args as cliargs
 
     log = Log(None, "text", False)
     try:

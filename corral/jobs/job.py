@@ -37,7 +37,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import stat
 
 from corral.errors import ConfigError, CorralError
@@ -610,35 +609,10 @@ class JobBundle:
         return f"JobBundle(path={self.path!r}, upper={self.upper!r}, keep={self.keep})"
 
     def cleanup(self, keep: bool | None = None) -> None:
-        """Remove what ``Job.bundle`` made (idempotent).  Refuses while anything is mounted
-        below the work directory: removing files there would reach into that mount (the
-        host's own files, for a bind)."""
-        keep = self.keep if keep is None else keep
-        if not os.path.isdir(self.path):
-            return
-        below = _mounts_below(self.path)
-        if below:
-            raise CorralError(f"{self.path}: still mounted below it: {below[0]} "
-                              "(delete the container first)")
-        if not keep:
-            shutil.rmtree(self.path)
-            return
-        for name in os.listdir(self.path):
-            full = os.path.join(self.path, name)
-            if full == self.upper:
-                continue
-            if os.path.isdir(full) and not os.path.islink(full):
-                shutil.rmtree(full)
-            else:
-                os.unlink(full)
+        """Remove what ``Job.bundle`` made (idempotent); with ``keep`` the upper layer stays."""
+        from corral.runtime.containers import remove_work_dir
 
-
-def _mounts_below(path: str) -> list[str]:
-    from corral.init.mounts import read_mountinfo
-
-    prefix = path.rstrip("/") + "/"
-    return [m.mount_point for m in read_mountinfo()
-            if m.mount_point == path or m.mount_point.startswith(prefix)]
+        remove_work_dir(self.path, self.upper, self.keep if keep is None else keep)
 
 
 # --- roots ---------------------------------------------------------------------------------

@@ -28,11 +28,11 @@ import time
 from typing import TYPE_CHECKING, Iterator
 
 from corral.errors import ChildError, ConfigError, CorralError, NotSupportedError
-from corral.job import Job, parse_duration
-from corral.jobsfile import load_jobs
+from corral.jobs.job import Job, parse_duration
+from corral.jobs.jobsfile import load_jobs
 
 if TYPE_CHECKING:
-    from corral.session import JobResult, Session
+    from corral.api.session import JobResult, Session
 
 EXIT_JOB_FAILED = 3
 NOT_RETRIED = (ConfigError, NotSupportedError, ChildError)
@@ -131,7 +131,7 @@ async def run_one(session: Session, planned: Planned, view) -> Finished:
 
 async def _attempt(session: Session, planned: Planned) -> tuple[JobResult, bool]:
     """(JobResult, whether a failure is worth another attempt)."""
-    from corral.session import JobResult
+    from corral.api.session import JobResult
 
     started = time.monotonic()
     try:
@@ -226,10 +226,10 @@ async def run_batch(options: Options, planned: list[Planned], engine: tuple[str,
 def _open_session(options: Options, engine: tuple[str, str | None]):
     kind, socket = engine
     if kind == "daemon":
-        from corral.client import Client
+        from corral.api.client import Client
 
         return Client(socket)
-    from corral.supervisor.embedded import Supervisor
+    from corral.api.embedded import Supervisor
 
     return Supervisor(options.root, cgroup_parent=options.cgroup_parent or "corral")
 
@@ -329,7 +329,7 @@ def main(args, log) -> int:
     retries), 130/143 when interrupted; bad input raises (exit 1)."""
     import trio
 
-    from corral.batch_view import make_view, summary_text
+    from corral.cli.batch_view import make_view, summary_text
 
     options = Options(args)
     planned = plan(load_jobs(options.file), options)
@@ -338,7 +338,7 @@ def main(args, log) -> int:
     if engine[0] == "daemon" and options.cgroup_parent is not None:
         log.warn(f"--cgroup-parent applies to the embedded engine only: the daemon at "
                  f"{engine[1]} places jobs under its own --cgroup-parent")
-    from corral.supervisor.daemon import raise_fd_limit
+    from corral.procfs import raise_fd_limit
 
     raise_fd_limit()
     view = make_view(sys.stderr, options.quiet)

@@ -18,8 +18,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from corral import errors
 from corral.errors import CorralError
-from corral.job import Job
-from corral.session import Backend, Session, default_socket
+from corral.jobs.job import Job
+from corral.api.session import Backend, Session, default_socket
 
 MAX_LINE = 64 * 1024 * 1024
 HELLO_TIMEOUT = 10.0

@@ -8,7 +8,7 @@ import select
 import _signal as signal  # `signal` itself imports enum: ~2 ms of every command
 import time
 
-from corral.errors import ContainerNotFound, ContainerStateError
+from corral.errors import ContainerNotFound, ContainerStateError, CorralError
 from corral.oci.state import StateDir, list_ids, validate_id
 from corral.procfs import is_alive
 
@@ -68,7 +68,7 @@ class Container:
         from corral.cgroups import Cgroup
 
         if not self.record.get("cgroup"):
-            from corral.supervisor.rootless import no_cgroup
+            from corral.runtime.rootless import no_cgroup
 
             raise no_cgroup()
         return Cgroup.from_json(self.record["cgroup"])
@@ -112,7 +112,7 @@ class Container:
             return
         import sys
 
-        from corral.supervisor.hooks import HookError, hooks_from_json, run_hook, state_from_record
+        from corral.runtime.hooks import HookError, hooks_from_json, run_hook, state_from_record
 
         state = state_from_record(self.record, status, pid)
         for index, hook in enumerate(hooks_from_json(items)):
@@ -243,10 +243,8 @@ class Container:
             shutil.rmtree(owned, ignore_errors=True)
         job = self.record.get("job")
         if job:
-            from corral.job import JobBundle
-
-            JobBundle(job["workdir"], {}, job.get("upper"),
-                      keep=bool(job.get("keep")) if keep is None else keep).cleanup()
+            remove_work_dir(job["workdir"], job.get("upper"),
+                            bool(job.get("keep")) if keep is None else keep)
 
     def _wait_gone(self, timeout: float) -> None:
         try:
@@ -259,6 +257,34 @@ class Container:
                 select.select([pidfd], [], [], timeout)
         finally:
             os.close(pidfd)
+
+
+def remove_work_dir(path: str, upper: str | None, keep: bool) -> None:
+    """A job's work directory (idempotent); with ``keep`` its overlay ``upper`` layer stays.
+    Refused while anything is mounted below it: removing files there would reach into that
+    mount (the host's own files, for a bind)."""
+    import shutil
+
+    from corral.procfs import mount_points
+
+    if not os.path.isdir(path):
+        return
+    prefix = path.rstrip("/") + "/"
+    below = [m for m in mount_points() if m == path or m.startswith(prefix)]
+    if below:
+        raise CorralError(f"{path}: still mounted below it: {below[0]} "
+                          "(delete the container first)")
+    if not keep:
+        shutil.rmtree(path)
+        return
+    for name in os.listdir(path):
+        full = os.path.join(path, name)
+        if full == upper:
+            continue
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.unlink(full)
 
 
 def list_containers(root: str) -> list[Container]:

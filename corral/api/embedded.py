@@ -1,7 +1,7 @@
 """``corral.Supervisor``: the supervisor's engine inside a trio program, no daemon.
 
 Same calls as ``corral.Client`` (``run``, ``map``, ``events`` and the container handles);
-the engine runs in the caller's event loop and its zygote ends with the ``async with``.
+the engine runs in the caller's event loop and its keeper ends with the ``async with``.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 from typing import AsyncIterator
 
-from corral.job import Job
-from corral.session import Backend, Session
+from corral.jobs.job import Job
+from corral.api.session import Backend, Session
 from corral.supervisor.api import signal_number
 from corral.supervisor.engine import Engine, open_engine
 

@@ -1,5 +1,5 @@
-"""The trio program's handle on its zygote (``zygote.py``): spawn children, track inits, learn
-exits.  ``open_zygote`` starts an embedded zygote that ends with the program; ``open_keeper``
+"""The trio program's handle on its keeper (``keeper.py``): spawn children, track inits, learn
+exits.  ``open_embedded_keeper`` starts an embedded keeper that ends with the program; ``open_keeper``
 connects the daemon to the keeper of a state root, starting one if none is running, so that
 containers and their statuses outlive the daemon.
 """
@@ -18,15 +18,15 @@ from typing import AsyncIterator
 import trio
 
 from corral.errors import CorralError
-from corral.supervisor.zygote import FDS_PER_SPAWN, KEEPER_VERSION, MAX_PACKET
+from corral.supervisor.keeper import FDS_PER_SPAWN, KEEPER_VERSION, MAX_PACKET
 
 SUPERVISOR_DIR = ".supervisor"  # in the state root: not a container (no state.json)
 UNEXPECTED_MAX = 256
 UNEXPECTED_TTL = 10.0  # seconds: pids are not reused that fast
 
 
-class ZygoteHandle:
-    """Spawns children through the zygote and learns their exits from it."""
+class KeeperHandle:
+    """Spawns children through the keeper and learns their exits from it."""
 
     def __init__(self, control: trio.socket.SocketType, pid: int) -> None:
         self._control = control
@@ -36,7 +36,7 @@ class ZygoteHandle:
         self._exits: dict[int, int] = {}  # statuses of expected pids, until waited for
         self._exit_events: dict[int, trio.Event] = {}
         self._expected: set[int] = set()
-        # Statuses nobody expects (yet): the zygote reports every child it reaps, orphans of
+        # Statuses nobody expects (yet): the keeper reports every child it reaps, orphans of
         # jobs included.  Bounded, and kept briefly for an ``expect`` that comes late.
         self._unexpected: dict[int, tuple[int, float]] = {}
         self._dead = False
@@ -44,24 +44,24 @@ class ZygoteHandle:
     async def spawn(self, sync_fd: int, stdio: tuple[int, int, int] | None = None,
                     logs: dict | None = None) -> tuple[int, int]:
         """Forks a child that runs ``child_main(sync_fd)`` with ``stdio``, or with its
-        stdout/stderr logged by the zygote (``logs``: dir, max_bytes, keep).  Returns its
-        pid and a pidfd (opened by the zygote before it could reap the child: never a
+        stdout/stderr logged by the keeper (``logs``: dir, max_bytes, keep).  Returns its
+        pid and a pidfd (opened by the keeper before it could reap the child: never a
         reused pid); the caller owns the pidfd."""
         fds = [sync_fd] if logs else [sync_fd, *(stdio or (0, 1, 2))]
         reply, got = await self._request({"op": "spawn", "logs": logs}, fds)
         if reply["op"] != "spawned" or len(got) != 1:
             for fd in got:
                 os.close(fd)
-            raise CorralError(f"zygote could not fork: {reply.get('error')}")
+            raise CorralError(f"keeper could not fork: {reply.get('error')}")
         return reply["pid"], got[0]
 
     async def track(self, pid: int, state_dir: str) -> None:
-        """From now on the zygote records ``pid``'s exit status in ``state_dir``."""
+        """From now on the keeper records ``pid``'s exit status in ``state_dir``."""
         self._check_alive()
         await self._control.send(json.dumps({"op": "track", "pid": pid, "dir": state_dir}).encode())
 
     async def close_logs(self, state_dir: str) -> None:
-        """Returns once the zygote has stopped writing logs into ``state_dir``."""
+        """Returns once the keeper has stopped writing logs into ``state_dir``."""
         await self._request({"op": "close_logs", "dir": state_dir}, [])
 
     def expect(self, pid: int) -> None:
@@ -78,7 +78,7 @@ class ZygoteHandle:
         return pid in self._exits
 
     async def wait(self, pid: int) -> int:
-        """Exit status of a child of the zygote (128+N for signal N)."""
+        """Exit status of a child of the keeper (128+N for signal N)."""
         if pid not in self._exits:
             self.expect(pid)
         while pid not in self._exits:
@@ -99,7 +99,7 @@ class ZygoteHandle:
 
     def _check_alive(self) -> None:
         if self._dead:
-            raise CorralError("the zygote process exited; no container can be created")
+            raise CorralError("the keeper process exited; no container can be created")
 
     async def _request(self, msg: dict, fds: list[int]) -> tuple[dict, list[int]]:
         self._check_alive()
@@ -163,18 +163,18 @@ class ZygoteHandle:
 
 
 @asynccontextmanager
-async def open_zygote() -> AsyncIterator[ZygoteHandle]:
-    """An embedded zygote: closing its control socket on exit ends it (its children, the
+async def open_embedded_keeper() -> AsyncIterator[KeeperHandle]:
+    """An embedded keeper: closing its control socket on exit ends it (its children, the
     containers, live on until their owner deletes them)."""
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
     try:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "corral.supervisor.zygote", str(theirs.fileno())],
+            [sys.executable, "-m", "corral.supervisor.keeper", str(theirs.fileno())],
             pass_fds=(theirs.fileno(),))
     finally:
         theirs.close()
     control = trio.socket.from_stdlib_socket(ours)
-    handle = ZygoteHandle(control, process.pid)
+    handle = KeeperHandle(control, process.pid)
     try:
         async with _reading(handle):
             yield handle
@@ -185,7 +185,7 @@ async def open_zygote() -> AsyncIterator[ZygoteHandle]:
 
 
 @asynccontextmanager
-async def _reading(handle: ZygoteHandle) -> AsyncIterator[None]:
+async def _reading(handle: KeeperHandle) -> AsyncIterator[None]:
     reader = trio.CancelScope(shield=True)  # clean-up after a cancellation needs the replies
 
     async def read() -> None:
@@ -223,7 +223,7 @@ class DaemonLock:
 
 
 @asynccontextmanager
-async def open_keeper(root: str) -> AsyncIterator[ZygoteHandle]:
+async def open_keeper(root: str) -> AsyncIterator[KeeperHandle]:
     """Connects to the keeper of ``root`` (the caller holds the ``DaemonLock``), starting a
     new one when none answers.  On exit only the connection closes: the keeper lives on
     while it has containers."""
@@ -241,11 +241,11 @@ async def open_keeper(root: str) -> AsyncIterator[ZygoteHandle]:
         handle._control.close()
 
 
-async def _hello(path: str) -> ZygoteHandle | None:
+async def _hello(path: str) -> KeeperHandle | None:
     control = await _connect(path)
     if control is None:
         return None
-    handle = ZygoteHandle(control, 0)
+    handle = KeeperHandle(control, 0)
     try:
         with trio.fail_after(10):
             msg, fds = await handle._recv()
@@ -294,7 +294,7 @@ async def _start_keeper(path: str) -> None:
         fd = listener.fileno()
         os.set_inheritable(fd, True)
         os.posix_spawn(sys.executable,
-                       [sys.executable, "-m", "corral.supervisor.zygote", str(fd), "--listen"],
+                       [sys.executable, "-m", "corral.supervisor.keeper", str(fd), "--listen"],
                        _keeper_env(), setsid=True)
     finally:
         listener.close()

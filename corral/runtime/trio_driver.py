@@ -14,21 +14,23 @@ import socket as _socket
 import trio
 
 from corral.errors import CorralError
-from corral.supervisor import creation as c
-from corral.supervisor import protocol as p
-from corral.supervisor.prepare import PreparedContainer
-from corral.supervisor.zygote_handle import ZygoteHandle
+from corral.runtime import creation as c
+from corral.runtime import protocol as p
+from corral.runtime.prepare import PreparedContainer
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the keeper is the supervisor's; this driver is given one
+    from corral.supervisor.keeper_handle import KeeperHandle
 
 DEFAULT_DEADLINE = 60.0
 
 
-async def create_container(prepared: PreparedContainer, zygote: ZygoteHandle, *,
+async def create_container(prepared: PreparedContainer, keeper: KeeperHandle, *,
                            stdio: tuple[int, int, int] | None = (0, 1, 2),
                            logs: dict | None = None, track: bool = False,
                            deadline: float = DEFAULT_DEADLINE) -> int:
     """Runs creation to the exec-fifo wait and returns the init's pid.  On failure,
     timeout or cancellation, kills what was started and undoes the host side, then raises.
-    ``logs``: the zygote logs stdout/stderr into the state dir instead of ``stdio``;
+    ``logs``: the keeper logs stdout/stderr into the state dir instead of ``stdio``;
     ``track``: it records the init's exit status there."""
     machine = c.CreationMachine(prepared.bootstrap)
     parent, child_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -38,11 +40,11 @@ async def create_container(prepared: PreparedContainer, zygote: ZygoteHandle, *,
     try:
         with trio.move_on_after(deadline if deadline else math.inf):
             try:
-                child, child_pidfd = await zygote.spawn(child_end.fileno(), stdio, logs)
+                child, child_pidfd = await keeper.spawn(child_end.fileno(), stdio, logs)
                 pidfds.append(child_pidfd)
             finally:
                 child_end.close()
-            await _drive(machine, prepared, sock, child, zygote, pidfds, track)
+            await _drive(machine, prepared, sock, child, keeper, pidfds, track)
             return machine.init_pid
         machine.fail(CorralError(f"container creation timed out while {machine.state}"))
         raise machine.error
@@ -62,11 +64,11 @@ async def create_container(prepared: PreparedContainer, zygote: ZygoteHandle, *,
             os.close(pidfd)
         for pid in (child, machine.init_pid if machine.state is not c.State.DONE else None):
             if pid:
-                zygote.forget(pid)  # the zygote reaps it; nobody waits for this status
+                keeper.forget(pid)  # the keeper reaps it; nobody waits for this status
 
 
 async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
-                 sock: trio.socket.SocketType, child: int, zygote: ZygoteHandle,
+                 sock: trio.socket.SocketType, child: int, keeper: KeeperHandle,
                  pidfds: list[int], track: bool) -> None:
     decoder = p.FrameDecoder()
     actions = machine.start(child)
@@ -87,17 +89,17 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                 await trio.to_thread.run_sync(prepared.carry_out, action, abandon_on_cancel=True)
             else:
                 if isinstance(action, (c.RecordPid, c.JoinCgroup)):
-                    zygote.expect(action.pid)  # its status will be waited for
+                    keeper.expect(action.pid)  # its status will be waited for
                 # The init's pidfd first: a failure of RecordPid's own steps (network
                 # devices, the engine's attach) must kill the init too.
-                if isinstance(action, c.RecordPid) and not zygote.exited(action.pid):
+                if isinstance(action, c.RecordPid) and not keeper.exited(action.pid):
                     try:
                         pidfds.append(os.pidfd_open(action.pid))
                     except ProcessLookupError:
-                        pass  # exited (and reaped) before the zygote's report came
+                        pass  # exited (and reaped) before the keeper's report came
                 prepared.carry_out(action)
                 if isinstance(action, c.RecordPid) and track:
-                    await zygote.track(action.pid, prepared.state_dir.path)
+                    await keeper.track(action.pid, prepared.state_dir.path)
         try:
             data = await sock.recv(65536)
         except ConnectionResetError:  # the child exited with bytes unread: it is gone all the same

@@ -13,15 +13,15 @@ from __future__ import annotations
 import os
 
 from corral import jsonlite as json
-from corral.cliargs import read_json_object
+from corral.jsonlite import read_object
 from corral.errors import ConfigError, ContainerStateError, CorralError, NotSupportedError
 from corral.oci.config import parse_config
-from corral.supervisor.containers import CREATED, PAUSED, RUNNING, Container
-from corral.supervisor.protocol import Bootstrap
+from corral.runtime.containers import CREATED, PAUSED, RUNNING, Container
+from corral.runtime.protocol import Bootstrap
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from corral.supervisor.tty_relay import ConsoleReceiver
+    from corral.runtime.tty_relay import ConsoleReceiver
 
 # /proc/<pid>/ns/<name> of each linux.namespaces type
 _PROC_NS = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts": "uts",
@@ -49,7 +49,7 @@ class PreparedExec:
         return self.container.id
 
     def carry_out(self, action) -> None:
-        from corral.supervisor import creation as c
+        from corral.runtime import creation as c
 
         if not isinstance(action, c.JoinCgroup):
             raise TypeError(f"not an exec action: {action!r}")
@@ -74,7 +74,7 @@ class PreparedExec:
         if self.late_cgroup:
             self._join_cgroup(pid)
         if self.console is not None:
-            from corral.supervisor.tty_relay import copy_window_size
+            from corral.runtime.tty_relay import copy_window_size
 
             self.master = self.console.receive()
             copy_window_size(self.master)  # before it runs: it starts with our size
@@ -114,7 +114,7 @@ def build_process(args, base: dict) -> dict:
     if getattr(args, "process_json", None) is not None:
         return args.process_json
     if args.process:
-        return read_json_object(args.process, "--process")
+        return read_object(args.process, "--process")
     if not args.command:
         raise ConfigError("", "exec: the command is missing (exec ID COMMAND [ARGS...], "
                               "or --process FILE)")
@@ -185,14 +185,14 @@ def prepare_exec(args) -> PreparedExec:
         name = _PROC_NS.get(ns.type)
         if name is None:
             raise NotSupportedError(f"linux.namespaces: {ns.type} namespace")
-        from corral.supervisor.prepare import NS_FLAGS
+        from corral.runtime.prepare import NS_FLAGS
 
         join.append([NS_FLAGS[ns.type], f"/proc/{pid}/ns/{name}"])
     console = None
     socket_path = os.path.abspath(args.console_socket) if args.console_socket else None
     if config.process.terminal and socket_path is None:
         # In the foreground without a socket: we relay the terminal (tty_relay).
-        from corral.supervisor.tty_relay import ConsoleReceiver
+        from corral.runtime.tty_relay import ConsoleReceiver
 
         console = ConsoleReceiver()
         socket_path = console.path

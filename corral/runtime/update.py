@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from corral.cliargs import read_json_object
+from corral.jsonlite import read_object
 from corral.errors import ConfigError, ContainerStateError, NotSupportedError
 
 R = "linux.resources"
@@ -130,7 +130,7 @@ def build(args) -> tuple:
 
     if getattr(args, "l3_cache_schema", None) or getattr(args, "mem_bw_schema", None):
         raise NotSupportedError("--l3-cache-schema / --mem-bw-schema (Intel RDT)")
-    data = (read_json_object(args.resources, "--resources", "a JSON object (LinuxResources)")
+    data = (read_object(args.resources, "--resources", "a JSON object (LinuxResources)")
             if args.resources else {})
     check_fields(data)
     warnings = []

@@ -1,0 +1,184 @@
+"""The plan's wire format: steps the C executor runs (``corral/nsenter/executor.c``), and the
+frames of the sync socket.
+
+The table of steps is ``corral/nsenter/plan_ops.h``, read here once: one source for both
+sides.  Every argument is typed on the wire (``i`` a 64-bit integer, ``s`` a string, ``b``
+bytes, ``l`` a list of strings), so a plan the executor cannot read is an error naming the
+step, never a misread.
+
+A ``Template`` is a plan with holes: arguments given as a ``Slot`` are filled per container
+(``fill``), so one template serves every container of one config.
+"""
+
+from __future__ import annotations
+
+import os
+import _struct as struct  # `struct` is the same module under a heavier import path
+
+_HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "nsenter", "plan_ops.h")
+
+_pack_q = struct.Struct("<q").pack
+_pack_I = struct.Struct("<I").pack
+_pack_step = struct.Struct("<HHI").pack
+_pack_frame = struct.Struct("<IHH").pack
+
+
+def _read_table() -> tuple[dict[str, tuple[int, str]], dict[str, int]]:
+    ops: dict[str, tuple[int, str]] = {}
+    consts: dict[str, int] = {}
+    with open(_HEADER) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("OP("):
+                name, _, rest = line[3:].partition(",")
+                args = rest.split('"')[1]
+                ops[name.strip()] = (len(ops), args)
+            elif line.startswith("#define CORRAL_"):
+                parts = line.split()
+                if len(parts) >= 3 and parts[2].rstrip("u").lstrip("0x").isalnum():
+                    try:
+                        consts[parts[1][len("CORRAL_"):]] = int(parts[2].rstrip("u"), 0)
+                    except ValueError:
+                        pass
+    return ops, consts
+
+
+OPS, CONSTANTS = _read_table()
+MAGIC = CONSTANTS["PLAN_MAGIC"]
+VERSION = CONSTANTS["PLAN_VERSION"]
+REGS = CONSTANTS["PLAN_REGS"]
+BLOBS = CONSTANTS["PLAN_BLOBS"]
+MSG_PLAN = CONSTANTS["MSG_PLAN"]
+MSG_USERMAP_DONE = CONSTANTS["MSG_USERMAP_DONE"]
+MSG_HOOKS_DONE = CONSTANTS["MSG_HOOKS_DONE"]
+MSG_RUN = CONSTANTS["MSG_RUN"]
+MSG_PID = CONSTANTS["MSG_PID"]
+MSG_HOOKS_DUE = CONSTANTS["MSG_HOOKS_DUE"]
+MSG_READY = CONSTANTS["MSG_READY"]
+MSG_WAITING = CONSTANTS["MSG_WAITING"]
+MSG_ERROR = CONSTANTS["MSG_ERROR"]
+
+
+class PlanError(Exception):
+    """A step built with arguments its table entry does not take (a bug of the compiler)."""
+
+
+# ---- values ---------------------------------------------------------------------------------
+
+
+def enc_int(v: int) -> bytes:
+    return b"i" + _pack_q(v)
+
+
+def enc_str(s: str | bytes) -> bytes:
+    raw = s.encode() if isinstance(s, str) else s
+    if b"\0" in raw:
+        raise PlanError(f"a string with a NUL byte: {raw[:40]!r}")
+    return b"s" + _pack_I(len(raw)) + raw + b"\0"
+
+
+def enc_bytes(b: bytes) -> bytes:
+    return b"b" + _pack_I(len(b)) + b
+
+
+def enc_list(items) -> bytes:
+    items = list(items)
+    return b"l" + _pack_I(len(items)) + b"".join(enc_str(s) for s in items)
+
+
+ENCODERS = {"i": enc_int, "s": enc_str, "b": enc_bytes, "l": enc_list}
+
+
+def decode_args(data: bytes) -> list:
+    """The typed arguments of a frame or step (the parent reads the child's frames)."""
+    out, i, n = [], 0, len(data)
+    while i < n:
+        tag = data[i:i + 1]
+        i += 1
+        if tag == b"i":
+            out.append(int.from_bytes(data[i:i + 8], "little", signed=True))
+            i += 8
+        elif tag in (b"s", b"b"):
+            size = int.from_bytes(data[i:i + 4], "little")
+            i += 4
+            raw = data[i:i + size]
+            i += size + (1 if tag == b"s" else 0)
+            out.append(raw.decode(errors="replace") if tag == b"s" else raw)
+        elif tag == b"l":
+            count = int.from_bytes(data[i:i + 4], "little")
+            i += 4
+            items = []
+            for _ in range(count):
+                size = int.from_bytes(data[i + 1:i + 5], "little")
+                items.append(data[i + 5:i + 5 + size].decode(errors="replace"))
+                i += 6 + size
+            out.append(items)
+        else:
+            raise ValueError(f"unknown argument tag {tag!r}")
+        if i > n:
+            raise ValueError("truncated arguments")
+    return out
+
+
+def frame(msg_type: int, payload: bytes = b"") -> bytes:
+    return _pack_frame(4 + len(payload), msg_type, 0) + payload
+
+
+# ---- templates ------------------------------------------------------------------------------
+
+
+class Slot:
+    """A per-container argument, filled by ``Template.fill``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Slot({self.name!r})"
+
+
+class Template:
+    """Steps in order, most of them encoded once; the ones with slots are encoded per fill."""
+
+    def __init__(self) -> None:
+        self._parts: list = []  # bytes, or (op code, [bytes | (Slot, kind)])
+        self.slots: set[str] = set()
+        self.names: list[str] = []  # the op of each step, for tests and debugging
+
+    def add(self, op: str, *args) -> None:
+        try:
+            code, kinds = OPS[op]
+        except KeyError:
+            raise PlanError(f"no step {op}") from None
+        if len(args) != len(kinds):
+            raise PlanError(f"{op} takes {len(kinds)} arguments ({kinds}), not {len(args)}")
+        pieces: list = []
+        for kind, value in zip(kinds, args):
+            if isinstance(value, Slot):
+                self.slots.add(value.name)
+                pieces.append((value.name, kind))
+            else:
+                pieces.append(ENCODERS[kind](value))
+        self.names.append(op)
+        if all(isinstance(p, bytes) for p in pieces):
+            body = b"".join(pieces)
+            self._parts.append(_pack_step(code, 0, len(body)) + body)
+        else:
+            self._parts.append((code, pieces))
+
+    def fill(self, values: dict) -> bytes:
+        """The plan frame for one container: ``values`` gives every slot."""
+        out = [_pack_I(MAGIC) + _pack_I(VERSION)]
+        for part in self._parts:
+            if isinstance(part, bytes):
+                out.append(part)
+                continue
+            code, pieces = part
+            body = b"".join(p if isinstance(p, bytes) else ENCODERS[p[1]](values[p[0]])
+                            for p in pieces)
+            out.append(_pack_step(code, 0, len(body)) + body)
+        payload = b"".join(out)
+        return frame(MSG_PLAN, payload)
