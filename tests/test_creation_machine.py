@@ -4,24 +4,35 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from corral import jsonlite as json
 from corral.errors import ChildError, ProtocolError
+from corral.plan.compiler import PlanInfo
 from corral.runtime import creation as c
 from corral.runtime import protocol as p
 
+PLAN = p.Plan(b"the plan's frame")
+STATE = c.ContainerState("1.0.2", "box", "/b", {"a": "1"})
 
-def bootstrap(new_user=False, create_hooks=False):
-    return p.Bootstrap(unshare_flags=0, new_user=new_user, join=[], config={}, rootfs="/r",
-                       bundle="/b", fifo_path="/f", create_hooks=create_hooks)
+
+def machine(new_user=False, create_hooks=False, exec=False, start_hooks=False,
+            listener=False):
+    info = PlanInfo(new_user=new_user, create_hooks=create_hooks, exec=exec,
+                    start_hooks=start_hooks, listener=listener,
+                    listener_metadata="meta" if listener else None)
+    return c.CreationMachine(PLAN, info, STATE)
+
+
+def created(pid):
+    return STATE.json("created", pid)
 
 
 ALL_MESSAGES = [
-    bootstrap(), p.UsermapRequest(7), p.UsermapDone(), p.Pid(42), p.HooksDue(),
-    p.HooksDone(42), p.Ready(), p.Run(42), p.Waiting(), p.Error("boom", 2, "mount"),
+    PLAN, p.UsermapDone(), p.Pid(42), p.HooksDue(), p.HooksDone(b"{}"), p.Ready(),
+    p.Run(b"", b""), p.Waiting(), p.Error("boom", 2, "mount"),
 ]
 
 # The one message each waiting state accepts, and where it leads (with create-time hooks).
 HAPPY = {
-    c.State.AWAIT_USERMAP_REQUEST: (p.UsermapRequest(7), c.State.AWAIT_PID),
     c.State.AWAIT_PID: (p.Pid(42), c.State.AWAIT_HOOKS),
     c.State.AWAIT_HOOKS: (p.HooksDue(), c.State.AWAIT_READY),
     c.State.AWAIT_READY: (p.Ready(), c.State.AWAIT_WAITING),
@@ -31,7 +42,7 @@ HAPPY = {
 
 def machine_in(state):
     """Drives a fresh machine along the happy path until it is in `state`."""
-    m = c.CreationMachine(bootstrap(new_user=True, create_hooks=True))
+    m = machine(new_user=True, create_hooks=True)
     if state is c.State.START:
         return m
     m.start(100)
@@ -41,40 +52,54 @@ def machine_in(state):
 
 
 def test_happy_path_without_user_namespace():
-    m = c.CreationMachine(bootstrap())
-    assert m.start(100) == [c.Send(bootstrap())]
+    m = machine()
+    assert m.start(100) == [c.Send(PLAN)]
     assert m.state is c.State.AWAIT_PID
     assert m.receive(p.Pid(42)) == [c.RecordPid(42), c.JoinCgroup(42)]
     assert m.state is c.State.AWAIT_READY  # no hooks: no HooksDue step
-    assert m.receive(p.Ready()) == [c.ApplyResources(42), c.Send(p.Run(42))]
+    assert m.receive(p.Ready()) == [c.ApplyResources(42), c.Send(p.Run(b"", b""))]
     assert m.receive(p.Waiting()) == [c.Done(42)]
     assert m.state is c.State.DONE and m.init_pid == 42
 
 
 def test_create_hooks_sync_before_ready():
-    m = c.CreationMachine(bootstrap(create_hooks=True))
+    m = machine(create_hooks=True)
     m.start(100)
     assert m.receive(p.Pid(42)) == [c.RecordPid(42), c.JoinCgroup(42)]
     assert m.state is c.State.AWAIT_HOOKS
-    assert m.receive(p.HooksDue()) == [c.RunCreateRuntimeHooks(42), c.Send(p.HooksDone(42))]
+    assert m.receive(p.HooksDue()) == [c.RunCreateRuntimeHooks(42),
+                                       c.Send(p.HooksDone(STATE.json("creating", 42)))]
     assert m.state is c.State.AWAIT_READY
-    assert m.receive(p.Ready()) == [c.ApplyResources(42), c.Send(p.Run(42))]
+    assert m.receive(p.Ready()) == [c.ApplyResources(42), c.Send(p.Run(b"", b""))]
+
+
+def test_run_carries_the_states_of_start_hooks_and_the_seccomp_agent():
+    m = machine(start_hooks=True, listener=True)
+    m.start(100)
+    m.receive(p.Pid(42))
+    [_, send] = m.receive(p.Ready())
+    assert send.message.state == created(42)
+    agent = json.loads(send.message.listener)
+    assert agent["pid"] == 42 and agent["fds"] == ["seccompFd"] and agent["metadata"] == "meta"
+    assert agent["state"]["status"] == "running" and agent["state"]["annotations"] == {"a": "1"}
 
 
 def test_without_create_hooks_hooks_due_is_a_protocol_error():
-    m = c.CreationMachine(bootstrap())
+    m = machine()
     m.start(100)
     m.receive(p.Pid(42))
     [fail] = m.receive(p.HooksDue())
     assert isinstance(fail.error, ProtocolError) and "hooks_due" in str(fail.error)
 
 
-def test_user_namespace_asks_for_maps_first():
-    m = c.CreationMachine(bootstrap(new_user=True))
+def test_user_namespace_maps_come_first():
+    """The init waits for its maps: they are written and UsermapDone sent before the rest."""
+    m = machine(new_user=True)
     m.start(100)
-    assert m.state is c.State.AWAIT_USERMAP_REQUEST
-    assert m.receive(p.UsermapRequest(101)) == [c.WriteIdMaps(101), c.Send(p.UsermapDone())]
     assert m.state is c.State.AWAIT_PID
+    assert m.receive(p.Pid(101)) == [c.WriteIdMaps(101), c.Send(p.UsermapDone()),
+                                     c.RecordPid(101), c.JoinCgroup(101)]
+    assert m.state is c.State.AWAIT_READY
 
 
 @pytest.mark.parametrize("state", list(HAPPY))
@@ -99,7 +124,7 @@ def test_every_message_in_every_waiting_state(state, msg):
 
 @pytest.mark.parametrize("msg", ALL_MESSAGES, ids=lambda m: m.type)
 def test_messages_before_start_and_after_the_end_are_protocol_errors(msg):
-    m = c.CreationMachine(bootstrap())
+    m = machine()
     assert isinstance(m.receive(msg)[0].error, ProtocolError)
     done = machine_in(c.State.DONE)
     assert isinstance(done.receive(msg)[0].error, ProtocolError)
@@ -120,7 +145,7 @@ def test_child_gone_after_done_is_nothing():
 
 
 def test_start_twice_is_a_protocol_error():
-    m = c.CreationMachine(bootstrap())
+    m = machine()
     m.start(1)
     assert isinstance(m.start(1)[0].error, ProtocolError)
 
@@ -133,7 +158,8 @@ def test_driver_failure_fails_once():
     assert m.error is err
 
 
-@pytest.mark.parametrize("msg", ALL_MESSAGES, ids=lambda m: m.type)
+@pytest.mark.parametrize("msg", [m for m in ALL_MESSAGES if not isinstance(m, p.Plan)],
+                         ids=lambda m: m.type)
 def test_framing_round_trip(msg):
     data = p.encode(msg)
     dec = p.FrameDecoder()
@@ -144,44 +170,42 @@ def test_framing_round_trip(msg):
     assert out == [msg] and not dec.pending
 
 
-def test_c_stage_encodings_match():
-    """nsenter.c compares and writes these byte strings literally."""
-    assert p.encode(p.UsermapDone())[4:] == b'{"type":"usermap_done"}'
-    assert p.decode(b'{"type":"pid","pid":5}') == p.Pid(5)
-    assert p.decode(b'{"type":"waiting"}') == p.Waiting()
-    assert p.decode(b'{"type":"usermap_request","pid":9}') == p.UsermapRequest(9)
-    assert p.decode(b'{"type":"error","stage":"join","message":"x","errno":1}') == \
-        p.Error("x", 1, "join")
+def test_executor_encodings_match():
+    """executor.c writes these frames: u32 length, u16 type, u16 0, typed arguments."""
+    assert p.encode(p.Pid(5)) == (b"\x0d\x00\x00\x00\x10\x00\x00\x00"
+                                  b"i\x05\x00\x00\x00\x00\x00\x00\x00")
+    assert p.encode(p.Waiting()) == b"\x04\x00\x00\x00\x13\x00\x00\x00"
+    assert p.encode(p.UsermapDone()) == b"\x04\x00\x00\x00\x02\x00\x00\x00"
+    error = p.encode(p.Error("x", 1, "resolve"))
+    assert error[4:6] == b"\x14\x00" and error.endswith(b"s\x01\x00\x00\x00x\x00")
 
 
-@pytest.mark.parametrize("payload", [
-    b"not json", b"[]", b'{"type":5}', b'{"type":"nope"}', b'{"type":"pid"}',
-    b'{"type":"pid","pid":1,"extra":2}', b'{"no":"type"}',
+@pytest.mark.parametrize("frame", [
+    b"\x04\x00\x00\x00\x63\x00\x00\x00",  # unknown type
+    b"\x05\x00\x00\x00\x10\x00\x00\x00z",  # a Pid with no pid
+    b"\x0e\x00\x00\x00\x10\x00\x00\x00i\x05\x00\x00\x00\x00\x00\x00\x00i",
+    b"\x06\x00\x00\x00\x14\x00\x00\x00i\x01",  # a truncated Error
 ])
-def test_bad_frames_are_protocol_errors(payload):
+def test_bad_frames_are_protocol_errors(frame):
     with pytest.raises(ProtocolError):
-        p.decode(payload)
+        p.FrameDecoder().feed(frame)
 
 
 def test_oversized_frame_is_refused():
     with pytest.raises(ProtocolError):
-        p.FrameDecoder().feed((p.MAX_FRAME + 1).to_bytes(4, "big"))
+        p.FrameDecoder().feed((p.MAX_FRAME + 1).to_bytes(4, "little") + b"\x10\x00\x00\x00")
 
 
-@given(st.binary(max_size=64))
-def test_decoder_only_raises_protocol_errors(data):
+@given(st.integers(0, 40), st.binary(max_size=64))
+def test_decoder_only_raises_protocol_errors(msg_type, data):
     try:
-        p.FrameDecoder().feed(len(data).to_bytes(4, "big") + data)
+        p.FrameDecoder().feed((4 + len(data)).to_bytes(4, "little")
+                              + msg_type.to_bytes(2, "little") + b"\x00\x00" + data)
     except ProtocolError:
         pass
 
 
 # ---- exec: a new process in an existing container ---------------------------------------
-
-def exec_bootstrap(new_user=False):
-    return p.Bootstrap(unshare_flags=0, new_user=new_user, join=[[0x20000000, "/proc/1/ns/pid"]],
-                       config={}, rootfs="/r", bundle="/b", fifo_path="", exec=True)
-
 
 EXEC_HAPPY = {
     c.State.AWAIT_PID: (p.Pid(42), c.State.AWAIT_READY),
@@ -191,7 +215,7 @@ EXEC_HAPPY = {
 
 
 def exec_machine_in(state):
-    m = c.CreationMachine(exec_bootstrap())
+    m = machine(exec=True)
     if state is c.State.START:
         return m
     m.start(100)
@@ -201,21 +225,21 @@ def exec_machine_in(state):
 
 
 def test_exec_happy_path_only_joins_the_cgroup_and_runs():
-    m = c.CreationMachine(exec_bootstrap())
-    assert m.start(100) == [c.Send(exec_bootstrap())]
+    m = machine(exec=True)
+    assert m.start(100) == [c.Send(PLAN)]
     assert m.state is c.State.AWAIT_PID
     assert m.receive(p.Pid(42)) == [c.JoinCgroup(42)]  # no RecordPid: the init's record stays
     assert m.state is c.State.AWAIT_READY
-    assert m.receive(p.Ready()) == [c.Send(p.Run(42))]  # no ApplyResources
+    assert m.receive(p.Ready()) == [c.Send(p.Run(b"", b""))]  # no ApplyResources
     assert m.receive(p.Waiting()) == [c.Done(42)]
     assert m.state is c.State.DONE and m.init_pid == 42
 
 
 def test_exec_never_asks_for_id_maps():
     """Joining the container's user namespace needs no maps: a new_user flag is ignored."""
-    m = c.CreationMachine(exec_bootstrap(new_user=True))
+    m = machine(exec=True, new_user=True)
     m.start(100)
-    assert m.state is c.State.AWAIT_PID
+    assert m.receive(p.Pid(42)) == [c.JoinCgroup(42)]
 
 
 @pytest.mark.parametrize("state", list(EXEC_HAPPY))

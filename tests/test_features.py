@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from corral.init.mounts import parse_mount_options
-from corral.init.seccomp import compile_filter
+from corral.plan.mounts import parse_mount_options
+from corral.plan.seccomp import compile_filter
 from corral.oci import host
 from corral.oci.capabilities import cap_number
 from corral.oci.config import parse_config
@@ -123,7 +123,7 @@ def test_claimed_lsm_support_matches_the_refusals(features):
 
 
 def test_recursive_and_idmap_options_are_listed_where_mount_setattr_exists(features):
-    from corral.oci.features import idmap_supported
+    from corral.runtime.features import idmap_supported
 
     listed = set(features["mountOptions"])
     wanted = {"rro", "rrw", "rnosuid", "rsuid", "rnodev", "rdev", "rnoexec", "rexec",

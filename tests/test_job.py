@@ -204,7 +204,7 @@ def test_bind_destination_in_the_read_only_host_tree_must_exist(corral, tmp_path
     dest = f"/usr/corral-job-{uuid.uuid4().hex}"
     proc, _ = run_job(corral, tmp_path, sh("true", mounts=[f"{tmp_path}:{dest}"]))
     assert proc.returncode != 0 and f"on {dest}: " in proc.stderr, proc.stderr
-    assert "Read-only file system" in proc.stderr
+    assert "read-only file system" in proc.stderr
     assert not os.path.exists(dest)
 
 

@@ -12,7 +12,7 @@ import os
 import pytest
 
 from tests.conftest import CORRAL, run_capturing
-from corral.init.mounts import (
+from corral.plan.mounts import (
     MOUNT_ATTR__ATIME, MOUNT_ATTR_NOATIME, MOUNT_ATTR_RDONLY, parse_mount_options,
 )
 from corral.errors import ConfigError

@@ -242,28 +242,3 @@ def test_notify_config_parsed():
     # a listener without NOTIFY rules is accepted (runc too) and never connected to
     plain = parse_config(_config({"defaultAction": "SCMP_ACT_ALLOW", "listenerPath": "/a"}))
     assert not plain.linux.seccomp.notifies
-
-
-def test_listener_path_longer_than_sun_path(tmp_path):
-    """Reached through its directory's descriptor when sun_path cannot hold it."""
-    from corral.init.seccomp import connect_listener
-
-    deep = tmp_path / ("d" * 100)
-    deep.mkdir()
-    path = deep / "agent.sock"
-    assert len(str(path)) > 108
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    cwd = os.getcwd()
-    os.chdir(deep)  # bind by its relative name, then leave
-    try:
-        server.bind("agent.sock")
-    finally:
-        os.chdir(cwd)
-    server.listen(1)
-    fd = connect_listener(str(path))
-    conn, _ = server.accept()
-    os.write(fd, b"x")
-    assert conn.recv(1) == b"x"
-    os.close(fd)
-    conn.close()
-    server.close()

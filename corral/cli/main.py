@@ -79,10 +79,10 @@ def _create(args, log: Log) -> tuple:
     try:
         if prepared.config.process.terminal and not args.console_socket:
             # A foreground run (prepare refused the rest): we take the pty master ourselves.
-            from corral.runtime.tty_relay import ConsoleReceiver, with_console_socket
+            from corral.runtime.tty_relay import ConsoleReceiver
 
             console = ConsoleReceiver()
-            prepared.bootstrap = with_console_socket(prepared.bootstrap, console.path)
+            prepared.slots["console"] = console.path
     except BaseException:
         prepared.undo_after_failure()
         raise
@@ -343,7 +343,7 @@ def cmd_batch(args, log: Log) -> int:
 
 
 def cmd_features(args, log: Log) -> int:
-    from corral.oci.features import features
+    from corral.runtime.features import features
 
     sys.stdout.write(json.dumps(features(), indent=2) + "\n")
     return 0

@@ -20,7 +20,7 @@ Three kinds of root filesystem:
 - **a directory**: shared by every job as the read-only lower layer of an overlayfs whose
   upper and work directories are in the job's work directory.  The overlay is a config
   mount on ``/`` (``mounts[0]``), mounted by the container's init inside its own mount
-  namespace (``corral/init/rootfs.py``): it disappears with the container and can never be
+  namespace (the plan compiler, ``corral/plan/compiler.py``): it disappears with the container and can never be
   left mounted on the host.  ``keep=True`` keeps the upper directory (the job's changes)
   after ``JobBundle.cleanup()``.
 - **an OCI bundle**: its ``config.json`` and rootfs are used as they are; only the fields

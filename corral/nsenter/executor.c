@@ -556,15 +556,35 @@ static int do_connect(struct run *r, struct args *a)
     struct sockaddr_un addr;
     memset(&addr, 0, sizeof(addr));
     addr.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof(addr.sun_path))
-        return fail(r, ENAMETOOLONG, "%s", what);
-    strcpy(addr.sun_path, path);
+    int dir = -1;
+    if (strlen(path) >= sizeof(addr.sun_path)) {
+        /* too long for sun_path: reach it through its directory */
+        char parent[PATH_MAX];
+        const char *slash = strrchr(path, '/');
+        size_t plen = slash ? (size_t)(slash - path) : 0;
+        if (!slash || plen >= sizeof(parent))
+            return fail(r, ENAMETOOLONG, "%s", what);
+        memcpy(parent, path, plen);
+        parent[plen] = '\0';
+        dir = open(plen ? parent : "/", O_PATH | O_CLOEXEC);
+        if (dir < 0)
+            return fail(r, errno, "%s", what);
+        snprintf(addr.sun_path, sizeof(addr.sun_path), "/proc/self/fd/%d/%s", dir, slash + 1);
+        if (strlen(addr.sun_path) >= sizeof(addr.sun_path) - 1) {
+            close(dir);
+            return fail(r, ENAMETOOLONG, "%s", what);
+        }
+    } else {
+        strcpy(addr.sun_path, path);
+    }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return fail(r, errno, "%s", what);
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-        int err = errno;
-        close(fd);
+    int rc = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+    int err = errno;
+    if (dir >= 0)
+        close(dir);
+    if (rc < 0) {
+        if (fd >= 0)
+            close(fd);
         return fail(r, err, "%s", what);
     }
     r->regs[reg] = fd;
@@ -712,7 +732,7 @@ static int do_write(struct run *r, struct args *a)
         return 0;
     int fd = open(path, O_WRONLY | O_CLOEXEC | flags);
     if (fd < 0)
-        return fail(r, errno, "%s: open %s", what, path);
+        return fail(r, errno, "%s: write %s", what, path);
     ssize_t n = write(fd, data, len);
     int err = n < 0 ? errno : (size_t)n != len ? EIO : 0;
     close(fd);

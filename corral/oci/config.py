@@ -249,7 +249,7 @@ class SeccompSyscall(Record):
 
 
 class Seccomp(Record):
-    """``linux.seccomp``, validated by name; compiled by corral.init.seccomp (libseccomp)."""
+    """``linux.seccomp``, validated by name; compiled by corral.plan.seccomp (libseccomp)."""
 
     default_action: str
     default_errno_ret: int | None = None
@@ -997,7 +997,7 @@ def _seccomp_action(obj: dict, key: str, path: str) -> str:
 
 
 #: What the runtime itself calls after the filter is loaded and before the agent holds the
-#: notify fd (nsenter.c, stage_seccomp): a notification for it could never be answered.
+#: notify fd (executor.c, the SECCOMP step): a notification for it could never be answered.
 SECCOMP_NOTIFY_REFUSED = frozenset({"sendmsg"})
 
 
@@ -1317,8 +1317,18 @@ def load_bundle(bundle: str) -> tuple[Config, dict]:
     """Read and validate ``<bundle>/config.json`` and check its rootfs: every problem a user
     can fix is reported here, before anything is created."""
     bundle = os.path.abspath(bundle)
-    raw = _read_json(os.path.join(bundle, "config.json"))
-    config = parse_config(raw)
+    path = os.path.join(bundle, "config.json")
+    data = _read_bytes(path)
+    # A supervisor reads the same config for many containers: one parse per content, and
+    # the same Config object for the same content (plans are cached by it).
+    known = _loaded.get(data)
+    if known is None:
+        raw = _decode_json(path, data)
+        known = (parse_config(raw), raw)
+        if len(_loaded) >= 64:
+            _loaded.clear()
+        _loaded[data] = known
+    config, raw = known
     rootfs = os.path.normpath(os.path.join(bundle, config.root_path))
     if not os.path.isdir(rootfs):
         problem = "is not a directory" if os.path.exists(rootfs) else "does not exist"
@@ -1326,14 +1336,20 @@ def load_bundle(bundle: str) -> tuple[Config, dict]:
     return config, raw
 
 
-def _read_json(path: str) -> object:
+_loaded: dict[bytes, tuple[Config, dict]] = {}
+
+
+def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise ConfigError("config.json", f"{path} does not exist") from None
     except OSError as err:
         raise ConfigError("config.json", f"cannot read {path}: {err.strerror}") from None
+
+
+def _decode_json(path: str, data: bytes) -> object:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

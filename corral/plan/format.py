@@ -15,8 +15,10 @@ from __future__ import annotations
 import os
 import _struct as struct  # `struct` is the same module under a heavier import path
 
-_HEADER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "nsenter", "plan_ops.h")
+_NSENTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "nsenter")
+_HEADER = os.path.join(_NSENTER, "plan_ops.h")
+#: The executor of plans, built with corral (setup.py): ``launch FD`` or ``spawner FD``.
+EXECUTOR = os.path.join(_NSENTER, "corral-exec")
 
 _pack_q = struct.Struct("<q").pack
 _pack_I = struct.Struct("<I").pack
@@ -36,11 +38,11 @@ def _read_table() -> tuple[dict[str, tuple[int, str]], dict[str, int]]:
                 ops[name.strip()] = (len(ops), args)
             elif line.startswith("#define CORRAL_"):
                 parts = line.split()
-                if len(parts) >= 3 and parts[2].rstrip("u").lstrip("0x").isalnum():
+                if len(parts) >= 3:
                     try:
                         consts[parts[1][len("CORRAL_"):]] = int(parts[2].rstrip("u"), 0)
                     except ValueError:
-                        pass
+                        pass  # the table macro itself
     return ops, consts
 
 

@@ -1,7 +1,7 @@
 """The blocking driver of the creation machine, for the one-shot command line.
 
-The command line is single-threaded, so it forks the child itself (the supervisor forks
-through its keeper instead).  No trio here: ``import trio`` alone costs more than runc's
+The command line spawns the plan's executor itself (``corral-exec launch``; the supervisor's
+keeper has a spawner for it).  No trio here: ``import trio`` alone costs more than runc's
 whole ``create``.
 """
 
@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import select
 import _signal as signal  # `signal` itself imports enum: ~3 ms
+import _socket
 import time
 
-from corral import nsenter
 from corral.errors import CorralError
+from corral.plan.format import EXECUTOR
 from corral.runtime import creation as c
 from corral.runtime import protocol as p
 from corral.runtime.prepare import PreparedContainer
@@ -33,20 +34,17 @@ def create_container(prepared: PreparedContainer, deadline: float = DEFAULT_DEAD
     ``before_release(pid)``: a last host-side step once the child reported ``Waiting``, before
     we hang up the socket.  An exec'd process runs only after that hang-up (the init waits
     for `start` instead), so `exec --ignore-paused` joins the frozen cgroup here."""
-    from corral.init.child import child_main  # imported before fork: the child must not pay
-
-    machine = c.CreationMachine(prepared.bootstrap)
-    parent_fd, child_fd = nsenter.socketpair()
+    machine = c.CreationMachine(prepared.plan_message(), prepared.info,
+                                prepared.container_state())
+    parent_fd, child_fd = _socketpair()
     try:
-        child = os.fork()
+        os.set_inheritable(child_fd, True)
+        child = os.posix_spawn(EXECUTOR, [EXECUTOR, "launch", str(child_fd)], os.environ)
     except OSError:
         os.close(parent_fd)
         os.close(child_fd)
         prepared.undo_after_failure()
         raise
-    if child == 0:
-        os.close(parent_fd)
-        child_main(child_fd)
     os.close(child_fd)
     try:
         _drive(machine, prepared, parent_fd, child, time.monotonic() + deadline)
@@ -104,6 +102,12 @@ def _carry_out(action: c.Action, prepared: PreparedContainer, fd: int) -> None:
         raise action.error
     elif not isinstance(action, c.Done):
         prepared.carry_out(action)
+
+
+def _socketpair() -> tuple[int, int]:
+    """A close-on-exec AF_UNIX stream pair, without importing ``socket`` (5 ms)."""
+    a, b = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    return a.detach(), b.detach()
 
 
 def _kill(pid: int | None) -> None:

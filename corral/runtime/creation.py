@@ -4,18 +4,12 @@ It takes what the child sent and answers with the actions to take next; it does 
 so one machine serves the blocking driver of the command line (``blocking.py``) and the trio
 driver of the supervisor (``trio_driver.py``), and is tested without any process.
 
-    START --start(child)--> [AWAIT_USERMAP_REQUEST] --> AWAIT_PID --> [AWAIT_HOOKS]
-          --> AWAIT_READY --> AWAIT_WAITING --> DONE
+    START --start(launcher)--> AWAIT_PID --> [AWAIT_HOOKS] --> AWAIT_READY --> AWAIT_WAITING
+          --> DONE
 
-AWAIT_USERMAP_REQUEST only with a new user namespace, AWAIT_HOOKS only when the bootstrap
-says there are create-time hooks (``Bootstrap.create_hooks``).
-
-For ``corral exec`` (``Bootstrap.exec``) the same states without the optional ones:
-
-    START --start(child)--> AWAIT_PID --> AWAIT_READY --> AWAIT_WAITING --> DONE
-
-and fewer actions: Pid only joins the cgroup (the container's pid record is the init's),
-Ready only sends Run (the container's resources are already set).
+AWAIT_HOOKS only when the plan has create-time hooks (``PlanInfo.create_hooks``).  For
+``corral exec`` (``PlanInfo.exec``) the same states without it, and fewer actions: Pid only
+joins the cgroup (the container's pid record is the init's), Ready only sends Run.
 
 Each state names the one message it accepts; an ``Error`` from the child fails any state;
 anything else is a ``ProtocolError``.  Once DONE or FAILED the machine accepts nothing more.
@@ -23,23 +17,42 @@ anything else is a ``ProtocolError``.  Once DONE or FAILED the machine accepts n
 
 from __future__ import annotations
 
-from corral.record import Record
-
+from corral import jsonlite as json
 from corral.errors import ChildError, CorralError, ProtocolError
+from corral.record import Record, factory
 from corral.runtime import protocol as p
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from corral.plan.compiler import PlanInfo
 
 
 class State:
     """The machine's states; each value says what the machine waits for, for messages."""
 
     START = "start"
-    AWAIT_USERMAP_REQUEST = "waiting for the user namespace"
     AWAIT_PID = "waiting for the init pid"
     AWAIT_HOOKS = "waiting for the hooks moment"
     AWAIT_READY = "waiting for the container setup"
     AWAIT_WAITING = "waiting for the final process setup"
     DONE = "done"
     FAILED = "failed"
+
+
+class ContainerState(Record):
+    """What the OCI state JSON of hooks and the seccomp agent says besides status and pid."""
+
+    oci_version: str
+    id: str
+    bundle: str
+    annotations: dict = factory(dict)
+
+    def json(self, status: str, pid: int) -> bytes:
+        state = {"ociVersion": self.oci_version, "id": self.id, "status": status, "pid": pid,
+                 "bundle": self.bundle}
+        if self.annotations:
+            state["annotations"] = self.annotations
+        return json.dumps(state).encode()
 
 
 # ---- actions: what the driver must do, in order ---------------------------------------------
@@ -66,8 +79,7 @@ class RecordPid(Record):
 
 
 class RunCreateRuntimeHooks(Record):
-    """Run the prestart, then the createRuntime hooks (state: creating, this pid); a failure
-    fails creation."""
+    """Run the prestart, then the createRuntime hooks (this pid); a failure fails creation."""
 
     pid: int
 
@@ -89,8 +101,10 @@ Action = (Send | JoinCgroup | WriteIdMaps | RecordPid | RunCreateRuntimeHooks | 
 
 
 class CreationMachine:
-    def __init__(self, bootstrap: p.Bootstrap) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, plan: p.Plan, info: PlanInfo, state: ContainerState) -> None:
+        self.plan = plan
+        self.info = info
+        self.container = state
         self.state = State.START
         self.child_pid: int | None = None
         self.init_pid: int | None = None
@@ -101,14 +115,12 @@ class CreationMachine:
         return self.state in (State.DONE, State.FAILED)
 
     def start(self, child_pid: int) -> list[Action]:
-        """The child process exists (forked by the driver or by the keeper)."""
+        """The launcher exists (spawned by the driver or by the keeper)."""
         if self.state is not State.START:
             return self._fail(ProtocolError(f"start() while {self.state}"))
         self.child_pid = child_pid
-        self.state = (State.AWAIT_USERMAP_REQUEST
-                      if self.bootstrap.new_user and not self.bootstrap.exec
-                      else State.AWAIT_PID)
-        return [Send(self.bootstrap)]
+        self.state = State.AWAIT_PID
+        return [Send(self.plan)]
 
     def receive(self, msg: p.Message) -> list[Action]:
         if self.finished or self.state is State.START:
@@ -136,34 +148,48 @@ class CreationMachine:
 
     # ---- one handler per state ----
 
-    def _on_usermap_request(self, msg: p.UsermapRequest) -> list[Action]:
-        self.state = State.AWAIT_PID
-        return [WriteIdMaps(msg.pid), Send(p.UsermapDone())]
-
     def _on_pid(self, msg: p.Pid) -> list[Action]:
         self.init_pid = msg.pid
-        if self.bootstrap.exec:
+        if self.info.exec:
             self.state = State.AWAIT_READY
             return [JoinCgroup(msg.pid)]
-        self.state = State.AWAIT_HOOKS if self.bootstrap.create_hooks else State.AWAIT_READY
+        self.state = State.AWAIT_HOOKS if self.info.create_hooks else State.AWAIT_READY
+        if self.info.new_user:
+            # the init waits for its maps: they come first, the rest while it works
+            return [WriteIdMaps(msg.pid), Send(p.UsermapDone()), RecordPid(msg.pid),
+                    JoinCgroup(msg.pid)]
         return [RecordPid(msg.pid), JoinCgroup(msg.pid)]
 
     def _on_hooks_due(self, msg: p.HooksDue) -> list[Action]:
         self.state = State.AWAIT_READY
-        return [RunCreateRuntimeHooks(self.init_pid), Send(p.HooksDone(self.init_pid))]
+        return [RunCreateRuntimeHooks(self.init_pid),
+                Send(p.HooksDone(self.container.json("creating", self.init_pid)))]
 
     def _on_ready(self, msg: p.Ready) -> list[Action]:
         self.state = State.AWAIT_WAITING
-        if self.bootstrap.exec:
-            return [Send(p.Run(self.init_pid))]
-        return [ApplyResources(self.init_pid), Send(p.Run(self.init_pid))]
+        run = self._run()
+        if self.info.exec:
+            return [Send(run)]
+        return [ApplyResources(self.init_pid), Send(run)]
+
+    def _run(self) -> p.Run:
+        pid = self.init_pid
+        state = self.container.json("created", pid) if self.info.start_hooks else b""
+        listener = b""
+        if self.info.listener:
+            # "running" as crun sends it: the agent gets it once `start` let the process go
+            doc = {"ociVersion": self.container.oci_version, "fds": ["seccompFd"], "pid": pid}
+            if self.info.listener_metadata:
+                doc["metadata"] = self.info.listener_metadata
+            doc["state"] = json.loads(self.container.json("running", pid))
+            listener = json.dumps(doc, separators=(",", ":")).encode()
+        return p.Run(state, listener)
 
     def _on_waiting(self, msg: p.Waiting) -> list[Action]:
         self.state = State.DONE
         return [Done(self.init_pid)]
 
     _HANDLERS = {
-        State.AWAIT_USERMAP_REQUEST: (p.UsermapRequest, _on_usermap_request),
         State.AWAIT_PID: (p.Pid, _on_pid),
         State.AWAIT_HOOKS: (p.HooksDue, _on_hooks_due),
         State.AWAIT_READY: (p.Ready, _on_ready),

@@ -1,11 +1,11 @@
 """`corral exec`: a new process in an existing container, through the creation engine.
 
 The process is built as runc builds it: ``--process FILE`` (an OCI process JSON) as it is, or
-the container's own ``config.json`` process overridden by the flags.  It goes to the child
-inside a copy of the container's config (so the same parser checks it, naming the field, and
-the container's seccomp, apparmor, rlimits apply); the ``Bootstrap`` says ``exec``: join
-every namespace of the init by ``/proc/<pid>/ns/*``, no rootfs, no exec fifo.  The parent
-side only joins the process to the container's cgroup.
+the container's own ``config.json`` process overridden by the flags.  It is compiled inside a
+copy of the container's config (so the same parser checks it, naming the field, and the
+container's seccomp, apparmor, rlimits apply) into an exec plan: join every namespace of the
+init by ``/proc/<pid>/ns/*``, no rootfs, no exec fifo.  The parent side only joins the
+process to the container's cgroup.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from corral.jsonlite import read_object
 from corral.errors import ConfigError, ContainerStateError, CorralError, NotSupportedError
 from corral.oci.config import parse_config
 from corral.runtime.containers import CREATED, PAUSED, RUNNING, Container
-from corral.runtime.protocol import Bootstrap
+from corral.runtime.creation import ContainerState
+from corral.runtime.protocol import Plan
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -29,17 +30,18 @@ _PROC_NS = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts":
 
 
 class PreparedExec:
-    """What the blocking driver needs: the bootstrap, the host-side actions, the undo.
+    """What the blocking driver needs: the plan, the host-side actions, the undo.
 
     ``late_cgroup`` (exec --ignore-paused into a frozen cgroup): the process joins the cgroup
     only in ``release``, after its last message and before it execs, so that its setup
     completes and it freezes before its first instruction.  ``console``: our own console
     socket for a foreground terminal; ``release`` takes the master from it."""
 
-    def __init__(self, container: Container, bootstrap: Bootstrap, late_cgroup: bool = False,
+    def __init__(self, container: Container, plan, slots: dict, late_cgroup: bool = False,
                  console: ConsoleReceiver | None = None) -> None:
         self.container = container
-        self.bootstrap = bootstrap
+        self.plan = plan
+        self.slots = slots
         self.late_cgroup = late_cgroup
         self.console = console
         self.master: int | None = None
@@ -47,6 +49,18 @@ class PreparedExec:
     @property
     def id(self) -> str:
         return self.container.id
+
+    @property
+    def info(self):
+        return self.plan.info
+
+    def plan_message(self) -> Plan:
+        return Plan(self.plan.template.fill(self.slots))
+
+    def container_state(self) -> ContainerState:
+        record = self.container.record
+        return ContainerState(record["ociVersion"], record["id"], record["bundle"],
+                              record.get("annotations") or {})
 
     def carry_out(self, action) -> None:
         from corral.runtime import creation as c
@@ -180,14 +194,14 @@ def prepare_exec(args) -> PreparedExec:
     if args.console_socket and not config.process.terminal:
         raise CorralError("cannot use console socket if runc will not allocate tty")
     pid = container.pid
+    from corral.plan.compiler import NS_FLAGS, PlanOptions, compile_plan, process_env
+
     join = []
     for ns in config.linux.namespaces:
         name = _PROC_NS.get(ns.type)
         if name is None:
             raise NotSupportedError(f"linux.namespaces: {ns.type} namespace")
-        from corral.runtime.prepare import NS_FLAGS
-
-        join.append([NS_FLAGS[ns.type], f"/proc/{pid}/ns/{name}"])
+        join.append((NS_FLAGS[ns.type], f"/proc/{pid}/ns/{name}"))
     console = None
     socket_path = os.path.abspath(args.console_socket) if args.console_socket else None
     if config.process.terminal and socket_path is None:
@@ -196,9 +210,11 @@ def prepare_exec(args) -> PreparedExec:
 
         console = ConsoleReceiver()
         socket_path = console.path
-    return PreparedExec(container, Bootstrap(
-        unshare_flags=0, new_user=False, join=join, config=raw,
-        rootfs=container.record["rootfs"], bundle=bundle, fifo_path="",
-        preserve_fds=args.preserve_fds, session_keyring=f"_ses.{container.id}",
-        container_id=container.id, exec=True, console_socket=socket_path),
-        late_cgroup=status == PAUSED, console=console)
+    plan = compile_plan(config, PlanOptions(
+        bundle=bundle, exec=True, exec_join=tuple(join), preserve_fds=args.preserve_fds,
+        console=socket_path is not None, keyring=True))
+    # HOME from the container's own passwd, as the host reaches it through the init
+    env = process_env(config, (), f"/proc/{pid}/root/etc/passwd")
+    slots = {"fifo": "", "console": socket_path or "", "keyring": f"_ses.{container.id}",
+             "rootfs": "", "env": env, "hostname": config.hostname or ""}
+    return PreparedExec(container, plan, slots, late_cgroup=status == PAUSED, console=console)

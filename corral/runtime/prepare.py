@@ -1,8 +1,10 @@
 """What the parent makes on the host for a container before its child exists, and its undoing.
 
-``PreparedContainer`` owns the state directory, the exec fifo and the cgroup from the moment
-they are made until creation succeeds; on any failure ``undo()`` removes all of them (and
-every process in the cgroup).  Both creation drivers carry out the machine's host-side actions
+``prepare`` validates the config, compiles its plan (``corral.plan``: cached by the config's
+content, so a thousand containers of one config compile once), then makes the state
+directory, the exec fifo and the cgroup.  ``PreparedContainer`` owns them from the moment they
+are made until creation succeeds; on any failure ``undo()`` removes all of them (and every
+process in the cgroup).  Both creation drivers carry out the machine's host-side actions
 (join cgroup, id maps, record pid, resources) through its methods.
 """
 
@@ -12,41 +14,33 @@ import os
 import sys
 import _signal as signal  # `signal` itself imports enum: ~3 ms
 
-from corral import nsenter
 from corral.cgroups import Cgroup, detect
 from corral.errors import CgroupError, ConfigError, CorralError
 from corral.oci.config import Config, DeviceRule, load_bundle
 from corral.oci.state import StateDir, rfc3339_now, validate_id
+from corral.plan.compiler import NS_FLAGS, PlanOptions
 from corral.procfs import is_alive, start_time
-from corral.runtime.protocol import Bootstrap
+from corral.runtime import plans
+from corral.runtime.creation import ContainerState
+from corral.runtime.protocol import Plan
 
 TYPE_CHECKING = False  # typing and collections.abc cost ms on the CLI's start-up path
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-NS_FLAGS = {
-    "pid": nsenter.CLONE_NEWPID,
-    "network": nsenter.CLONE_NEWNET,
-    "mount": nsenter.CLONE_NEWNS,
-    "ipc": nsenter.CLONE_NEWIPC,
-    "uts": nsenter.CLONE_NEWUTS,
-    "user": nsenter.CLONE_NEWUSER,
-    "cgroup": nsenter.CLONE_NEWCGROUP,
-    "time": nsenter.CLONE_NEWTIME,
-}
-
-
 class PreparedContainer:
-    """``cgroup`` is None for a rootless container without a delegated cgroup."""
+    """``cgroup`` is None for a rootless container without a delegated cgroup.  ``plan``
+    and ``slots``: the compiled plan and this container's values for it (``plan_message``)."""
 
     def __init__(self, state_dir: StateDir, config: Config, record: dict, cgroup: Cgroup | None,
-                 bootstrap: Bootstrap) -> None:
+                 plan, slots: dict) -> None:
         self.state_dir = state_dir
         self.config = config
         self.record = record
         self.cgroup = cgroup
         self.cgroup_made = False
-        self.bootstrap = bootstrap
+        self.plan = plan
+        self.slots = slots
         # linux.netDevices moved so far, and the container's network namespace, held open
         # until creation is over so that a failure can move them back (netdevices.py)
         self.moved_devices: list = []
@@ -61,6 +55,18 @@ class PreparedContainer:
     @property
     def id(self) -> str:
         return self.state_dir.id
+
+    @property
+    def info(self):
+        return self.plan.info
+
+    def plan_message(self) -> Plan:
+        return Plan(self.plan.template.fill(self.slots))
+
+    def container_state(self) -> ContainerState:
+        record = self.record
+        return ContainerState(record["ociVersion"], record["id"], record["bundle"],
+                              record.get("annotations") or {})
 
     # ---- the machine's host-side actions ----
 
@@ -251,7 +257,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
     state.json (the supervisor marks its own containers)."""
     validate_id(container_id)
     bundle = os.path.abspath(bundle)
-    config, raw = load_bundle(bundle)
+    config, _raw = load_bundle(bundle)
     _check_terminal(config, console_socket, detach)
     from corral.oci.host import check_host
 
@@ -269,9 +275,9 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         from corral.runtime.netdevices import check_present
 
         check_present(config.linux.net_devices)
-    rootfs = os.path.join(bundle, config.root_path)
-    bootstrap_ns = _namespaces(config)
-    listen = listen_fds
+    rootfs = os.path.realpath(os.path.join(bundle, config.root_path))
+    _check_rootfs(rootfs)
+    _check_namespaces(config)
     if preserve_fds < 0:
         raise ConfigError("--preserve-fds", "must not be negative")
     layout = detect()
@@ -282,6 +288,15 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
                          f"cgroup parent of {cgroup.path} is not writable by uid "
                          f"{os.geteuid()}: not delegated)\n")
         cgroup = None
+    cgroup_mounts = cgroup.mount_sources() if cgroup is not None else []
+    extra_env = (f"LISTEN_FDS={listen_fds}",) if listen_fds else ()
+    console = bool(console_socket) or (config.process.terminal and not detach)
+    options = PlanOptions(
+        bundle=bundle, no_pivot=no_pivot, preserve_fds=preserve_fds + listen_fds,
+        extra_env=extra_env, console=console, keyring=new_keyring, rootless=rootless,
+        cgroup_mounts=tuple(name for name, _ in cgroup_mounts),
+        hide_on_move=plans.host_pseudo_filesystems(rootfs) if no_pivot else ())
+    plan = plans.plan_for(config, options)
 
     state_dir = StateDir(root, container_id)
     state_dir.create()
@@ -305,18 +320,11 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
 
         record["hooks"] = {"poststart": hooks_to_json(hooks.poststart),
                            "poststop": hooks_to_json(hooks.poststop)}
-    prepared = PreparedContainer(state_dir, config, record, cgroup, Bootstrap(
-        unshare_flags=bootstrap_ns[0], new_user=bootstrap_ns[1], join=bootstrap_ns[2],
-        config=raw, rootfs=rootfs, bundle=bundle, fifo_path=state_dir.fifo, no_pivot=no_pivot,
-        preserve_fds=preserve_fds + listen,
-        extra_env=[f"LISTEN_FDS={listen}"] if listen else [],
-        cgroupns=_new_cgroupns(config),
-        session_keyring=f"_ses.{container_id}" if new_keyring else None,
-        cgroup_mounts=([[name, path] for name, path in cgroup.mount_sources()]
-                       if cgroup is not None else []),
-        container_id=container_id,
-        console_socket=os.path.abspath(console_socket) if console_socket else None,
-        create_hooks=bool(hooks.prestart or hooks.create_runtime or hooks.create_container)))
+    slots = plans.slots(
+        config, extra_env, fifo=state_dir.fifo, rootfs=rootfs,
+        console=os.path.abspath(console_socket) if console_socket else "",
+        keyring=f"_ses.{container_id}", cgroup_dirs=[path for _, path in cgroup_mounts])
+    prepared = PreparedContainer(state_dir, config, record, cgroup, plan, slots)
     try:
         state_dir.make_fifo()
         state_dir.write(record)  # the cgroup's paths: what a crash from here on leaves
@@ -342,9 +350,21 @@ def _check_terminal(config: Config, console_socket: str | None, detach: bool) ->
         raise CorralError("cannot use console socket if runc will not allocate tty")
 
 
-def _namespaces(config: Config) -> tuple[int, bool, list[list]]:
-    """(flags to unshare, new user namespace?, [[flag, path] to join])."""
-    unshare, new_user, join = 0, False, []
+def _check_rootfs(rootfs: str) -> None:
+    """A /proc or /sys symlink in the rootfs would redirect the container's procfs or sysfs
+    mount: refused before anything is made (the executor checks again, on what it mounts)."""
+    import stat
+
+    for name in ("proc", "sys"):
+        try:
+            st = os.lstat(os.path.join(rootfs, name))
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise ConfigError("root.path", f"{rootfs}/{name} is a symlink: refused")
+
+
+def _check_namespaces(config: Config) -> None:
     for i, ns in enumerate(config.linux.namespaces):
         flag = NS_FLAGS.get(ns.type)
         if flag is None:
@@ -355,20 +375,12 @@ def _namespaces(config: Config) -> tuple[int, bool, list[list]]:
                               "with CONFIG_TIME_NS)")
         if ns.path:
             _check_namespace_path(i, ns.path, ns.type, flag)
-            join.append([flag, ns.path])
-        elif flag == nsenter.CLONE_NEWUSER:
-            new_user = True
-        elif flag == nsenter.CLONE_NEWCGROUP:
-            pass  # unshared by init after Run (Bootstrap.cgroupns)
-        else:
-            unshare |= flag
     if config.linux.namespace("mount") is None:
         raise ConfigError("linux.namespaces", "a mount namespace is required")
-    return unshare, new_user, join
 
 
 def _check_namespace_path(index: int, path: str, ns_type: str, flag: int) -> None:
-    """The path must name a namespace of that type (NS_GET_NSTYPE); nsenter.c checks it
+    """The path must name a namespace of that type (NS_GET_NSTYPE); the executor checks it
     again on the descriptor it joins."""
     field = f"linux.namespaces[{index}].path"
     try:
@@ -376,6 +388,8 @@ def _check_namespace_path(index: int, path: str, ns_type: str, flag: int) -> Non
     except OSError as exc:
         raise ConfigError(field, f"{path}: {exc.strerror.lower()}") from None
     try:
+        from corral import nsenter
+
         found = nsenter.ns_type(fd)
     except OSError:
         found = None
@@ -383,8 +397,3 @@ def _check_namespace_path(index: int, path: str, ns_type: str, flag: int) -> Non
         os.close(fd)
     if found != flag:
         raise ConfigError(field, f"{path} is not a {ns_type} namespace")
-
-
-def _new_cgroupns(config: Config) -> bool:
-    ns = config.linux.namespace("cgroup")
-    return ns is not None and not ns.path

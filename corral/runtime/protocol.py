@@ -1,69 +1,60 @@
-"""The messages between the parent (runtime) and the child (container init) during creation.
+"""The messages between the parent (runtime) and the child (the plan's executor) during
+creation: one set of typed messages, one framing, shared with ``corral/nsenter/executor.c``
+through ``corral/nsenter/plan_ops.h`` (the message numbers and the argument encoding).
 
-One set of typed messages, one framing, used by both sides and by the C stage (nsenter.c
-writes ``usermap_request``, ``pid``, ``waiting`` and ``error`` itself and reads
-``usermap_done``, so their encodings must stay exactly what ``encode`` produces).
+Framing: a 4-byte little-endian length, a 2-byte type, 2 zero bytes, then typed arguments
+(``corral.plan.format``).
 
-Framing: a 4-byte big-endian length, then a compact JSON object whose ``type`` names the message.
+    parent -> child   Plan, UsermapDone, HooksDone, Run
+    child  -> parent  Pid, HooksDue, Ready, Waiting, Error
 
-    parent -> child   Bootstrap, UsermapDone, HooksDone, Run
-    child  -> parent  UsermapRequest, Pid, HooksDue, Ready, Waiting, Error
-
-HooksDue/HooksDone happen only when ``Bootstrap.create_hooks``: the init, in its namespaces
-and before pivot_root, asks the parent to run the prestart and createRuntime hooks, then runs
-the createContainer hooks itself.
+The launcher sends ``Pid`` once the init exists; with a new user namespace the init waits for
+``UsermapDone`` (its id maps written).  ``HooksDue``/``HooksDone`` only when the plan has
+create-time hooks: the init, in its namespaces and before pivot_root, asks the parent to run
+the prestart and createRuntime hooks, then runs the createContainer hooks itself.
 """
 
 from __future__ import annotations
 
-from corral import jsonlite as json
 import os
-from corral.record import Record, asdict, factory
 
 from corral.errors import ProtocolError
+from corral.plan import format as f
+from corral.record import Record
 
-MAX_FRAME = 16 << 20
-
-
-class Bootstrap(Record):
-    """Everything the child needs: which namespaces, and the config its init applies."""
-
-    type = "bootstrap"
-    unshare_flags: int  # without CLONE_NEWCGROUP: see cgroupns
-    new_user: bool
-    join: list[list]  # [[CLONE_NEW* flag, path], ...]
-    config: dict  # the raw config.json, validated again by the child (cheap, one code path)
-    rootfs: str
-    bundle: str
-    fifo_path: str
-    no_pivot: bool = False
-    preserve_fds: int = 0  # fds 3.. passed through: --preserve-fds plus LISTEN_FDS
-    extra_env: list[str] = factory(list)
-    cgroupns: bool = False  # unshared by init after Run, once the parent put it in its cgroup
-    session_keyring: str | None = None  # name of a new session keyring to join (runc's default)
-    cgroup_mounts: list[list[str]] = factory(list)
-    container_id: str = ""  # for the OCI state that hooks read on stdin
-    create_hooks: bool = False  # prestart/createRuntime/createContainer hooks: sync before pivot
-    # `corral exec`: a new process in an existing container.  `join` holds every namespace of
-    # its init, nothing is unshared, no rootfs, no exec fifo; the parent only joins the
-    # process to the cgroup (no pid record, no resources, no hooks).
-    exec: bool = False
-    console_socket: str | None = None  # process.terminal: the pty master goes there (host path)
+MAX_FRAME = 256 << 20
 
 
-class UsermapRequest(Record):
-    """The child unshared its user namespace; the parent must write its id maps."""
+class Plan(Record):
+    """The first message: the plan's frame (``corral.plan.compiler.fill``)."""
 
-    type = "usermap_request"
-    pid: int
+    type = "plan"
+    frame: bytes
 
 
 class UsermapDone(Record):
     type = "usermap_done"
 
 
+class HooksDone(Record):
+    """The runtime's hooks succeeded: ``state`` is what the createContainer hooks read."""
+
+    type = "hooks_done"
+    state: bytes = b""
+
+
+class Run(Record):
+    """The last host-side step is done; the init finishes and waits for `start`.
+    ``state``: the startContainer hooks' stdin; ``listener``: the containerProcessState for
+    the seccomp agent."""
+
+    type = "run"
+    state: bytes = b""
+    listener: bytes = b""
+
+
 class Pid(Record):
-    """The host pid of the container's init (the intermediate process has exited)."""
+    """The host pid of the container's init (the launcher has exited)."""
 
     type = "pid"
     pid: int
@@ -76,27 +67,14 @@ class HooksDue(Record):
     type = "hooks_due"
 
 
-class HooksDone(Record):
-    """The runtime's hooks succeeded; the init runs the createContainer hooks next.
-    ``pid``: the init's host pid, for the state those hooks read."""
-
-    type = "hooks_done"
-    pid: int = 0
-
-
 class Ready(Record):
-    """Rootfs, mounts and process setup are done; the child waits for Run."""
+    """Rootfs, mounts and process setup are done; the init waits for Run."""
 
     type = "ready"
 
 
-class Run(Record):
-    type = "run"
-    pid: int = 0  # the init's host pid (for the state the startContainer hooks read)
-
-
 class Waiting(Record):
-    """Everything before exec succeeded; init now blocks on the exec fifo until `start`."""
+    """Everything before exec succeeded; the init now blocks on the exec fifo."""
 
     type = "waiting"
 
@@ -108,38 +86,56 @@ class Error(Record):
     stage: str = ""
 
 
-Message = (Bootstrap | UsermapRequest | UsermapDone | Pid | HooksDue | HooksDone | Ready | Run
-           | Waiting | Error)
-MESSAGE_TYPES: dict[str, type] = {
-    cls.type: cls
-    for cls in (Bootstrap, UsermapRequest, UsermapDone, Pid, HooksDue, HooksDone, Ready, Run,
-                Waiting, Error)
-}
+Message = (Plan | UsermapDone | HooksDone | Run | Pid | HooksDue | Ready | Waiting | Error)
 
 
 def encode(msg: Message) -> bytes:
-    body = {"type": msg.type, **asdict(msg)}
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    return len(payload).to_bytes(4, "big") + payload
+    if isinstance(msg, Plan):
+        return msg.frame
+    if isinstance(msg, UsermapDone):
+        return f.frame(f.MSG_USERMAP_DONE)
+    if isinstance(msg, HooksDone):
+        return f.frame(f.MSG_HOOKS_DONE, f.enc_bytes(msg.state))
+    if isinstance(msg, Run):
+        return f.frame(f.MSG_RUN, f.enc_bytes(msg.state) + f.enc_bytes(msg.listener))
+    if isinstance(msg, Pid):
+        return f.frame(f.MSG_PID, f.enc_int(msg.pid))
+    if isinstance(msg, (HooksDue, Ready, Waiting)):
+        return f.frame(_EMPTY_TYPES[type(msg)])
+    if isinstance(msg, Error):
+        return f.frame(f.MSG_ERROR, f.enc_int(msg.errno) + f.enc_str(msg.stage)
+                       + f.enc_str(msg.message))
+    raise TypeError(f"not a message: {msg!r}")
 
 
-def decode(payload: bytes) -> Message:
+_EMPTY_TYPES = {HooksDue: f.MSG_HOOKS_DUE, Ready: f.MSG_READY, Waiting: f.MSG_WAITING}
+_EMPTY = {f.MSG_HOOKS_DUE: HooksDue, f.MSG_READY: Ready, f.MSG_WAITING: Waiting,
+          f.MSG_USERMAP_DONE: UsermapDone}
+
+
+def decode(msg_type: int, payload: bytes) -> Message:
     try:
-        body = json.loads(payload)
+        args = f.decode_args(payload)
     except ValueError as exc:
-        raise ProtocolError(f"undecodable frame: {exc}") from None
-    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
-        raise ProtocolError("frame is not a typed message")
-    cls = MESSAGE_TYPES.get(body.pop("type"))
-    if cls is None:
-        raise ProtocolError("unknown message type")
-    names = set(cls._fields)
-    if set(body) - names:
-        raise ProtocolError(f"{cls.type}: unexpected fields {sorted(set(body) - names)}")
+        raise ProtocolError(f"undecodable message {msg_type}: {exc}") from None
     try:
-        return cls(**body)
-    except TypeError as exc:
-        raise ProtocolError(f"{cls.type}: {exc}") from None
+        if msg_type in _EMPTY and not args:
+            return _EMPTY[msg_type]()
+        if msg_type == f.MSG_PID:
+            (pid,) = args
+            return Pid(int(pid))
+        if msg_type == f.MSG_ERROR:
+            errno, stage, message = args
+            return Error(str(message), int(errno), str(stage).lower())
+        if msg_type == f.MSG_HOOKS_DONE:
+            (state,) = args
+            return HooksDone(bytes(state))
+        if msg_type == f.MSG_RUN:
+            state, listener = args
+            return Run(bytes(state), bytes(listener))
+    except (TypeError, ValueError):
+        raise ProtocolError(f"message {msg_type}: unexpected arguments {args!r}") from None
+    raise ProtocolError(f"unknown message type {msg_type}")
 
 
 class FrameDecoder:
@@ -151,15 +147,16 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Message]:
         self._buf += data
         out = []
-        while len(self._buf) >= 4:
-            size = int.from_bytes(self._buf[:4], "big")
-            if size > MAX_FRAME:
-                raise ProtocolError(f"frame of {size} bytes exceeds the limit")
+        while len(self._buf) >= 8:
+            size = int.from_bytes(self._buf[:4], "little")
+            if size < 4 or size > MAX_FRAME:
+                raise ProtocolError(f"a frame of {size} bytes")
             if len(self._buf) < 4 + size:
                 break
-            payload = bytes(self._buf[4 : 4 + size])
-            del self._buf[: 4 + size]
-            out.append(decode(payload))
+            msg_type = int.from_bytes(self._buf[4:6], "little")
+            payload = bytes(self._buf[8:4 + size])
+            del self._buf[:4 + size]
+            out.append(decode(msg_type, payload))
         return out
 
     @property
@@ -168,34 +165,7 @@ class FrameDecoder:
         return bool(self._buf)
 
 
-def read_message(fd: int) -> Message | None:
-    """Blocking read of one message from fd; None on a clean EOF between messages."""
-    header = _read_exact(fd, 4)
-    if not header:
-        return None
-    if len(header) < 4:
-        raise ProtocolError("connection closed in the middle of a message")
-    size = int.from_bytes(header, "big")
-    if size > MAX_FRAME:
-        raise ProtocolError(f"frame of {size} bytes exceeds the limit")
-    payload = _read_exact(fd, size)
-    if len(payload) < size:
-        raise ProtocolError("connection closed in the middle of a message")
-    return decode(payload)
-
-
 def write_message(fd: int, msg: Message) -> None:
     data = memoryview(encode(msg))
     while data:
         data = data[os.write(fd, data):]
-
-
-def _read_exact(fd: int, size: int) -> bytes:
-    """Up to size bytes: fewer only at EOF."""
-    buf = bytearray()
-    while len(buf) < size:
-        chunk = os.read(fd, size - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)

@@ -32,7 +32,8 @@ async def create_container(prepared: PreparedContainer, keeper: KeeperHandle, *,
     timeout or cancellation, kills what was started and undoes the host side, then raises.
     ``logs``: the keeper logs stdout/stderr into the state dir instead of ``stdio``;
     ``track``: it records the init's exit status there."""
-    machine = c.CreationMachine(prepared.bootstrap)
+    machine = c.CreationMachine(prepared.plan_message(), prepared.info,
+                                prepared.container_state())
     parent, child_end = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     sock = trio.socket.from_stdlib_socket(parent)
     pidfds: list[int] = []  # the intermediate's and the init's: killed on failure

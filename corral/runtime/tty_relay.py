@@ -20,8 +20,6 @@ import select
 import socket
 
 from corral.errors import CorralError
-from corral.record import asdict
-from corral.runtime.protocol import Bootstrap
 
 TYPE_CHECKING = False  # typing and collections.abc cost ms on the CLI's start-up path
 if TYPE_CHECKING:
@@ -74,10 +72,6 @@ class ConsoleReceiver:
                 remove(path)
             except OSError:
                 pass
-
-
-def with_console_socket(bootstrap: Bootstrap, path: str) -> Bootstrap:
-    return Bootstrap(**{**asdict(bootstrap), "console_socket": path})
 
 
 def our_tty() -> int | None:

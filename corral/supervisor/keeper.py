@@ -1,12 +1,13 @@
-"""The keeper and keeper: a single-threaded helper that forks container children for a trio
-program, is their parent, and keeps their exit statuses and logs.
+"""The keeper: a single-threaded helper that is the parent of every container of a trio
+program, and keeps their exit statuses and logs.
 
 Forking a threaded process is unsafe, and a trio program may have threads, so the supervisor
-starts this process once (with corral's init code already imported) and hands it, for each
-container, the child end of a sync socketpair (and stdio, or a log directory) over SCM_RIGHTS.
-The children it forks run ``child_main``; their inits are its children too (the C stage clones
-with CLONE_PARENT), so it reaps them, writes each tracked init's exit status to its state
-directory (fsync) and only then reports it.
+starts this process once and hands it, for each container, the child end of a sync socketpair
+(and stdio, or a log directory) over SCM_RIGHTS.  The keeper does not fork either: its
+spawner (``corral-exec spawner``, a small C process, its child) forks each launcher with
+CLONE_PARENT, and the launcher clones the init with CLONE_PARENT too, so both are the
+keeper's children without a copy of a Python heap.  The keeper reaps them, writes each
+tracked init's exit status to its state directory (fsync) and only then reports it.
 
 Two modes.  Embedded (``corral.Supervisor``, tests): the control socket is one end of a
 socketpair and its EOF ends the keeper.  Keeper (``corral supervise``): the keeper is given a
@@ -29,7 +30,6 @@ Control socket (SOCK_SEQPACKET, one JSON object per packet):
 from __future__ import annotations
 
 import array
-import gc
 import json
 import os
 import select
@@ -38,6 +38,7 @@ import socket
 import sys
 import time
 
+from corral.plan.format import EXECUTOR
 from corral.runtime.foreground import exit_status
 
 FDS_PER_SPAWN = 4
@@ -49,9 +50,7 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 class Keeper:
-    def __init__(self, child_main, control: socket.socket | None,
-                 listener: socket.socket | None) -> None:
-        self.child_main = child_main
+    def __init__(self, control: socket.socket | None, listener: socket.socket | None) -> None:
         self.control = control
         self.listener = listener
         self.tracked: dict[int, str] = {}
@@ -59,6 +58,10 @@ class Keeper:
         self.logs: dict[int, object] = {}  # pipe read fd -> LogFile
         self.poller = select.poll()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.spawner: socket.socket | None = None
+        self.spawner_pid = 0
+        self.spawning: dict[int, tuple[int | None, dict]] = {}  # our seq -> (theirs, readers)
+        self._seq = 0
 
     # ---- the loop ----
 
@@ -70,6 +73,7 @@ class Keeper:
             self.poller.register(self.control, select.POLLIN)
         if self.listener is not None:
             self.poller.register(self.listener, select.POLLIN)
+        self._start_spawner()
         while True:
             # Without a daemon, look now and then whether the keeper's work is done.
             timeout = None if self.control is not None or self.listener is None else 5000
@@ -82,8 +86,11 @@ class Keeper:
                     if not self._serve_one():
                         self._drop_control()
                         if self.listener is None:
+                            self._stop_spawner()
                             self._reap()
                             return
+                elif self.spawner is not None and fd == self.spawner.fileno():
+                    self._spawned()
                 elif fd in self.logs:
                     self._relay(fd)
             self._reap()
@@ -92,17 +99,54 @@ class Keeper:
                     os.unlink(self.listener.getsockname())
                 except OSError:
                     pass
+                self._stop_spawner()
                 return
 
     def _idle(self) -> bool:
         """Nobody to serve and nothing to keep: the keeper's work is done."""
-        if self.control is not None or self.logs:
+        if self.control is not None or self.logs or self.spawning:
             return False
         try:
-            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        return False
+            with open(f"/proc/self/task/{os.getpid()}/children") as f:
+                children = {int(pid) for pid in f.read().split()}
+        except OSError:
+            return False
+        return children <= {self.spawner_pid}
+
+    # ---- the spawner ----
+
+    def _start_spawner(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            os.set_inheritable(theirs.fileno(), True)
+            self.spawner_pid = os.posix_spawn(
+                EXECUTOR, [EXECUTOR, "spawner", str(theirs.fileno())], {})
+        finally:
+            theirs.close()
+        self.spawner = ours
+        self.poller.register(ours, select.POLLIN)
+
+    def _stop_spawner(self) -> None:
+        if self.spawner is None:
+            return
+        self.poller.unregister(self.spawner)
+        self.spawner.close()  # its EOF ends it
+        self.spawner = None
+        if self.spawner_pid > 0:
+            try:
+                os.waitpid(self.spawner_pid, 0)
+            except ChildProcessError:
+                pass
+        self.spawner_pid = 0
+
+    def _spawner_died(self) -> None:
+        """Every spawn it had not answered fails; a new one takes the next requests."""
+        self._stop_spawner()
+        for theirs, readers in self.spawning.values():
+            self._close_readers(readers)
+            self._send({"op": "failed", "seq": theirs, "error": "the spawner exited"})
+        self.spawning.clear()
+        self._start_spawner()
 
     # ---- the daemon's connection ----
 
@@ -157,6 +201,7 @@ class Keeper:
     # ---- spawning ----
 
     def _spawn(self, msg: dict, fds: list[int]) -> None:
+        """Hands the child's descriptors to the spawner; its answer comes in ``_spawned``."""
         seq = msg.get("seq")
         logs = msg.get("logs")
         want = 1 if logs else FDS_PER_SPAWN
@@ -165,7 +210,6 @@ class Keeper:
                 os.close(fd)
             self._send({"op": "failed", "seq": seq, "error": "malformed spawn request"})
             return
-        sync_fd = fds[0]
         made: list[int] = []
         try:
             if logs:
@@ -177,30 +221,58 @@ class Keeper:
                 os.close(fd)
             self._send({"op": "failed", "seq": seq, "error": f"log files: {exc}"})
             return
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
         try:
-            pid = os.fork()
+            self.spawner.sendmsg([self._seq.to_bytes(4, "little")],
+                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                   array.array("i", [fds[0], *stdio]))])
+            self.spawning[self._seq] = (seq, readers)
         except OSError as exc:
-            pid, error = -1, str(exc)
-        if pid == 0:
-            self._become_child(sync_fd, stdio)
-        for fd in fds + made:
-            if fd not in readers:
+            self._close_readers(readers)
+            self._send({"op": "failed", "seq": seq, "error": f"the spawner: {exc}"})
+        finally:
+            for fd in fds + made:
+                if fd not in readers:
+                    os.close(fd)
+
+    def _spawned(self) -> None:
+        try:
+            data, ancdata, _flags, _addr = self.spawner.recvmsg(
+                8, socket.CMSG_SPACE(array.array("i").itemsize), socket.MSG_CMSG_CLOEXEC)
+        except OSError:
+            data, ancdata = b"", []
+        got = array.array("i")
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
+        if len(data) != 8:
+            for fd in got:
                 os.close(fd)
-        if pid < 0:
-            for fd, log in readers.items():
+            self._spawner_died()
+            return
+        ours = int.from_bytes(data[:4], "little")
+        pid = int.from_bytes(data[4:], "little", signed=True)
+        theirs, readers = self.spawning.pop(ours, (None, {}))
+        if pid <= 0 or len(got) != 1:
+            for fd in got:
                 os.close(fd)
-                log.close()
-            self._send({"op": "failed", "seq": seq, "error": error})
+            self._close_readers(readers)
+            self._send({"op": "failed", "seq": theirs, "error": os.strerror(-pid or 5)})
             return
         for fd, log in readers.items():
             self.logs[fd] = log
             self.poller.register(fd, select.POLLIN)
-        # Opened before this process can reap the child: the pidfd names it, never a reused pid.
-        pidfd = os.pidfd_open(pid)
+        # The spawner's pidfd (CLONE_PIDFD) names the launcher, never a reused pid.
         try:
-            self._send({"op": "spawned", "seq": seq, "pid": pid}, [pidfd])
+            self._send({"op": "spawned", "seq": theirs, "pid": pid}, [got[0]])
         finally:
-            os.close(pidfd)
+            os.close(got[0])
+
+    @staticmethod
+    def _close_readers(readers: dict) -> None:
+        for fd, log in readers.items():
+            os.close(fd)
+            log.close()
 
     def _log_pipes(self, logs: dict, made: list[int]) -> tuple[list[int], dict]:
         from corral.supervisor.logs import LogFile
@@ -214,19 +286,6 @@ class Keeper:
             readers[r] = LogFile(logs["dir"], stream, int(logs["max_bytes"]), int(logs["keep"]))
             stdio.append(w)
         return stdio, readers
-
-    def _become_child(self, sync_fd: int, stdio: list[int]) -> None:
-        gc.disable()  # a short life that ends in execve: nothing worth collecting
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for sock in (self.control, self.listener):
-            if sock is not None:
-                sock.close()
-        for fd in (*self.logs, self.wake_r, self.wake_w):
-            os.close(fd)
-        for target, fd in enumerate(stdio):
-            os.dup2(fd, target)
-        self.child_main(sync_fd)
 
     # ---- logs ----
 
@@ -288,6 +347,10 @@ class Keeper:
                 return
             if pid == 0:
                 return
+            if pid == self.spawner_pid:
+                self.spawner_pid = 0
+                self._spawner_died()
+                continue
             status = exit_status(raw)
             state_dir = self.tracked.pop(pid, None)
             if state_dir is not None:
@@ -311,32 +374,18 @@ class Keeper:
 
 def keeper_main(control_fd: int, listen: bool = False) -> None:
     """``control_fd`` is a connected control socket, or with ``listen`` a listening one."""
-    # Preloaded: every fork starts with the init code imported.
-    import corral.init.rootfs  # noqa: F401
-    import corral.oci.capabilities  # noqa: F401
-    import corral.oci.config  # noqa: F401
-    import corral.oci.state  # noqa: F401
-    import corral.runtime.exits  # noqa: F401
-    import corral.supervisor.logs  # noqa: F401
-    from corral import nsenter
-    from corral.init.child import child_main
-
-    import corral.init.seccomp  # noqa: F401
-    import corral.init.terminal  # noqa: F401
-
-    # Everything loaded so far lives as long as the keeper: out of the collector's sight,
-    # so a child's collection neither walks it nor dirties its copy-on-write pages.
-    gc.collect()
-    gc.freeze()
+    os.set_inheritable(control_fd, False)  # the spawner gets none of our descriptors
     sock = socket.socket(fileno=control_fd)
     if listen:
+        from corral import nsenter
+
         os.chdir("/")  # a keeper outlives its daemon: pin no directory
         # Orphans of containers without a pid namespace come here, not to the host's init.
         nsenter.prctl(PR_SET_CHILD_SUBREAPER, 1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        Keeper(child_main, None, sock).run()
+        Keeper(None, sock).run()
     else:
-        Keeper(child_main, sock, None).run()
+        Keeper(sock, None).run()
 
 
 def _recv(control: socket.socket) -> tuple[dict | None, list[int]]:

@@ -1,10 +1,9 @@
 """``linux.seccomp`` compiled to a BPF program with libseccomp.
 
 libseccomp is loaded with cffi in ABI mode (``dlopen("libseccomp.so.2")``: no -dev headers, no
-compiler), only by a child whose config has ``linux.seccomp``, before it enters the container's
-namespaces (so the host's library is found).  The program is exported with
-``seccomp_export_bpf`` to a memfd and read back; the C finalize stage (nsenter.c,
-stage_seccomp) loads it as the last step before execve.
+compiler) by the parent, when it compiles the plan of a config with ``linux.seccomp``.  The
+program is exported with ``seccomp_export_bpf`` to a memfd and read back into the plan; the
+executor's SECCOMP step loads it as the last step before execve.
 
 Conversions follow runc (libcontainer/seccomp/seccomp_linux.go): ``SCMP_ACT_ERRNO`` and
 ``SCMP_ACT_TRACE`` return ``errnoRet`` (default EPERM); several conditions on one argument
@@ -13,10 +12,10 @@ syscall name libseccomp does not know at all is an error naming it, never a sile
 typo would otherwise leave a syscall allowed); names it knows for other architectures only
 are left to libseccomp, which ignores them here.
 
-``SCMP_ACT_NOTIFY``: the child connects to ``listenerPath`` before it enters the namespaces
-(the host's view; relative to the bundle, like runc, which runs in it), so a missing or
-refusing listener fails ``create`` cleanly; the init prepares the containerProcessState JSON
-after ``Run`` (it then knows its host pid); stage_seccomp loads the filter with
+``SCMP_ACT_NOTIFY``: the launcher connects to ``listenerPath`` before the namespaces (the
+host's view; relative to the bundle, like runc, which runs in it), so a missing or refusing
+listener fails ``create`` cleanly; the parent sends the containerProcessState JSON with
+``Run`` (it knows the init's pid by then); the SECCOMP step loads the filter with
 SECCOMP_FILTER_FLAG_NEW_LISTENER and sends the JSON with the notify fd (SCM_RIGHTS).
 """
 
@@ -25,7 +24,7 @@ from __future__ import annotations
 import os
 
 from corral import jsonlite as json
-from corral.errors import ChildError, ConfigError
+from corral.errors import ConfigError
 
 _CDEF = """
 typedef void *scmp_filter_ctx;
@@ -169,33 +168,6 @@ def _export(lib, ctx) -> bytes:
 def _check(rc: int, where: str) -> None:
     if rc < 0:
         raise ConfigError(where, f"libseccomp: {os.strerror(-rc).lower()}")
-
-
-_SUN_PATH_MAX = 107  # sizeof(sun_path) - 1
-
-
-def connect_listener(path: str) -> int:
-    """A connected SOCK_STREAM socket to the seccomp agent (close-on-exec), as a raw fd."""
-    import socket
-
-    where = "linux.seccomp.listenerPath"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    dir_fd = -1
-    try:
-        target = path
-        if len(os.fsencode(path)) > _SUN_PATH_MAX:  # reach it through its directory
-            dir_fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_CLOEXEC)
-            target = f"/proc/self/fd/{dir_fd}/{os.path.basename(path)}"
-        sock.connect(target)
-    except OSError as exc:
-        sock.close()
-        text = (exc.strerror or str(exc)).lower()
-        raise ChildError(f"{where}: connect to the seccomp agent at {path}: {text}",
-                         exc.errno or 0, "seccomp") from None
-    finally:
-        if dir_fd >= 0:
-            os.close(dir_fd)
-    return sock.detach()
 
 
 def process_state(seccomp, oci_version: str, state: bytes, pid: int) -> bytes:

@@ -1,7 +1,7 @@
 """``corral features``: the runtime-spec features document (features.md), telling what this
 build implements and, where it depends on the host, what this host supports: probed, never
 assumed.  Every list here is the one the code itself uses to accept a config, so a claimed
-feature is always one ``parse_config`` and the init accept (tests/test_features.py)."""
+feature is always one ``parse_config`` and the plan compiler accept (tests/test_features.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ HOOKS = ["prestart", "createRuntime", "createContainer", "startContainer", "post
 
 
 def mount_options() -> list[str]:
-    """The options mounts.py turns into mount flags; the recursive ones (rro, ...) and
+    """The options corral.plan.mounts turns into mount attributes; the recursive ones (rro, ...) and
     idmap/ridmap only where the kernel has mount_setattr(2)."""
-    from corral.init.mounts import (FLAG_OPTIONS, IDMAP_OPTIONS, PROPAGATION_OPTIONS,
+    from corral.plan.mounts import (FLAG_OPTIONS, IDMAP_OPTIONS, PROPAGATION_OPTIONS,
                                     RECURSIVE_OPTIONS)
 
     options = set(FLAG_OPTIONS) | set(PROPAGATION_OPTIONS)
@@ -123,7 +123,7 @@ def seccomp() -> dict:
                                    SECCOMP_OPERATORS)
 
     try:
-        from corral.init.seccomp import _load
+        from corral.plan.seccomp import _load
 
         _ffi, lib = _load()
     except Exception:  # noqa: BLE001 - no libseccomp: no seccomp support
