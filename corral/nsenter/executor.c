@@ -836,29 +836,49 @@ static int do_unshare(struct run *r, struct args *a)
 
 /* The init, in every new namespace at once (the user namespace first, so that it owns the
  * others), a sibling of the launcher (CLONE_PARENT): a direct child of the runtime (the
- * command line, or the keeper).  The launcher reports its host pid and exits; the init waits
- * on a gate until then, so that no frame of its own comes before the Pid. */
+ * command line, or the keeper).  The launcher reports its host pid, then writes it into the
+ * container's cgroup.procs (opened by OPEN steps, with the runtime's credentials) while the
+ * init builds its rootfs: the first migration on a cgroup v1 host waits for an RCU grace
+ * period, and the parent's event loop must not.  It tells the outcome (an errno, 0) on the
+ * join gate, which the init reads at JOINED, and exits.  The init waits on the start gate
+ * until the Pid is out, so that no frame of its own comes before it. */
 static int do_clone_init(struct run *r, struct args *a)
 {
     int flags = (int)arg_int(a);
+    int gate_reg = reg_index(a, arg_int(a));
+    uint32_t len;
+    const unsigned char *joins = (const unsigned char *)arg_bytes(a, 'b', &len);
     if (a->bad)
         return 0;
-    int gate[2];
+    int start[2], joined[2];
     char byte;
-    if (pipe2(gate, O_CLOEXEC) < 0)
+    if (pipe2(start, O_CLOEXEC) < 0 || pipe2(joined, O_CLOEXEC) < 0)
         return fail(r, errno, "pipe");
     pid_t pid = (pid_t)syscall(SYS_clone, (unsigned long)flags | CLONE_PARENT | SIGCHLD, 0, 0,
                                0, 0);
     if (pid < 0)
         return fail(r, errno, "clone the container's init (namespaces 0x%x)", flags);
     if (pid == 0) {
-        close(gate[1]);
-        if (read(gate[0], &byte, 1) < 0 && errno != EINTR)
+        close(start[1]);
+        close(joined[1]);
+        if (read(start[0], &byte, 1) < 0 && errno != EINTR)
             _exit(1);
-        close(gate[0]);
+        close(start[0]);
+        for (uint32_t i = 0; i + 4 <= len; i += 4) { /* the launcher's to write */
+            int reg = (int)get_u32(joins + i);
+            if (reg < CORRAL_PLAN_REGS && r->regs[reg] >= 0) {
+                close(r->regs[reg]);
+                r->regs[reg] = -1;
+            }
+        }
+        if (gate_reg >= 0)
+            r->regs[gate_reg] = joined[0];
+        else
+            close(joined[0]);
         return 0;
     }
-    close(gate[0]);
+    close(start[0]);
+    close(joined[0]);
     struct frame f;
     frame_start(&f, CORRAL_MSG_PID);
     frame_int(&f, pid);
@@ -866,7 +886,19 @@ static int do_clone_init(struct run *r, struct args *a)
         kill(pid, SIGKILL);
         _exit(1);
     }
-    _exit(0); /* closes the gate */
+    close(start[1]); /* the init may go on */
+    char text[16];
+    int n = snprintf(text, sizeof(text), "%d", (int)pid);
+    int32_t outcome = 0;
+    for (uint32_t i = 0; i + 4 <= len && !outcome; i += 4) {
+        int reg = (int)get_u32(joins + i);
+        if (reg >= CORRAL_PLAN_REGS || r->regs[reg] < 0)
+            continue;
+        if (write(r->regs[reg], text, (size_t)n) != n)
+            outcome = errno ? errno : EIO;
+    }
+    write_all(joined[1], &outcome, sizeof(outcome));
+    _exit(0);
 }
 
 /* ---- the init: sync points and identity ------------------------------------------------ */
@@ -892,6 +924,27 @@ static int do_await(struct run *r, struct args *a)
         r->blob[i] = arg_bytes(&in, 'b', &r->blob_len[i]);
     if (in.bad)
         return fail(r, EPROTO, "waiting for the parent (%s): malformed message", what);
+    return 0;
+}
+
+/* The launcher's word on the cgroup join (do_clone_init): the init is in its cgroup from
+ * here on, before its hooks and Ready. */
+static int do_joined(struct run *r, struct args *a)
+{
+    int reg = reg_index(a, arg_int(a));
+    if (a->bad || reg < 0)
+        return 0;
+    int32_t outcome = EPIPE;
+    ssize_t n;
+    do {
+        n = read(r->regs[reg], &outcome, sizeof(outcome));
+    } while (n < 0 && errno == EINTR);
+    close(r->regs[reg]);
+    r->regs[reg] = -1;
+    if (n != (ssize_t)sizeof(outcome))
+        return fail(r, EPIPE, "join the container's cgroup: the launcher exited");
+    if (outcome)
+        return fail(r, outcome, "join the container's cgroup");
     return 0;
 }
 
@@ -2259,7 +2312,7 @@ typedef int (*handler)(struct run *, struct args *);
 
 static const handler handlers[] = {
     do_open, do_connect, do_tree, do_idmap_tree, do_write, do_write_fd, do_affinity,
-    do_open_ns, do_setns, do_unshare, do_clone_init, do_await, do_report, do_setsid,
+    do_open_ns, do_setns, do_unshare, do_clone_init, do_await, do_joined, do_report, do_setsid,
     do_become_root, do_dumpable, do_loopback_up, do_sethostname, do_setdomainname, do_mount,
     do_parent_private, do_root_open, do_not_symlink, do_resolve, do_fsmount, do_setattr,
     do_move, do_close, do_open_dir, do_copy_up, do_chmod_like, do_symlink, do_mknod, do_hook,

@@ -14,9 +14,11 @@
     OP(OPEN_NS, "isis")        /* reg, path, CLONE_NEW* type, what */ \
     OP(SETNS, "iis")           /* reg, CLONE_NEW* type, what */ \
     OP(UNSHARE, "is")          /* CLONE_NEW* flags, what */ \
-    OP(CLONE_INIT, "i")        /* CLONE_NEW* flags: the launcher reports the Pid and exits */ \
+    OP(CLONE_INIT, "iib")      /* CLONE_NEW* flags, reg for the join gate, cgroup.procs regs (u32 each):\
+                                  the launcher reports the Pid, joins the init to its cgroup, exits */ \
     /* the init: sync points, identity */ \
     OP(AWAIT, "iis")           /* message type, first blob register, what */ \
+    OP(JOINED, "i")            /* gate reg: wait until the launcher has joined the init to its cgroup */ \
     OP(REPORT, "i")            /* message type */ \
     OP(SETSID, "") \
     OP(BECOME_ROOT, "")        /* uid and gid 0 of its user namespace */ \

@@ -97,6 +97,7 @@ class PlanOptions(Record):
     keyring: bool = True
     rootless: bool = False
     cgroup_mounts: tuple[str, ...] = ()
+    cgroup_procs: int = 0  # the launcher joins the init to this many cgroups (slots procs0..)
     hide_on_move: tuple[str, ...] = ()  # --no-pivot: the host's procfs and sysfs mounts
 
 
@@ -109,6 +110,7 @@ class PlanInfo(Record):
     start_hooks: bool = False
     listener: bool = False
     listener_metadata: str | None = None
+    joins_cgroup: bool = False  # the launcher joins the init to its cgroup, not the parent
 
 
 class Plan(Record):
@@ -154,6 +156,7 @@ class _Compiler:
                          and linux.namespace("user").path is None)
         self.in_user = (linux.namespace("user") is not None) if not options.exec else any(
             flag == CLONE_NEWUSER for flag, _ in options.exec_join)
+        self.join_gate = NO_REG  # read by JOINED, once, before the hooks or Ready
 
     # ---- the whole ---------------------------------------------------------------------
 
@@ -172,7 +175,8 @@ class _Compiler:
         self._process(regs, seccomp, start_hooks)
         info = PlanInfo(new_user=self.new_user, create_hooks=create_hooks, exec=self.o.exec,
                         start_hooks=start_hooks, listener=listener,
-                        listener_metadata=c.linux.seccomp.listener_metadata if listener else None)
+                        listener_metadata=c.linux.seccomp.listener_metadata if listener else None,
+                        joins_cgroup=self.o.cgroup_procs > 0)
         return Plan(t, info)
 
     def _seccomp(self):
@@ -210,6 +214,16 @@ class _Compiler:
                   f"linux.seccomp.listenerPath: connect to the seccomp agent at {path}")
         if not o.exec:
             self._mount_sources(regs["binds"])
+        # the init's cgroup.procs, opened with our credentials and the host's view (before
+        # any namespace is joined): the launcher writes the init's pid there while the init
+        # works, so the parent's loop never waits on a migration
+        joins = []
+        for k in range(o.cgroup_procs):
+            reg = self.regs.take()
+            t.add("OPEN", reg, Slot(f"procs{k}"), O_WRONLY, 0, "join the container's cgroup")
+            joins.append(reg)
+        if joins:
+            self.join_gate = self.regs.take()
         if o.exec:
             join = list(o.exec_join)
         else:
@@ -249,8 +263,17 @@ class _Compiler:
         if self.new_user and o.rootless:
             # an unprivileged parent can write the maps only of a dumpable process
             t.add("DUMPABLE", 1)
-        t.add("CLONE_INIT", flags)
+        t.add("CLONE_INIT", flags, self.join_gate,
+              b"".join(reg.to_bytes(4, "little") for reg in joins))
+        self.regs._free.extend(joins)  # the init closes them: they are the launcher's
         return regs
+
+    def _joined(self) -> None:
+        """The init is in its cgroup from here on (the launcher's join is done)."""
+        if self.join_gate != NO_REG:
+            self.t.add("JOINED", self.join_gate)
+            self.regs._free.append(self.join_gate)
+            self.join_gate = NO_REG
 
     def _mount_sources(self, binds: dict) -> None:
         """Bind-mount sources, opened with the host's credentials before any namespace (a
@@ -349,7 +372,7 @@ class _Compiler:
             tree = self.regs.take()
             what = f"mounts[{overlay}]: mount {mount.source or 'overlay'} on /"
             t.add("FSMOUNT", tree, "overlay", mount.source or "overlay",
-                  self._fs_parameters(opts, relative_to=o.bundle),
+                  tuple(self._fs_parameters(opts, relative_to=o.bundle)),
                   m.mount_attributes(opts.flags)[0], NO_REG, what)
             t.add("MOVE", tree, here, what)
             self.regs.give(t, tree, here)
@@ -368,6 +391,7 @@ class _Compiler:
                 dev_reg = reg  # /dev's own tmpfs: made read-only after its nodes
         self._dev(root)
         if create_hooks:
+            self._joined()
             t.add("REPORT", f.MSG_HOOKS_DUE)
             t.add("AWAIT", f.MSG_HOOKS_DONE, BLOB_CREATE_STATE, "the runtime's hooks")
             for i, hook in enumerate(c.hooks.create_container):
@@ -376,7 +400,7 @@ class _Compiler:
                       list(hook.env) or _environ(), hook.timeout or 0, BLOB_CREATE_STATE,
                       o.bundle)
         if o.no_pivot:
-            t.add("MOVE_ROOT", Slot("rootfs"), list(o.hide_on_move), "root.path: move the "
+            t.add("MOVE_ROOT", Slot("rootfs"), tuple(o.hide_on_move), "root.path: move the "
                                                                     "rootfs to /")
         else:
             t.add("PIVOT", Slot("rootfs"), "root.path: pivot_root into the rootfs")
@@ -442,7 +466,8 @@ class _Compiler:
         if mount.type in ("cgroup", "cgroup2"):
             self._cgroup_mount(i, mount, opts, root, source, what)
             return None
-        label = (c.linux.mount_label if mount.type in LABELLED_TYPES and _selinux() else None)
+        label = (c.linux.mount_label if mount.type in LABELLED_TYPES and _host("selinux")
+                 else None)
         params = self._fs_parameters(opts)
         if label:
             params.append(f'context="{label}"')
@@ -468,7 +493,7 @@ class _Compiler:
         if mount.type == "tmpfs" and opts.tmpcopyup:
             below = self.regs.take()  # still the covered directory after the mount
             t.add("OPEN_DIR", below, target, f"{what}: tmpcopyup")
-        t.add("FSMOUNT", tree, mount.type or "", mount.source or mount.type or "", params,
+        t.add("FSMOUNT", tree, mount.type or "", mount.source or mount.type or "", tuple(params),
               attrs, fallback, what)
         if fallback != NO_REG:
             self.regs._free.append(fallback)
@@ -502,7 +527,7 @@ class _Compiler:
     def _target(self, root: int, dest: str, create: int, like: int, mount, what: str) -> int:
         """The destination inside the rootfs, made as needed; only procfs goes on /proc, and
         only a few files under /proc may be covered."""
-        allowed = list(PROC_OVERRIDES) + (["/proc"] if mount.type == "proc" else [])
+        allowed = PROC_OVERRIDES + (("/proc",) if mount.type == "proc" else ())
         reg = self.regs.take()
         self.t.add("RESOLVE", reg, root, dest, create, like, 1, mount.destination, allowed,
                    what)
@@ -539,7 +564,7 @@ class _Compiler:
             return
         tmpfs = self.regs.take()
         # read-only at the end: the tmpfs must stay writable for the directories in it
-        t.add("FSMOUNT", tmpfs, "tmpfs", "tmpfs", ["mode=755"],
+        t.add("FSMOUNT", tmpfs, "tmpfs", "tmpfs", ("mode=755",),
               attr_set & ~m.MOUNT_ATTR_RDONLY, NO_REG, what)
         target = self._target(root, dest, CREATE_DIR, NO_REG, mount, what)
         t.add("MOVE", tmpfs, target, what)
@@ -581,7 +606,7 @@ class _Compiler:
             if path not in listed:
                 t.add("MKNOD", root, path, 0o020666, major, minor, 0, 0, bind, f"create {path}")
         links = list(DEV_SYMLINKS)
-        if os.path.exists("/proc/kcore"):  # the host's kernel has it
+        if _host("kcore"):  # the host's kernel has it
             links.append(("core", "/proc/kcore"))
         for name, target in links:
             t.add("SYMLINK", root, "/dev", name, target, 0, "create /dev symlinks")
@@ -609,6 +634,7 @@ class _Compiler:
             size = proc.console_size or (0, 0)
             t.add("TERMINAL", regs["console"], proc.user.uid, size[0], size[1], "process.terminal")
             self.regs._free.append(regs["console"])
+        self._joined()
         t.add("REPORT", f.MSG_READY)
         t.add("AWAIT", f.MSG_RUN, BLOB_START_STATE, "Run")
         if proc.user.umask is not None:
@@ -648,7 +674,7 @@ class _Compiler:
             program, flags = seccomp
             t.add("SECCOMP", program, flags, keep_sysadmin, regs.get("listener", NO_REG),
                   BLOB_LISTENER_STATE)
-        t.add("EXEC", list(proc.args), Slot("env"))
+        t.add("EXEC", tuple(proc.args), Slot("env"))
 
     def _attributes(self) -> None:
         """Scheduling, I/O priority, cpus, LSM labels, memory policy and execution domain:
@@ -674,8 +700,8 @@ class _Compiler:
             t.add("AFFINITY", _cpu_mask(affinity.final),
                   f"process.execCPUAffinity.final: sched_setaffinity({affinity.final})")
         if proc.apparmor_profile:
-            path = ("/proc/thread-self/attr/apparmor/exec"
-                    if os.path.exists("/proc/self/attr/apparmor") else "/proc/thread-self/attr/exec")
+            path = ("/proc/thread-self/attr/apparmor/exec" if _host("apparmor_attr")
+                    else "/proc/thread-self/attr/exec")
             t.add("WRITE", path, 0, f"exec {proc.apparmor_profile}".encode(),
                   "process.apparmorProfile")
         if proc.selinux_label:
@@ -709,11 +735,13 @@ class _Compiler:
 
 def slot_values(plan: Plan, *, fifo: str = "", console: str = "", keyring: str = "",
                 rootfs: str = "", env: list[str] | None = None, hostname: str = "",
-                cgroup_dirs: list[str] = ()) -> dict:
+                cgroup_dirs: list[str] = (), cgroup_procs: list[str] = ()) -> dict:
     values = {"fifo": fifo, "console": console, "keyring": keyring, "rootfs": rootfs,
               "env": env or [], "hostname": hostname}
     for k, path in enumerate(cgroup_dirs):
         values[f"cgroup{k}"] = path
+    for k, path in enumerate(cgroup_procs):
+        values[f"procs{k}"] = path
     return values
 
 
@@ -906,5 +934,13 @@ def _environ() -> list[str]:
     return [f"{k}={v}" for k, v in os.environ.items()]
 
 
-def _selinux() -> bool:
-    return os.path.exists("/sys/fs/selinux/enforce")
+_HOST_PATHS = {"kcore": "/proc/kcore", "selinux": "/sys/fs/selinux/enforce",
+               "apparmor_attr": "/proc/self/attr/apparmor"}
+_host_facts: dict[str, bool] = {}
+
+
+def _host(fact: str) -> bool:
+    """What this host's kernel has (it does not change while corral runs)."""
+    if fact not in _host_facts:
+        _host_facts[fact] = os.path.exists(_HOST_PATHS[fact])
+    return _host_facts[fact]

@@ -142,6 +142,19 @@ class Slot:
         return f"Slot({self.name!r})"
 
 
+# Steps encoded before, by their arguments: configs of one shape compile to the same steps.
+_ENCODED_MAX = 4096
+_encoded: dict = {}
+
+
+def _hashable(args: tuple) -> bool:
+    """Arguments that can key the cache: no lists (mutable), no slots."""
+    for value in args:
+        if isinstance(value, (list, Slot)):
+            return False
+    return True
+
+
 class Template:
     """Steps in order, most of them encoded once; the ones with slots are encoded per fill."""
 
@@ -151,6 +164,11 @@ class Template:
         self.names: list[str] = []  # the op of each step, for tests and debugging
 
     def add(self, op: str, *args) -> None:
+        step = _encoded.get((op, args)) if _hashable(args) else None
+        if step is not None:
+            self.names.append(op)
+            self._parts.append(step)
+            return
         try:
             code, kinds = OPS[op]
         except KeyError:
@@ -167,7 +185,12 @@ class Template:
         self.names.append(op)
         if all(isinstance(p, bytes) for p in pieces):
             body = b"".join(pieces)
-            self._parts.append(_pack_step(code, 0, len(body)) + body)
+            step = _pack_step(code, 0, len(body)) + body
+            self._parts.append(step)
+            if _hashable(args):
+                if len(_encoded) >= _ENCODED_MAX:
+                    _encoded.clear()
+                _encoded[(op, args)] = step
         else:
             self._parts.append((code, pieces))
 

@@ -63,9 +63,8 @@ class Send(Record):
 
 
 class JoinCgroup(Record):
-    """Put the init in the container's cgroup.  Done while the init sets up its rootfs (the
-    first migration of a process on a cgroup v1 host waits for an RCU grace period, ~10 ms);
-    the init unshares its cgroup namespace only after Run, once it is in its cgroup."""
+    """Put the process in the container's cgroup, when the plan's launcher does not
+    (``PlanInfo.joins_cgroup``): an exec that must join a frozen cgroup late."""
 
     pid: int
 
@@ -150,15 +149,16 @@ class CreationMachine:
 
     def _on_pid(self, msg: p.Pid) -> list[Action]:
         self.init_pid = msg.pid
+        # the launcher joins the init to its cgroup itself when the plan says so
+        join = [] if self.info.joins_cgroup else [JoinCgroup(msg.pid)]
         if self.info.exec:
             self.state = State.AWAIT_READY
-            return [JoinCgroup(msg.pid)]
+            return join
         self.state = State.AWAIT_HOOKS if self.info.create_hooks else State.AWAIT_READY
         if self.info.new_user:
             # the init waits for its maps: they come first, the rest while it works
-            return [WriteIdMaps(msg.pid), Send(p.UsermapDone()), RecordPid(msg.pid),
-                    JoinCgroup(msg.pid)]
-        return [RecordPid(msg.pid), JoinCgroup(msg.pid)]
+            return [WriteIdMaps(msg.pid), Send(p.UsermapDone()), RecordPid(msg.pid), *join]
+        return [RecordPid(msg.pid), *join]
 
     def _on_hooks_due(self, msg: p.HooksDue) -> list[Action]:
         self.state = State.AWAIT_READY

@@ -210,11 +210,20 @@ def prepare_exec(args) -> PreparedExec:
 
         console = ConsoleReceiver()
         socket_path = console.path
+    # the launcher joins the process to the container's cgroup, but into a frozen one it
+    # joins late, from here (PreparedExec.release)
+    procs = []
+    if container.has_cgroup() and status != PAUSED:
+        from corral.cgroups import Cgroup
+
+        procs = [path + "/cgroup.procs"
+                 for path in Cgroup.from_json(container.record["cgroup"]).paths.values()]
     plan = compile_plan(config, PlanOptions(
         bundle=bundle, exec=True, exec_join=tuple(join), preserve_fds=args.preserve_fds,
-        console=socket_path is not None, keyring=True))
+        console=socket_path is not None, keyring=True, cgroup_procs=len(procs)))
     # HOME from the container's own passwd, as the host reaches it through the init
     env = process_env(config, (), f"/proc/{pid}/root/etc/passwd")
     slots = {"fifo": "", "console": socket_path or "", "keyring": f"_ses.{container.id}",
-             "rootfs": "", "env": env, "hostname": config.hostname or ""}
+             "rootfs": "", "env": env, "hostname": config.hostname or "",
+             **{f"procs{k}": path for k, path in enumerate(procs)}}
     return PreparedExec(container, plan, slots, late_cgroup=status == PAUSED, console=console)

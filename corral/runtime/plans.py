@@ -1,9 +1,10 @@
-"""Plans for configs: compiled once per config and options, filled per container.
+"""Plans for configs: compiled once per config shape and options, filled per container.
 
-The cache is keyed by the config object (``load_bundle`` gives the same object for the same
-``config.json`` content) and the options; a bundle directory is part of the key only when the
-plan depends on it (relative paths, createContainer hooks' working directory), so the
-containers of one config in many bundles share one plan.
+The cache is keyed by what the compiler reads of a config: not the cgroup path, resources,
+annotations or the runtime's own hooks (the parent's business), nor the hostname (a slot), so
+containers whose configs differ only there share one plan; and a bundle directory is part of
+the key only when the plan depends on it (relative paths, createContainer hooks' working
+directory).
 """
 
 from __future__ import annotations
@@ -14,21 +15,32 @@ from corral.plan.compiler import (Plan, PlanOptions, compile_plan, passwd_of, pr
                                   slot_values)
 
 _CACHE_MAX = 256
-_cache: dict = {}  # (id(config), options) -> (config, plan)
+_cache: dict = {}  # (shape of the config, options) -> plan
 
 
 def plan_for(config, options: PlanOptions) -> Plan:
     if not _needs_bundle(config, options.bundle):
         options = PlanOptions(**{**options.__dict__, "bundle": ""}) if options.bundle else options
-    key = (id(config), options)
-    hit = _cache.get(key)
-    if hit is not None and hit[0] is config:
-        return hit[1]
-    plan = compile_plan(config, options)
-    if len(_cache) >= _CACHE_MAX:
-        _cache.clear()
-    _cache[key] = (config, plan)
+    key = (shape(config), options)
+    plan = _cache.get(key)
+    if plan is None:
+        plan = compile_plan(config, options)
+        if len(_cache) >= _CACHE_MAX:
+            _cache.clear()
+        _cache[key] = plan
     return plan
+
+
+def shape(config) -> tuple:
+    """What the compiler reads of a config (compiler.py): the key of its plan."""
+    linux, hooks = config.linux, config.hooks
+    return (config.process, config.root_readonly, config.hostname is None, config.domainname,
+            config.mounts, linux.namespaces, linux.uid_mappings, linux.gid_mappings,
+            linux.devices, linux.rootfs_propagation, linux.masked_paths, linux.readonly_paths,
+            tuple(linux.sysctl.items()), linux.seccomp, tuple(linux.time_offsets.items()),
+            linux.personality, linux.mount_label, linux.memory_policy,
+            hooks.create_container, hooks.start_container,
+            bool(hooks.prestart or hooks.create_runtime), config.oci_version)
 
 
 def _needs_bundle(config, bundle: str) -> bool:
@@ -53,14 +65,15 @@ def _needs_bundle(config, bundle: str) -> bool:
 
 
 def slots(config, extra_env=(), *, fifo: str = "", rootfs: str = "", console: str = "",
-          keyring: str = "", cgroup_dirs=(), passwd: str | None = None) -> dict:
+          keyring: str = "", cgroup_dirs=(), cgroup_procs=(), passwd: str | None = None) -> dict:
     """One container's values for its plan's slots.  ``passwd``: where the host reaches the
     container's /etc/passwd (for HOME); by default found in the rootfs and its mounts."""
     if passwd is None and rootfs:
         passwd = passwd_of(config, rootfs)
     return slot_values(None, fifo=fifo, console=console, keyring=keyring, rootfs=rootfs,
                        env=process_env(config, extra_env, passwd),
-                       hostname=config.hostname or "", cgroup_dirs=list(cgroup_dirs))
+                       hostname=config.hostname or "", cgroup_dirs=list(cgroup_dirs),
+                       cgroup_procs=list(cgroup_procs))
 
 
 def host_pseudo_filesystems(rootfs: str) -> tuple[str, ...]:

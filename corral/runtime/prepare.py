@@ -295,6 +295,7 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         bundle=bundle, no_pivot=no_pivot, preserve_fds=preserve_fds + listen_fds,
         extra_env=extra_env, console=console, keyring=new_keyring, rootless=rootless,
         cgroup_mounts=tuple(name for name, _ in cgroup_mounts),
+        cgroup_procs=len(cgroup.paths) if cgroup is not None else 0,
         hide_on_move=plans.host_pseudo_filesystems(rootfs) if no_pivot else ())
     plan = plans.plan_for(config, options)
 
@@ -323,7 +324,9 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
     slots = plans.slots(
         config, extra_env, fifo=state_dir.fifo, rootfs=rootfs,
         console=os.path.abspath(console_socket) if console_socket else "",
-        keyring=f"_ses.{container_id}", cgroup_dirs=[path for _, path in cgroup_mounts])
+        keyring=f"_ses.{container_id}", cgroup_dirs=[path for _, path in cgroup_mounts],
+        cgroup_procs=[path + "/cgroup.procs" for path in cgroup.paths.values()]
+        if cgroup is not None else [])
     prepared = PreparedContainer(state_dir, config, record, cgroup, plan, slots)
     try:
         state_dir.make_fifo()

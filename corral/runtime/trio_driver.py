@@ -73,7 +73,18 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                  pidfds: list[int], track: bool) -> None:
     decoder = p.FrameDecoder()
     actions = machine.start(child)
+    watched = None  # the init, once the machine knows its pid
     while True:
+        if machine.init_pid and watched is None:
+            watched = machine.init_pid
+            keeper.expect(watched)  # its status will be waited for
+            # Its pidfd first: a failure of a later host-side step (network devices, the
+            # engine's attach) must kill the init too.
+            if not keeper.exited(watched):
+                try:
+                    pidfds.append(os.pidfd_open(watched))
+                except ProcessLookupError:
+                    pass  # exited (and reaped) before the keeper's report came
         for action in actions:
             if isinstance(action, c.Send):
                 await _send_all(sock, p.encode(action.message))
@@ -89,15 +100,6 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                 # deadline) abandons the thread; the hook's own timeout ends it.
                 await trio.to_thread.run_sync(prepared.carry_out, action, abandon_on_cancel=True)
             else:
-                if isinstance(action, (c.RecordPid, c.JoinCgroup)):
-                    keeper.expect(action.pid)  # its status will be waited for
-                # The init's pidfd first: a failure of RecordPid's own steps (network
-                # devices, the engine's attach) must kill the init too.
-                if isinstance(action, c.RecordPid) and not keeper.exited(action.pid):
-                    try:
-                        pidfds.append(os.pidfd_open(action.pid))
-                    except ProcessLookupError:
-                        pass  # exited (and reaped) before the keeper's report came
                 prepared.carry_out(action)
                 if isinstance(action, c.RecordPid) and track:
                     await keeper.track(action.pid, prepared.state_dir.path)
