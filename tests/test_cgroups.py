@@ -337,12 +337,16 @@ def test_device_rule_lines():
 
 def test_set_devices_writes_in_order(tmp_path, monkeypatch):
     writes = []
-    monkeypatch.setattr(group_mod, "write", lambda path, data: writes.append((path, data)))
+    monkeypatch.setattr(group_mod, "write_each",
+                        lambda path, values: writes.append((path, list(values))))
     cg = Cgroup.for_container(parse_mountinfo(V1), "/x", "x")
-    cg.set_devices([DeviceRule(False), DeviceRule(True, "c", 1, 3, "rwm")])
+    cg.set_devices([DeviceRule(False), DeviceRule(True, "c", 1, 3, "rwm"),
+                    DeviceRule(True, "c", 1, 5, "rw"), DeviceRule(False, "b", 8, 0, "m")])
     cg.set_devices([])
-    assert writes == [("/sys/fs/cgroup/devices/x/devices.deny", "a *:* rwm"),
-                      ("/sys/fs/cgroup/devices/x/devices.allow", "c 1:3 rwm")]
+    # in order, consecutive rules of one kind through one descriptor
+    assert writes == [("/sys/fs/cgroup/devices/x/devices.deny", ["a *:* rwm"]),
+                      ("/sys/fs/cgroup/devices/x/devices.allow", ["c 1:3 rwm", "c 1:5 rw"]),
+                      ("/sys/fs/cgroup/devices/x/devices.deny", ["b 8:0 m"])]
 
 
 def test_set_devices_on_v2_attaches_an_ebpf_program(monkeypatch):

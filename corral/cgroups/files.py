@@ -45,6 +45,23 @@ def write_raw(path: str, data: str) -> None:
         os.close(fd)
 
 
+def write_each(path: str, values) -> None:
+    """Several values into one file (devices.allow), each its own write(2) on one descriptor:
+    a cgroup file parses each write as one value.  CgroupError naming the file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise fail("write", path, e) from None
+    try:
+        for value in values:
+            try:
+                os.write(fd, value.encode())
+            except OSError as e:
+                raise fail(f"write {value!r} to", path, e) from None
+    finally:
+        os.close(fd)
+
+
 def read(path: str) -> str:
     try:
         return read_raw(path)

@@ -7,7 +7,7 @@ import os
 import time
 
 from ..errors import CgroupError, ConfigError, NotSupportedError
-from .files import fail, read, read_raw, write
+from .files import fail, read, read_raw, write, write_each
 from .hierarchy import UNIFIED, Layout, resolve, split_path
 
 TYPE_CHECKING = False
@@ -127,6 +127,16 @@ def device_rule_line(rule: DeviceRule) -> str:
     return f"{rule.type} {major}:{minor} {rule.access}"
 
 
+_CPUSET_FILES = ("cpuset.cpus", "cpuset.mems")
+_cpusets: dict[str, tuple[str, str]] = {}  # ancestor cpuset dir -> (cpus, mems) it holds
+
+
+def _remember_cpuset(path: str, values: tuple[str, str]) -> None:
+    if len(_cpusets) > 256:
+        _cpusets.clear()
+    _cpusets[path] = values
+
+
 class Cgroup:
     """A container's cgroup: its directory in each hierarchy, and what to remove later.
 
@@ -185,20 +195,33 @@ class Cgroup:
         """Make the directories; on failure remove what was made so nothing leaks.
 
         A cgroup that already holds processes is refused (as runc 1.2 does): it is not this
-        container's, and deleting the container would kill and remove it."""
-        for key, path in self.paths.items():
-            if _populated_dir(path):
-                raise ConfigError("linux.cgroupsPath",
-                                  f"cgroup {path} already exists and is not empty")
+        container's, and deleting the container would kill and remove it.  The leaf is made
+        first, its parents only when they are missing: most containers' parents exist."""
         try:
             for key, path in self.paths.items():
                 top = self.mounts[key].rstrip("/")
-                made = _mkdirs(top, split_path(path[len(top):]))
+                try:
+                    os.mkdir(path, 0o755)
+                    made = [path]
+                except FileExistsError:
+                    if _populated_dir(path):
+                        raise ConfigError("linux.cgroupsPath",
+                                          f"cgroup {path} already exists and is not empty") from None
+                    made = []
+                except FileNotFoundError:
+                    made = _mkdirs(top, split_path(path[len(top):]))
+                except OSError as e:
+                    raise fail("mkdir", path, e) from None
                 leafless = [d for d in made if d != path]
-                have = self.prune.setdefault(key, [])
-                have += [d for d in leafless if d not in have]
+                if leafless:
+                    have = self.prune.setdefault(key, [])
+                    have += [d for d in leafless if d not in have]
                 if "cpuset" in key.split(","):
-                    self._fill_cpuset(top, path)
+                    try:
+                        self._fill_cpuset(top, path, fresh=path in made)
+                    except CgroupError:
+                        _cpusets.clear()  # an ancestor changed since we looked: look again
+                        self._fill_cpuset(top, path)
         except BaseException:
             try:
                 self.destroy()
@@ -207,17 +230,34 @@ class Cgroup:
             raise
 
     @staticmethod
-    def _fill_cpuset(top: str, leaf: str) -> None:
+    def _fill_cpuset(top: str, leaf: str, fresh: bool = False) -> None:
         """v1 cpuset starts empty, and a task can't join a cpuset with no cpus or mems
         (ENOSPC): copy them down from the parent into every empty level, like runc. Only
-        empty values are written, so racing sibling creates write the same thing."""
+        empty values are written, so racing sibling creates write the same thing.  An
+        ancestor once seen filled is not read again (its values are cached); a ``fresh``
+        leaf (just made) is empty, and written without reading it first."""
         parent = top
-        for part in split_path(leaf[len(top):]):
+        parts = split_path(leaf[len(top):])
+        for i, part in enumerate(parts):
             here = parent + "/" + part
-            for name in ("cpuset.cpus", "cpuset.mems"):
-                value = read(f"{parent}/{name}").strip()
-                if value and not read(f"{here}/{name}").strip():
+            last = i == len(parts) - 1
+            if not last and here in _cpusets:
+                parent = here
+                continue
+            inherited = _cpusets.get(parent)
+            if inherited is None:
+                inherited = tuple(read(f"{parent}/{name}").strip() for name in _CPUSET_FILES)
+                if all(inherited):
+                    _remember_cpuset(parent, inherited)
+            values = []
+            for name, value in zip(_CPUSET_FILES, inherited):
+                own = "" if (last and fresh) else read(f"{here}/{name}").strip()
+                if value and not own:
                     write(f"{here}/{name}", value)
+                    own = value
+                values.append(own)
+            if not last and all(values):
+                _remember_cpuset(here, tuple(values))
             parent = here
 
     def add(self, pid: int) -> None:
@@ -305,9 +345,18 @@ class Cgroup:
 
             apply_device_rules(self.paths[UNIFIED], rules)
             return
+        # consecutive rules of one kind through one descriptor, in order
+        run: list[str] = []
+        kind = None
         for rule in rules:
             name = "devices.allow" if rule.allow else "devices.deny"
-            write(f"{self.paths[key]}/{name}", device_rule_line(rule))
+            if name != kind and run:
+                write_each(f"{self.paths[key]}/{kind}", run)
+                run = []
+            kind = name
+            run.append(device_rule_line(rule))
+        if run:
+            write_each(f"{self.paths[key]}/{kind}", run)
 
     # -- freezer (pause / resume) -------------------------------------------------------
 
@@ -331,6 +380,21 @@ class Cgroup:
         from .resources import apply
 
         apply(self, resources)
+
+    def try_destroy(self) -> bool:
+        """One rmdir per directory, never waiting: True when the container's directories
+        are gone (the prunable parents too, when empty).  A directory still busy (EBUSY for
+        a moment after its last task exited), or with child cgroups, says False: the caller
+        tries again, or calls ``destroy``."""
+        done = True
+        for key, path in self.paths.items():
+            if not _rmdir_now(path):
+                done = False
+                continue
+            for d in sorted(self.prune.get(key, ()), key=len, reverse=True):
+                if not _rmdir_now(d):
+                    break  # another container's (or not empty): left to its last user
+        return done
 
     def destroy(self) -> None:
         """Remove child cgroups, the container's dirs, then the prunable parents that are

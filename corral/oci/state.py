@@ -96,6 +96,23 @@ class StateDir:
             os.close(fd)
         os.replace(tmp, self.state_file)
 
+    def try_remove(self, names) -> bool:
+        """The state dir when it holds only files among ``names`` (a container that
+        logged nothing): an unlink each and one rmdir, no listing.  False when it holds
+        more (``remove`` does the rest)."""
+        for name in names:
+            try:
+                os.unlink(os.path.join(self.path, name))
+            except FileNotFoundError:
+                pass
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
     def remove(self) -> None:
         """Retried: a supervisor's keeper may still be writing a container's last log
         lines or its exit status here while the command line deletes it."""

@@ -93,33 +93,49 @@ ENCODERS = {"i": enc_int, "s": enc_str, "b": enc_bytes, "l": enc_list}
 
 
 def decode_args(data: bytes) -> list:
-    """The typed arguments of a frame or step (the parent reads the child's frames)."""
+    """The typed arguments of a frame or step (the parent reads the child's frames);
+    ValueError for anything that is not exactly that."""
     out, i, n = [], 0, len(data)
+
+    def size_at(at: int) -> int:
+        if at + 4 > n:
+            raise ValueError("truncated arguments")
+        return int.from_bytes(data[at:at + 4], "little")
+
     while i < n:
         tag = data[i:i + 1]
         i += 1
         if tag == b"i":
+            if i + 8 > n:
+                raise ValueError("truncated arguments")
             out.append(int.from_bytes(data[i:i + 8], "little", signed=True))
             i += 8
         elif tag in (b"s", b"b"):
-            size = int.from_bytes(data[i:i + 4], "little")
+            size = size_at(i)
             i += 4
+            end = i + size + (1 if tag == b"s" else 0)
+            if end > n:
+                raise ValueError("truncated arguments")
             raw = data[i:i + size]
-            i += size + (1 if tag == b"s" else 0)
+            i = end
             out.append(raw.decode(errors="replace") if tag == b"s" else raw)
         elif tag == b"l":
-            count = int.from_bytes(data[i:i + 4], "little")
+            count = size_at(i)
             i += 4
+            if count > n - i:  # every item takes more than a byte
+                raise ValueError("truncated arguments")
             items = []
             for _ in range(count):
-                size = int.from_bytes(data[i + 1:i + 5], "little")
+                if data[i:i + 1] != b"s":
+                    raise ValueError("a list item is not a string")
+                size = size_at(i + 1)
+                if i + 6 + size > n:
+                    raise ValueError("truncated arguments")
                 items.append(data[i + 5:i + 5 + size].decode(errors="replace"))
                 i += 6 + size
             out.append(items)
         else:
             raise ValueError(f"unknown argument tag {tag!r}")
-        if i > n:
-            raise ValueError("truncated arguments")
     return out
 
 

@@ -41,6 +41,7 @@ class PreparedContainer:
         self.cgroup_made = False
         self.plan = plan
         self.slots = slots
+        self.init_pidfd = -1  # the trio driver's pidfd of the init, once created
         # linux.netDevices moved so far, and the container's network namespace, held open
         # until creation is over so that a failure can move them back (netdevices.py)
         self.moved_devices: list = []
@@ -250,11 +251,14 @@ def device_rules(config: Config) -> list[DeviceRule]:
 def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False,
             preserve_fds: int = 0, listen_fds: int = 0,
             new_keyring: bool = True, console_socket: str | None = None,
-            detach: bool = True, record_extra: dict | None = None) -> PreparedContainer:
+            detach: bool = True, record_extra: dict | None = None,
+            journal: Callable[[dict], None] | None = None) -> PreparedContainer:
     """Validates everything that can be validated before touching the host, then makes the
     state dir (claiming the id), the exec fifo and the cgroup.  ``detach``: the caller
     returns before the process ends (create, run -d).  ``record_extra``: more fields for
-    state.json (the supervisor marks its own containers)."""
+    state.json (the supervisor marks its own containers).  ``journal(record)``: the
+    supervisor's record of creations in flight, instead of a first state.json (pid 0)
+    before the cgroup: state.json is then written once, with the pid."""
     validate_id(container_id)
     bundle = os.path.abspath(bundle)
     config, _raw = load_bundle(bundle)
@@ -313,6 +317,8 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
         "owner": "",
         "pid_ns": config.linux.namespace("pid") is not None,
         "cgroup": cgroup.to_json() if cgroup is not None else None,
+        "memoryLimit": (config.linux.resources.memory is not None
+                        and config.linux.resources.memory.limit is not None),
         **(record_extra or {}),
     }
     hooks = config.hooks
@@ -330,7 +336,11 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
     prepared = PreparedContainer(state_dir, config, record, cgroup, plan, slots)
     try:
         state_dir.make_fifo()
-        state_dir.write(record)  # the cgroup's paths: what a crash from here on leaves
+        # the cgroup's paths: what a crash from here on leaves
+        if journal is not None:
+            journal(record)
+        else:
+            state_dir.write(record)
         if cgroup is not None:
             cgroup.create()  # on failure it removes what it made itself
             prepared.cgroup_made = True

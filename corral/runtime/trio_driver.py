@@ -46,6 +46,8 @@ async def create_container(prepared: PreparedContainer, keeper: KeeperHandle, *,
             finally:
                 child_end.close()
             await _drive(machine, prepared, sock, child, keeper, pidfds, track)
+            if len(pidfds) > 1:  # the init's, for its watcher: it names the init, never a reuse
+                prepared.init_pidfd = pidfds.pop()
             return machine.init_pid
         machine.fail(CorralError(f"container creation timed out while {machine.state}"))
         raise machine.error

@@ -26,7 +26,7 @@ import trio
 from corral import jsonlite as json
 from corral.errors import (ConfigError, ContainerExists, ContainerNotFound,
                            ContainerStateError, CorralError)
-from corral.oci.state import list_ids, rfc3339_now, validate_id
+from corral.oci.state import StateDir, list_ids, rfc3339_now, validate_id
 from corral.procfs import is_alive
 from corral.runtime.containers import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container
 from corral.runtime.exits import read_exit
@@ -37,6 +37,7 @@ from corral.supervisor.keeper_handle import SUPERVISOR_DIR, KeeperHandle
 
 
 OOM_EVENT_PERIOD = 0.1
+JOURNAL = "creating"  # in the state root's .supervisor: creations in flight
 
 
 class Engine:
@@ -64,6 +65,9 @@ class Engine:
         self.events = EventBus()
         self._busy: set[str] = set()  # ids being created or deleted by this engine
         self._background: set[trio.CancelScope] = set()
+        # stdio of containers that neither log nor were given any
+        self._null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        self.journal: CreationJournal | None = None  # the daemon's (open_engine)
 
     def _spawn(self, fn, *args) -> None:
         """A background task (a watcher, a time limit) in the engine's nursery, shielded:
@@ -82,6 +86,11 @@ class Engine:
     def _close(self) -> None:
         for scope in list(self._background):
             scope.cancel()
+        if self._null >= 0:
+            os.close(self._null)
+            self._null = -1
+        if self.journal is not None:
+            self.journal.close()
 
     # ---- events ----
 
@@ -112,18 +121,19 @@ class Engine:
         if cid in self._busy or cid in self.tracked:
             raise ContainerExists(cid)
         self._busy.add(cid)
+        if self.journal is not None:
+            self.journal.begin()
         owned = None
-        null = -1  # /dev/null for a container that neither logs nor was given stdio
         try:
             if config is not None:
                 owned = bundle = self._write_bundle(cid, config)
             extra = {"managed": MANAGED, **({"ownedBundle": owned} if owned else {}),
                      **(_extra or {})}
             if not logs and stdio is None:
-                null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
-                stdio = (null, null, null)
+                stdio = (self._null, self._null, self._null)
             async with self._creates:
-                prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra)
+                prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra,
+                                   journal=self.journal or _unjournaled)
                 if _host_step is not None:  # a job's network attach (run_job)
                     prepared.add_host_step(*_host_step)
                 log_spec = ({"dir": prepared.state_dir.path, "max_bytes": self.log_max_bytes,
@@ -136,12 +146,14 @@ class Engine:
                 shutil.rmtree(owned, ignore_errors=True)
             raise
         finally:
-            if null >= 0:
-                os.close(null)  # the keeper has dup'ed it for the child
             self._busy.discard(cid)
-        tracked = self._track(cid, prepared.state_dir.path, prepared.record)
+            if self.journal is not None:
+                self.journal.end()
+        tracked = self._track(cid, prepared.state_dir.path, prepared.record,
+                              pidfd=prepared.init_pidfd, logs=log_spec is not None)
+        prepared.init_pidfd = -1  # the watcher's now
         self._emit("created", cid, pid=tracked.pid)
-        return Container(prepared.state_dir, prepared.record).oci_state()
+        return _oci_state(prepared.record, CREATED)
 
     def _write_bundle(self, cid: str, config: dict) -> str:
         if not isinstance(config, dict):
@@ -158,9 +170,19 @@ class Engine:
 
     async def start(self, cid: str, timeout: float | None = None) -> dict:
         """Lets the init exec: opens the exec fifo for reading and waits for its byte."""
-        container = self._load(cid)
-        fd = container.open_fifo()
         tracked = self.tracked.get(cid)
+        if tracked is not None and not tracked.exited.is_set() and not tracked.started_at:
+            # ours, alive and never started: its record is in memory, its status known
+            container = Container(StateDir(self.root, cid), tracked.record)
+            if container.has_cgroup() and container._cgroup().frozen():
+                raise ContainerStateError("cannot start a container in the paused state")
+            try:
+                fd = os.open(container.state_dir.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise ContainerStateError("cannot start an already running container") from None
+        else:
+            container = self._load(cid)
+            fd = container.open_fifo()
         started = False
         try:
             with trio.move_on_after(timeout if timeout else math.inf) as scope:
@@ -192,6 +214,8 @@ class Engine:
             if limit:
                 self._spawn(self._enforce_time, tracked, limit)
         self._emit("started", cid, pid=container.pid)
+        if tracked is not None and not tracked.exited.is_set():
+            return _oci_state(container.record, RUNNING)
         return container.oci_state()
 
     async def _enforce_time(self, tracked: Tracked, limit: float) -> None:
@@ -316,6 +340,13 @@ class Engine:
         return tracked.exit_status
 
     async def delete(self, cid: str, force: bool = False) -> None:
+        tracked = self.tracked.get(cid)
+        if (tracked is not None and tracked.exited.is_set() and cid not in self._busy
+                and not tracked.logs and not (tracked.record.get("hooks") or {}).get("poststop")
+                and not (tracked.job or {}).get("network")):
+            if await self._delete_stopped(tracked):
+                self._emit("deleted", cid)
+                return
         container = self._load(cid)
         status = container.status()
         if status not in (STOPPED, CREATED) and not force:
@@ -347,6 +378,40 @@ class Engine:
             if not os.path.isdir(container.state_dir.path):
                 self._untrack(cid)
         self._emit("deleted", cid)
+
+    async def _delete_stopped(self, tracked: Tracked) -> bool:
+        """A stopped container of ours without logs, hooks or network, removed on the
+        event loop with the fewest syscalls: its cgroup (empty once the init is gone and
+        it had its own pid namespace, as good as empty otherwise), then its state dir.
+        False when it is not that simple (the general path then does it)."""
+        record = tracked.record
+        cgroup = None
+        if record.get("cgroup"):
+            from corral.cgroups import Cgroup
+
+            cgroup = Cgroup.from_json(record["cgroup"])
+            if not record.get("pid_ns") and cgroup.populated():
+                return False  # leftovers of a container in the host's pid namespace
+        self._busy.add(tracked.id)
+        try:
+            with trio.CancelScope(shield=True):
+                if cgroup is not None:
+                    # a cgroup whose last task just exited may say EBUSY for a moment
+                    for delay in (0, 0.001, 0.004, 0.016, 0.05, 0.1, 0.2, 0.4, 0.8):
+                        if delay:
+                            await trio.sleep(delay)
+                        if cgroup.try_destroy():
+                            break
+                    else:
+                        await trio.to_thread.run_sync(cgroup.destroy)
+                state_dir = StateDir(self.root, tracked.id)
+                if not state_dir.try_remove(("state.json", "exit.json", "exec.fifo")):
+                    await trio.to_thread.run_sync(state_dir.remove)
+                Container(state_dir, record).remove_supervisor_files()
+        finally:
+            self._busy.discard(tracked.id)
+            self._untrack(tracked.id)
+        return True
 
     # ---- state ----
 
@@ -457,12 +522,14 @@ class Engine:
 
     # ---- watching ----
 
-    def _track(self, cid: str, state_dir: str, record: dict) -> Tracked:
+    def _track(self, cid: str, state_dir: str, record: dict, pidfd: int = -1,
+               logs: bool = True) -> Tracked:
         tracked = Tracked(cid, state_dir, record)
+        tracked.logs = logs
         self.tracked[cid] = tracked
         if tracked.pid:
             self._by_pid[tracked.pid] = tracked
-        self._spawn(self._watch, tracked, record.get("cgroup"))
+        self._spawn(self._watch, tracked, record.get("cgroup"), pidfd)
         return tracked
 
     def _forget_if_gone(self, cid: str) -> Tracked | None:
@@ -500,22 +567,28 @@ class Engine:
         tracked = self._by_pid.get(pid)
         return tracked.id if tracked is not None else None
 
-    async def _watch(self, tracked: Tracked, cgroup_json: dict | None) -> None:
-        """Waits on the init's pidfd; reports OOMs meanwhile; then learns its status."""
-        try:
-            pidfd = os.pidfd_open(tracked.pid)
-        except (ProcessLookupError, ValueError):
-            pidfd = -1
+    async def _watch(self, tracked: Tracked, cgroup_json: dict | None, pidfd: int = -1) -> None:
+        """Waits on the init's pidfd (the creation's own, or one opened for an adopted
+        container); reports OOMs meanwhile (a memory limit's); then learns its status."""
+        if pidfd >= 0:
+            watched = True  # opened before the init could be reaped: it names the init
+        else:
+            try:
+                pidfd = os.pidfd_open(tracked.pid)
+            except (ProcessLookupError, ValueError):
+                pidfd = -1
+            watched = pidfd >= 0 and is_alive(tracked.pid, tracked.pid_start)
         oom = None
-        watched = pidfd >= 0 and is_alive(tracked.pid, tracked.pid_start)
         try:
             if watched:
-                oom = oom_watch(cgroup_json)
-                async with trio.open_nursery() as nursery:
-                    if oom is not None:
-                        nursery.start_soon(self._report_ooms, tracked.id, oom)
+                oom = oom_watch(cgroup_json) if tracked.record.get("memoryLimit", True) else None
+                if oom is None:
                     await trio.lowlevel.wait_readable(pidfd)
-                    nursery.cancel_scope.cancel()
+                else:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._report_ooms, tracked.id, oom)
+                        await trio.lowlevel.wait_readable(pidfd)
+                        nursery.cancel_scope.cancel()
                 count = oom.check() if oom is not None else 0
                 if count:
                     self._emit("oom", tracked.id, count=count)
@@ -566,6 +639,15 @@ class Engine:
         daemon left half-made.  Returns counts for the log."""
         counts = {"running": 0, "exited": 0, "undone": 0}
         exited: list[str] = []
+        # creations a dead daemon had in flight: made before their state.json was
+        for entry in CreationJournal.read(os.path.join(self.root, SUPERVISOR_DIR, JOURNAL)):
+            cid = entry.get("id")
+            if not isinstance(cid, str) or cid in list_ids(self.root):
+                continue  # it got its pid (and record): adopted below like any other
+            await trio.to_thread.run_sync(_undo_unrecorded, self.root, cid, entry.get("cgroup"))
+            counts["undone"] += 1
+        if self.journal is not None:
+            os.ftruncate(self.journal.fd, 0)
         for cid in list_ids(self.root):
             try:
                 container = Container.load(self.root, cid)
@@ -601,6 +683,67 @@ class Engine:
         except OSError:
             pass
         return True
+
+
+def _unjournaled(record: dict) -> None:
+    """An embedded engine's creations: nobody adopts them after a crash, so nothing is
+    written before the init's pid (state.json is written once, then)."""
+
+
+def _oci_state(record: dict, status: str) -> dict:
+    """The OCI state of a container whose status the engine knows (Container.oci_state's
+    fields and order, without probing /proc, the freezer and the fifo for it)."""
+    state = {"ociVersion": record["ociVersion"], "id": record["id"],
+             "pid": record.get("pid") or 0, "status": status, "bundle": record["bundle"],
+             "rootfs": record["rootfs"], "created": record["created"]}
+    if record.get("annotations"):
+        state["annotations"] = record["annotations"]
+    state["owner"] = record.get("owner", "")
+    return state
+
+
+class CreationJournal:
+    """The daemon's record of creations in flight, one line each, appended before a
+    container's cgroup is made: its state.json is then written once, with the init's pid,
+    and a daemon killed in between leaves what ``adopt`` needs to undo the creation (the
+    state dir and the cgroup).  Emptied whenever no creation is in flight."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self.in_flight = 0
+
+    def __call__(self, record: dict) -> None:
+        line = json.dumps({"id": record["id"], "cgroup": record.get("cgroup")}) + "\n"
+        os.write(self.fd, line.encode())
+
+    def begin(self) -> None:
+        self.in_flight += 1
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and os.lseek(self.fd, 0, os.SEEK_END) > 1 << 20:
+            os.ftruncate(self.fd, 0)
+
+    @staticmethod
+    def read(path: str) -> list[dict]:
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line torn by the crash
+        return out
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
@@ -639,6 +782,19 @@ def _kill_quietly(container: Container, sig: int) -> None:
         pass
 
 
+def _undo_unrecorded(root: str, cid: str, cgroup_json: dict | None) -> None:
+    """A creation that never got its state.json: its processes, cgroup and state dir."""
+    if cgroup_json:
+        from corral.cgroups import Cgroup
+
+        cgroup = Cgroup.from_json(cgroup_json)
+        cgroup.kill_all(_signal.SIGKILL)
+        cgroup.destroy()
+    if not os.path.exists(os.path.join(root, cid, "state.json")):
+        StateDir(root, cid).remove()
+        Container(StateDir(root, cid), {"id": cid}).remove_supervisor_files(keep=False)
+
+
 def _undo_half_made(container: Container) -> None:
     from corral.cgroups import Cgroup
 
@@ -664,6 +820,9 @@ async def open_engine(root: str, *, daemon: bool = False, **options) -> AsyncIte
         async with (open_keeper(root) if daemon else open_embedded_keeper()) as keeper:
             async with trio.open_nursery() as nursery:
                 engine = Engine(root, keeper, nursery, **options)
+                if daemon:
+                    engine.journal = CreationJournal(os.path.join(root, SUPERVISOR_DIR,
+                                                                  JOURNAL))
                 try:
                     yield engine
                 finally:

@@ -13,12 +13,15 @@ MANAGED = "supervisor"  # state.json "managed": made by an engine, its init a ke
 class Tracked:
     """The engine's view of one container: how it learns that the init exited."""
 
-    __slots__ = ("id", "state_dir", "pid", "pid_start", "managed", "exit_status", "exited",
-                 "owned_bundle", "job", "timed_out", "peak_memory", "started_at", "exited_at")
+    __slots__ = ("id", "state_dir", "record", "pid", "pid_start", "managed", "exit_status",
+                 "exited", "owned_bundle", "job", "timed_out", "peak_memory", "started_at",
+                 "exited_at", "logs")
 
     def __init__(self, cid: str, state_dir: str, record: dict) -> None:
         self.id = cid
         self.state_dir = state_dir
+        self.record = record
+        self.logs = True  # its stdout and stderr are logged by the keeper
         self.pid = record.get("pid") or 0
         self.pid_start = record.get("pid_start")
         self.managed = record.get("managed") == MANAGED
