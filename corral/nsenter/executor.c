@@ -2364,88 +2364,141 @@ static int launch(int sync_fd)
     return fail(&r, EPROTO, "the plan ended without exec");
 }
 
-/* ---- the keeper's spawner ------------------------------------------------------------- */
+/* ---- the keeper's spawner ------------------------------------------------------------ */
 
-/* For each request (u32 seq; SCM_RIGHTS: sync socket, then stdin, stdout, stderr) a launcher
- * forked with CLONE_PARENT, so that it and the init it clones are the keeper's children.
- * Answer: u32 seq, i32 pid or -errno; SCM_RIGHTS: a pidfd of the launcher.  It holds no
- * state: when the keeper hangs up, it exits. */
+#define SPAWNER_CONNECTIONS 8
+#define SPAWNER_ADD 0xffffffffu /* a request of the keeper's: serve this connection too */
+
+/* One request of a connection: u32 seq; SCM_RIGHTS: sync socket, stdin, stdout, stderr.  A
+ * launcher forked with CLONE_PARENT, so that it and the init it clones are the keeper's
+ * children.  Answer: u32 seq, i32 pid or -errno; SCM_RIGHTS: a pidfd of the launcher (made
+ * by the clone itself: it names the launcher, never a reused pid).  Returns -1 when the
+ * connection is gone; `conns` are closed in the launcher. */
+static int spawn_one(int conn, const int *conns, int nconns, int *added)
+{
+    uint32_t seq = 0;
+    int fds[MAX_FDS_PER_SPAWN], nfds = 0;
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_SPAWN)];
+        struct cmsghdr align;
+    } control;
+    struct iovec iov = {&seq, sizeof(seq)};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+    ssize_t n = recvmsg(conn, &msg, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR)
+        return 0;
+    if (n <= 0)
+        return -1;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+            int got = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+            for (int i = 0; i < got && nfds < MAX_FDS_PER_SPAWN; i++)
+                memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        }
+    }
+    if (n == sizeof(seq) && seq == SPAWNER_ADD && nfds == 1) {
+        *added = fds[0];
+        return 0;
+    }
+    int32_t result;
+    int pidfd = -1;
+    if (n != sizeof(seq) || nfds != MAX_FDS_PER_SPAWN) {
+        result = -EINVAL;
+    } else {
+        struct clone_args args;
+        memset(&args, 0, sizeof(args));
+        args.flags = CLONE_PARENT | CLONE_PIDFD;
+        args.pidfd = (uint64_t)(uintptr_t)&pidfd;
+        pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
+        if (pid == 0) {
+            for (int i = 0; i < nconns; i++)
+                close(conns[i]);
+            for (int fd = 0; fd < 3; fd++)
+                if (dup2(fds[1 + fd], fd) < 0)
+                    _exit(127);
+            for (int i = 1; i < nfds; i++)
+                if (fds[i] > 2)
+                    close(fds[i]);
+            launch(fds[0]);
+            _exit(1);
+        }
+        result = pid < 0 ? -errno : pid;
+    }
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+    unsigned char reply[8];
+    put_u32(reply, seq);
+    put_u32(reply + 4, (uint32_t)result);
+    struct iovec out = {reply, sizeof(reply)};
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = &out;
+    msg.msg_iovlen = 1;
+    if (pidfd >= 0) {
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &pidfd, sizeof(int));
+    }
+    int rc = 0;
+    while (sendmsg(conn, &msg, MSG_NOSIGNAL) < 0) {
+        if (errno != EINTR) {
+            rc = -1; /* the asker is gone: its launcher has lost its parent side too */
+            break;
+        }
+    }
+    if (pidfd >= 0)
+        close(pidfd);
+    return rc;
+}
+
+/* Serves the keeper's connection (`ctl`) and those it adds (a daemon's, so that its spawns
+ * do not pass through the keeper's loop).  It holds no state: when the keeper hangs up, it
+ * exits; a daemon that hangs up is forgotten. */
 static int spawner(int ctl)
 {
+    int conns[SPAWNER_CONNECTIONS] = {ctl};
+    int nconns = 1;
+    signal(SIGPIPE, SIG_IGN);
     for (;;) {
-        uint32_t seq = 0;
-        int fds[MAX_FDS_PER_SPAWN], nfds = 0;
-        union {
-            char buf[CMSG_SPACE(sizeof(int) * MAX_FDS_PER_SPAWN)];
-            struct cmsghdr align;
-        } control;
-        struct iovec iov = {&seq, sizeof(seq)};
-        struct msghdr msg;
-        memset(&msg, 0, sizeof(msg));
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.buf;
-        msg.msg_controllen = sizeof(control.buf);
-        ssize_t n = recvmsg(ctl, &msg, MSG_CMSG_CLOEXEC);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return n < 0 ? 1 : 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-            if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-                int got = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-                for (int i = 0; i < got && nfds < MAX_FDS_PER_SPAWN; i++)
-                    memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        struct pollfd pfds[SPAWNER_CONNECTIONS];
+        for (int i = 0; i < nconns; i++) {
+            pfds[i].fd = conns[i];
+            pfds[i].events = POLLIN;
+            pfds[i].revents = 0;
+        }
+        int n = poll(pfds, (nfds_t)nconns, -1);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return 1;
+        }
+        for (int i = nconns - 1; i >= 0; i--) {
+            if (!pfds[i].revents)
+                continue;
+            int added = -1;
+            if (spawn_one(conns[i], conns, nconns, &added) < 0) {
+                if (i == 0)
+                    return 0; /* the keeper hung up */
+                close(conns[i]);
+                conns[i] = conns[--nconns];
+                continue;
+            }
+            if (added >= 0) {
+                if (nconns < SPAWNER_CONNECTIONS)
+                    conns[nconns++] = added;
+                else
+                    close(added);
             }
         }
-        int32_t result;
-        int pidfd = -1;
-        if (n != sizeof(seq) || nfds != MAX_FDS_PER_SPAWN) {
-            result = -EINVAL;
-        } else {
-            struct clone_args args;
-            memset(&args, 0, sizeof(args));
-            args.flags = CLONE_PARENT | CLONE_PIDFD;
-            args.pidfd = (uint64_t)(uintptr_t)&pidfd;
-            pid_t pid = (pid_t)syscall(SYS_clone3, &args, sizeof(args));
-            if (pid == 0) {
-                close(ctl);
-                for (int fd = 0; fd < 3; fd++)
-                    if (dup2(fds[1 + fd], fd) < 0)
-                        _exit(127);
-                for (int i = 1; i < nfds; i++)
-                    if (fds[i] > 2)
-                        close(fds[i]);
-                launch(fds[0]);
-                _exit(1);
-            }
-            result = pid < 0 ? -errno : pid;
-        }
-        for (int i = 0; i < nfds; i++)
-            close(fds[i]);
-        unsigned char reply[8];
-        put_u32(reply, seq);
-        put_u32(reply + 4, (uint32_t)result);
-        struct iovec out = {reply, sizeof(reply)};
-        memset(&msg, 0, sizeof(msg));
-        msg.msg_iov = &out;
-        msg.msg_iovlen = 1;
-        if (pidfd >= 0) {
-            memset(&control, 0, sizeof(control));
-            msg.msg_control = control.buf;
-            msg.msg_controllen = CMSG_SPACE(sizeof(int));
-            struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-            c->cmsg_level = SOL_SOCKET;
-            c->cmsg_type = SCM_RIGHTS;
-            c->cmsg_len = CMSG_LEN(sizeof(int));
-            memcpy(CMSG_DATA(c), &pidfd, sizeof(int));
-        }
-        while (sendmsg(ctl, &msg, MSG_NOSIGNAL) < 0) {
-            if (errno != EINTR)
-                return 1; /* the keeper is gone */
-        }
-        if (pidfd >= 0)
-            close(pidfd);
     }
 }
 

@@ -1,13 +1,15 @@
 """The keeper: a single-threaded helper that is the parent of every container of a trio
 program, and keeps their exit statuses and logs.
 
-Forking a threaded process is unsafe, and a trio program may have threads, so the supervisor
-starts this process once and hands it, for each container, the child end of a sync socketpair
-(and stdio, or a log directory) over SCM_RIGHTS.  The keeper does not fork either: its
-spawner (``corral-exec spawner``, a small C process, its child) forks each launcher with
-CLONE_PARENT, and the launcher clones the init with CLONE_PARENT too, so both are the
-keeper's children without a copy of a Python heap.  The keeper reaps them, writes each
-tracked init's exit status to its state directory (fsync) and only then reports it.
+Forking a threaded process is unsafe, and a trio program may have threads, so containers
+are not forked by the supervisor.  Nor by the keeper: its spawner (``corral-exec spawner``, a
+small C process, its child) forks each launcher with CLONE_PARENT, and the launcher clones the
+init with CLONE_PARENT too, so both are the keeper's children without a copy of a Python
+heap.  The supervisor sends its spawn requests (the child end of a sync socketpair and stdio,
+SCM_RIGHTS) to the spawner directly, on a connection the keeper hands it in its hello, so no
+creation waits on the keeper's loop.  The keeper reaps the children, writes each tracked
+init's exit status to its state directory (fsync) and only then reports it, and copies the
+containers' stdout and stderr pipes into their log files.
 
 Two modes.  Embedded (``corral.Supervisor``, tests): the control socket is one end of a
 socketpair and its EOF ends the keeper.  Keeper (``corral supervise``): the keeper is given a
@@ -16,15 +18,14 @@ logs, and a restarted daemon connects again.  It exits once it has no daemon, no
 log left.
 
 Control socket (SOCK_SEQPACKET, one JSON object per packet):
-    supervisor -> keeper  {"op": "spawn", "seq": N, "logs": null}  + fds [sync, stdin, stdout, stderr]
-                          {"op": "spawn", "seq": N, "logs": {"dir", "max_bytes", "keep"}} + fds [sync]
+    supervisor -> keeper  {"op": "logs", "dir", "max_bytes", "keep"} + fds [stdout, stderr]
+                                                    the read ends of a container's pipes
                           {"op": "track", "pid": P, "dir": D}   the init of the container in D
                           {"op": "close_logs", "seq": N, "dir": D}
-    keeper -> supervisor  {"op": "hello", "pid": P, "version": V}   (keeper mode, on connect)
-                          {"op": "spawned", "seq": N, "pid": P} + fd [pidfd of P] |
-                          {"op": "failed", "seq": N, "error": "..."} |
+    keeper -> supervisor  {"op": "hello", "pid": P, "version": V} + fd [the spawner]  (on connect)
                           {"op": "logs_closed", "seq": N} |
                           {"op": "exited", "pid": P, "status": S}
+The spawner's own framing is executor.c's (spawn_one).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from corral.runtime.foreground import exit_status
 
 FDS_PER_SPAWN = 4
 MAX_PACKET = 65536
-KEEPER_VERSION = 1
+KEEPER_VERSION = 2
+SPAWNER_ADD = 0xFFFFFFFF  # a request to the spawner: serve this connection too
 _PENDING_MAX = 1024  # statuses of pids not (yet) tracked: kept briefly for a late "track"
 _PENDING_TTL = 10.0  # seconds: a reused pid never gets an old status
 PR_SET_CHILD_SUBREAPER = 36
@@ -60,8 +62,6 @@ class Keeper:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.spawner: socket.socket | None = None
         self.spawner_pid = 0
-        self.spawning: dict[int, tuple[int | None, dict]] = {}  # our seq -> (theirs, readers)
-        self._seq = 0
 
     # ---- the loop ----
 
@@ -74,6 +74,8 @@ class Keeper:
         if self.listener is not None:
             self.poller.register(self.listener, select.POLLIN)
         self._start_spawner()
+        if self.control is not None:
+            self._hello()
         while True:
             # Without a daemon, look now and then whether the keeper's work is done.
             timeout = None if self.control is not None or self.listener is None else 5000
@@ -90,7 +92,7 @@ class Keeper:
                             self._reap()
                             return
                 elif self.spawner is not None and fd == self.spawner.fileno():
-                    self._spawned()
+                    self._spawner_died()  # it never writes to us: EOF
                 elif fd in self.logs:
                     self._relay(fd)
             self._reap()
@@ -104,7 +106,7 @@ class Keeper:
 
     def _idle(self) -> bool:
         """Nobody to serve and nothing to keep: the keeper's work is done."""
-        if self.control is not None or self.logs or self.spawning:
+        if self.control is not None or self.logs:
             return False
         try:
             with open(f"/proc/self/task/{os.getpid()}/children") as f:
@@ -140,13 +142,30 @@ class Keeper:
         self.spawner_pid = 0
 
     def _spawner_died(self) -> None:
-        """Every spawn it had not answered fails; a new one takes the next requests."""
+        """A new one, and the daemon's connection to it (its requests in flight failed:
+        their replies never come, and the daemon's spawns say so)."""
         self._stop_spawner()
-        for theirs, readers in self.spawning.values():
-            self._close_readers(readers)
-            self._send({"op": "failed", "seq": theirs, "error": "the spawner exited"})
-        self.spawning.clear()
         self._start_spawner()
+        if self.control is not None:
+            self._hello()
+
+    def _spawner_connection(self) -> int:
+        """A new connection to the spawner, for the daemon: its end, to send in the hello."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.spawner.sendmsg([SPAWNER_ADD.to_bytes(4, "little")],
+                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                   array.array("i", [theirs.fileno()]))])
+        finally:
+            theirs.close()
+        return ours.detach()
+
+    def _hello(self) -> None:
+        conn = self._spawner_connection()
+        try:
+            self._send({"op": "hello", "pid": os.getpid(), "version": KEEPER_VERSION}, [conn])
+        finally:
+            os.close(conn)
 
     # ---- the daemon's connection ----
 
@@ -157,7 +176,7 @@ class Keeper:
             return
         self.control = conn
         self.poller.register(conn, select.POLLIN)
-        self._send({"op": "hello", "pid": os.getpid(), "version": KEEPER_VERSION})
+        self._hello()
 
     def _drop_control(self) -> None:
         self.poller.unregister(self.control)
@@ -172,8 +191,8 @@ class Keeper:
         if msg is None:
             return False
         op = msg.get("op")
-        if op == "spawn":
-            self._spawn(msg, fds)
+        if op == "logs":
+            self._add_logs(msg, fds)
         elif op == "track":
             for fd in fds:
                 os.close(fd)
@@ -200,92 +219,23 @@ class Keeper:
 
     # ---- spawning ----
 
-    def _spawn(self, msg: dict, fds: list[int]) -> None:
-        """Hands the child's descriptors to the spawner; its answer comes in ``_spawned``."""
-        seq = msg.get("seq")
-        logs = msg.get("logs")
-        want = 1 if logs else FDS_PER_SPAWN
-        if len(fds) != want:
-            for fd in fds:
-                os.close(fd)
-            self._send({"op": "failed", "seq": seq, "error": "malformed spawn request"})
-            return
-        made: list[int] = []
-        try:
-            if logs:
-                stdio, readers = self._log_pipes(logs, made)
-            else:
-                stdio, readers = fds[1:], {}
-        except OSError as exc:
-            for fd in fds + made:
-                os.close(fd)
-            self._send({"op": "failed", "seq": seq, "error": f"log files: {exc}"})
-            return
-        self._seq = (self._seq + 1) & 0xFFFFFFFF
-        try:
-            self.spawner.sendmsg([self._seq.to_bytes(4, "little")],
-                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                   array.array("i", [fds[0], *stdio]))])
-            self.spawning[self._seq] = (seq, readers)
-        except OSError as exc:
-            self._close_readers(readers)
-            self._send({"op": "failed", "seq": seq, "error": f"the spawner: {exc}"})
-        finally:
-            for fd in fds + made:
-                if fd not in readers:
-                    os.close(fd)
-
-    def _spawned(self) -> None:
-        try:
-            data, ancdata, _flags, _addr = self.spawner.recvmsg(
-                8, socket.CMSG_SPACE(array.array("i").itemsize), socket.MSG_CMSG_CLOEXEC)
-        except OSError:
-            data, ancdata = b"", []
-        got = array.array("i")
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                got.frombytes(payload[: len(payload) - len(payload) % got.itemsize])
-        if len(data) != 8:
-            for fd in got:
-                os.close(fd)
-            self._spawner_died()
-            return
-        ours = int.from_bytes(data[:4], "little")
-        pid = int.from_bytes(data[4:], "little", signed=True)
-        theirs, readers = self.spawning.pop(ours, (None, {}))
-        if pid <= 0 or len(got) != 1:
-            for fd in got:
-                os.close(fd)
-            self._close_readers(readers)
-            self._send({"op": "failed", "seq": theirs, "error": os.strerror(-pid or 5)})
-            return
-        for fd, log in readers.items():
-            self.logs[fd] = log
-            self.poller.register(fd, select.POLLIN)
-        # The spawner's pidfd (CLONE_PIDFD) names the launcher, never a reused pid.
-        try:
-            self._send({"op": "spawned", "seq": theirs, "pid": pid}, [got[0]])
-        finally:
-            os.close(got[0])
-
-    @staticmethod
-    def _close_readers(readers: dict) -> None:
-        for fd, log in readers.items():
-            os.close(fd)
-            log.close()
-
-    def _log_pipes(self, logs: dict, made: list[int]) -> tuple[list[int], dict]:
+    def _add_logs(self, msg: dict, fds: list[int]) -> None:
+        """A container's stdout and stderr pipes (their read ends), copied into its
+        ``stdout.log`` and ``stderr.log`` from now on, whoever else is there."""
         from corral.supervisor.logs import LogFile
 
-        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-        made.append(null)
-        stdio, readers = [null], {}
-        for stream in ("stdout", "stderr"):
-            r, w = os.pipe2(os.O_CLOEXEC)
-            made += [r, w]
-            readers[r] = LogFile(logs["dir"], stream, int(logs["max_bytes"]), int(logs["keep"]))
-            stdio.append(w)
-        return stdio, readers
+        if len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            return
+        for fd, stream in zip(fds, ("stdout", "stderr")):
+            try:
+                log = LogFile(str(msg["dir"]), stream, int(msg["max_bytes"]), int(msg["keep"]))
+            except (OSError, KeyError, ValueError):
+                os.close(fd)  # the container writes into a closed pipe: nobody to read it
+                continue
+            self.logs[fd] = log
+            self.poller.register(fd, select.POLLIN)
 
     # ---- logs ----
 

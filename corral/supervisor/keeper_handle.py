@@ -1,5 +1,5 @@
-"""The trio program's handle on its keeper (``keeper.py``): spawn children, track inits, learn
-exits.  ``open_embedded_keeper`` starts an embedded keeper that ends with the program; ``open_keeper``
+"""The trio program's handle on its keeper (``keeper.py``): spawn children (through the
+keeper's spawner, on a connection of our own), track inits, learn exits.  ``open_embedded_keeper`` starts an embedded keeper that ends with the program; ``open_keeper``
 connects the daemon to the keeper of a state root, starting one if none is running, so that
 containers and their statuses outlive the daemon.
 """
@@ -26,13 +26,18 @@ UNEXPECTED_TTL = 10.0  # seconds: pids are not reused that fast
 
 
 class KeeperHandle:
-    """Spawns children through the keeper and learns their exits from it."""
+    """Spawns children through the keeper's spawner and learns their exits from the keeper."""
 
     def __init__(self, control: trio.socket.SocketType, pid: int) -> None:
         self._control = control
         self.pid = pid
         self._seq = 0
         self._replies: dict[int, tuple[trio.Event, list]] = {}
+        self._spawner: trio.socket.SocketType | None = None  # from the hello
+        self._spawner_ready = trio.Event()
+        self._spawns: dict[int, tuple[trio.Event, list]] = {}
+        self._spawn_seq = 0
+        self._null = -1  # the stdin of containers that log
         self._exits: dict[int, int] = {}  # statuses of expected pids, until waited for
         self._exit_events: dict[int, trio.Event] = {}
         self._expected: set[int] = set()
@@ -47,13 +52,103 @@ class KeeperHandle:
         stdout/stderr logged by the keeper (``logs``: dir, max_bytes, keep).  Returns its
         pid and a pidfd (opened by the keeper before it could reap the child: never a
         reused pid); the caller owns the pidfd."""
-        fds = [sync_fd] if logs else [sync_fd, *(stdio or (0, 1, 2))]
-        reply, got = await self._request({"op": "spawn", "logs": logs}, fds)
-        if reply["op"] != "spawned" or len(got) != 1:
-            for fd in got:
+        self._check_alive()
+        made: list[int] = []
+        try:
+            if logs:
+                # the keeper holds the read ends (so logging goes on without us)
+                out_r, out_w = os.pipe2(os.O_CLOEXEC)
+                made += [out_r, out_w]
+                err_r, err_w = os.pipe2(os.O_CLOEXEC)
+                made += [err_r, err_w]
+                await self._control.sendmsg(
+                    [json.dumps({"op": "logs", **logs}).encode()],
+                    [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [out_r, err_r]))])
+                if self._null < 0:
+                    self._null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                stdio = (self._null, out_w, err_w)
+            self._spawn_seq = (self._spawn_seq + 1) % 0xFFFFFFFF
+            seq = self._spawn_seq
+            done, slot = trio.Event(), []
+            self._spawns[seq] = (done, slot)
+            try:
+                await self._spawner.sendmsg(
+                    [seq.to_bytes(4, "little")],
+                    [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS,
+                      array.array("i", [sync_fd, *(stdio or (0, 1, 2))]))])
+            finally:
+                for fd in made:
+                    os.close(fd)
+                made = []
+            try:
+                await done.wait()
+            finally:
+                del self._spawns[seq]
+        finally:
+            for fd in made:
                 os.close(fd)
-            raise CorralError(f"keeper could not fork: {reply.get('error')}")
-        return reply["pid"], got[0]
+        if not slot:
+            raise CorralError("the keeper's spawner exited; no container can be created")
+        pid, pidfd = slot[0]
+        if pid <= 0:
+            if pidfd >= 0:
+                os.close(pidfd)
+            raise CorralError(f"the keeper's spawner could not fork: {os.strerror(-pid)}")
+        return pid, pidfd
+
+    async def read_spawns(self) -> None:
+        """The spawner's answers, to the spawns waiting for them; a spawner that exits is
+        replaced by the keeper (a new hello), whose answers come next."""
+        while True:
+            await self._spawner_ready.wait()
+            await self._read_spawner()
+            self._spawner_ready = trio.Event()
+
+    async def _read_spawner(self) -> None:
+        try:
+            while True:
+                fds = array.array("i")
+                data, ancdata, _flags, _addr = await self._spawner.recvmsg(
+                    8, _socket.CMSG_SPACE(fds.itemsize), _socket.MSG_CMSG_CLOEXEC)
+                for level, kind, payload in ancdata:
+                    if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                        fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+                if len(data) != 8:
+                    for fd in fds:
+                        os.close(fd)
+                    return
+                seq = int.from_bytes(data[:4], "little")
+                pid = int.from_bytes(data[4:], "little", signed=True)
+                waiter = self._spawns.get(seq)
+                if waiter is None:
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+                waiter[1].append((pid, fds[0] if fds else -1))
+                waiter[0].set()
+        finally:
+            for done, _slot in self._spawns.values():
+                done.set()  # no answer will come: they raise
+
+    def take_spawner(self, fds: list[int]) -> None:
+        """The spawner connection of a hello (a new one after a spawner died)."""
+        if not fds:
+            raise CorralError("the keeper's hello brought no connection to its spawner")
+        old = self._spawner
+        self._spawner = trio.socket.from_stdlib_socket(
+            _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, fileno=fds[0]))
+        for fd in fds[1:]:
+            os.close(fd)
+        if old is not None:
+            old.close()  # its reader sees the end, and reads the new one
+        self._spawner_ready.set()
+
+    def close(self) -> None:
+        if self._spawner is not None:
+            self._spawner.close()
+        if self._null >= 0:
+            os.close(self._null)
+            self._null = -1
 
     async def track(self, pid: int, state_dir: str) -> None:
         """From now on the keeper records ``pid``'s exit status in ``state_dir``."""
@@ -125,6 +220,8 @@ class KeeperHandle:
                     return
                 if msg["op"] == "exited":
                     self._on_exit(msg["pid"], msg["status"])
+                elif msg["op"] == "hello":
+                    self.take_spawner(fds)  # the keeper's spawner was replaced
                 elif msg.get("seq") in self._replies:
                     done, slot = self._replies[msg["seq"]]
                     slot.append((msg, fds))
@@ -176,9 +273,17 @@ async def open_embedded_keeper() -> AsyncIterator[KeeperHandle]:
     control = trio.socket.from_stdlib_socket(ours)
     handle = KeeperHandle(control, process.pid)
     try:
+        with trio.fail_after(10):
+            msg, fds = await handle._recv()
+        if msg is None or msg.get("op") != "hello":
+            for fd in fds:
+                os.close(fd)
+            raise CorralError(f"the keeper did not start (it answered {msg!r})")
+        handle.take_spawner(fds)
         async with _reading(handle):
             yield handle
     finally:
+        handle.close()
         control.close()
         with trio.CancelScope(shield=True):
             await process.wait()
@@ -186,14 +291,17 @@ async def open_embedded_keeper() -> AsyncIterator[KeeperHandle]:
 
 @asynccontextmanager
 async def _reading(handle: KeeperHandle) -> AsyncIterator[None]:
-    reader = trio.CancelScope(shield=True)  # clean-up after a cancellation needs the replies
+    # shielded: clean-up after a cancellation still needs the keeper's and spawner's replies
+    reader = trio.CancelScope(shield=True)
 
-    async def read() -> None:
+    async def readers() -> None:
         with reader:
-            await handle.read_replies()
+            async with trio.open_nursery() as both:
+                both.start_soon(handle.read_replies)
+                both.start_soon(handle.read_spawns)
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(read)
+        nursery.start_soon(readers)
         try:
             yield
         finally:
@@ -238,6 +346,7 @@ async def open_keeper(root: str) -> AsyncIterator[KeeperHandle]:
         async with _reading(handle):
             yield handle
     finally:
+        handle.close()
         handle._control.close()
 
 
@@ -252,16 +361,19 @@ async def _hello(path: str) -> KeeperHandle | None:
     except BaseException:
         control.close()
         raise
-    for fd in fds:
-        os.close(fd)
     if msg is None:
+        for fd in fds:
+            os.close(fd)
         control.close()
         return None
     if msg.get("op") != "hello" or msg.get("version") != KEEPER_VERSION:
+        for fd in fds:
+            os.close(fd)
         control.close()
         raise CorralError(f"the keeper on {path} answered {msg!r}, not a hello of "
                           f"version {KEEPER_VERSION}")
     handle.pid = msg["pid"]
+    handle.take_spawner(fds)
     return handle
 
 
