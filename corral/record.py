@@ -86,6 +86,13 @@ class Record:
         return f"{type(self).__name__}({inner})"
 
 
+def replace(record: Record, **changes) -> Record:
+    """A copy with some fields changed (like ``dataclasses.replace``)."""
+    values = {name: getattr(record, name) for name in record._fields}
+    values.update(changes)
+    return type(record)(**values)
+
+
 def asdict(record: Record) -> dict:
     """Field values by name, nested records included (like ``dataclasses.asdict``)."""
     return {name: _plain(getattr(record, name)) for name in record._fields}

@@ -1,22 +1,24 @@
-"""``Job``: one job described in Python terms, turned into an OCI bundle for the engine.
+"""``Job``: one job described in Python terms, turned into an OCI config for the engine.
 
-A caller says what to run and under which limits; ``Job.bundle()`` writes the ``config.json``
-(and the root filesystem scaffolding) that any creation path -- ``corral run --bundle``, the
-supervisor -- runs unchanged.  Everything is validated when the ``Job`` is made, so a bad
-value fails in the caller's code, with the field named, before any container exists.
+A caller says what to run and under which limits; ``Job.config()`` gives the OCI config (in
+memory: the engine compiles it to a plan, no bundle on disk) and ``Job.bundle()`` writes one
+as a bundle that any creation path -- ``corral run --bundle``, runc -- runs unchanged.
+Everything is validated when the ``Job`` is made, so a bad value fails in the caller's code,
+with the field named, before any container exists.
 
 Three kinds of root filesystem:
 
-- **the host's own root, read-only** (the default: no image needed).  ``root.path`` is an
-  empty staging directory in the job's work directory holding, for each top-level entry of
-  the host's ``/``, the same symlink or a recursive read-only bind (``rbind`` + ``rro``) of
-  it; /proc, /dev, /sys (read-only), /tmp and /run are the container's own.  Chosen over
-  binding the host's ``/`` itself: with ``/`` as the rootfs, ``root.readonly`` only covers
-  the top mount and the private /tmp and /run would have to be mounted over host
-  directories in a tree we must never write; with a staging directory the host's tree is
-  only ever a set of read-only bind sources, the rootfs is a directory of our own
-  (``root.readonly`` makes it read-only too), and the bundle is a plain OCI bundle that
-  runc runs the same way.
+- **the host's own root, read-only** (the default: no image needed).  ``root.path`` is a
+  staging directory (``HostRoot``) holding, for each top-level entry of the host's ``/``,
+  the same symlink or a recursive read-only bind (``rbind`` + ``rro``) of it; /proc, /dev,
+  /sys (read-only), /tmp and /run are the container's own.  Only mount points and links,
+  the mounts made in each container's own mount namespace: an engine's host-root jobs share
+  one.  Chosen over binding the host's ``/`` itself: with ``/`` as the rootfs,
+  ``root.readonly`` only covers the top mount and the private /tmp and /run would have to
+  be mounted over host directories in a tree we must never write; with a staging directory
+  the host's tree is only ever a set of read-only bind sources, the rootfs is a directory of
+  our own (``root.readonly`` makes it read-only too), and the config is a plain OCI config
+  that runc runs the same way.
 - **a directory**: shared by every job as the read-only lower layer of an overlayfs whose
   upper and work directories are in the job's work directory.  The overlay is a config
   mount on ``/`` (``mounts[0]``), mounted by the container's init inside its own mount
@@ -38,6 +40,7 @@ import json
 import os
 import re
 import stat
+import time
 
 from corral.errors import ConfigError, CorralError
 from corral.record import Record
@@ -480,7 +483,38 @@ class Job:
     def __repr__(self) -> str:
         return "Job(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
 
-    # --- the bundle ----------------------------------------------------------------------
+    # --- the config and the bundle ------------------------------------------------------
+
+    @property
+    def needs_workdir(self) -> bool:
+        """A directory root (its overlay layers) and a bridge network (/etc/hosts and
+        resolv.conf) need a work directory of the job's own; other jobs need none."""
+        return self.root is not None or self.bridge is not None
+
+    def config(self, container_id: str, cgroup_parent: str, *, workdir: str | None = None,
+               host_root: HostRoot | None = None, netns: str | None = None) -> dict:
+        """The job's OCI config, in memory, for a container ``container_id`` in the cgroup
+        ``<cgroup_parent>/<id>``.  ``workdir``: the job's own directory (``needs_workdir``:
+        made here, it must not exist or be empty); ``host_root``: the staging root that
+        host-root jobs share (``HostRoot.make``); ``netns``: for a ``container:ID`` network,
+        that container's network namespace (``/proc/<pid>/ns/net``)."""
+        from corral.oci.state import validate_id
+
+        validate_id(container_id)
+        if (netns is not None) != (self.joins is not None):
+            raise ConfigError("netns", "give the namespace path for a 'container:ID' "
+                                       "network, and only for one")
+        parent = cgroup_parent.strip("/") if isinstance(cgroup_parent, str) else None
+        if not parent or ".." in parent.split("/"):
+            raise ConfigError("cgroup_parent", f"{cgroup_parent!r} is not a cgroup path")
+        if self.needs_workdir and workdir is None:
+            raise ConfigError("workdir", "this job needs a work directory (a directory root "
+                                         "or a bridge network)")
+        if self.root is None and self.bundle_dir is None and host_root is None:
+            raise ConfigError("host_root", "a host-root job needs the staging root")
+        config = self._config(workdir, f"/{parent}/{container_id}", host_root)
+        self._network_config(config, workdir, container_id, netns)
+        return config
 
     def bundle(self, workdir: str, container_id: str, cgroup_parent: str, *,
                netns: str | None = None) -> JobBundle:
@@ -508,8 +542,11 @@ class Job:
         upper = os.path.join(workdir, "upper") if self.root is not None else None
         made = JobBundle(workdir, {}, upper, keep=self.keep)
         try:
-            made.config = self._config(workdir, f"/{parent}/{container_id}")
-            self._network_config(made.config, workdir, container_id, netns)
+            host_root = None
+            if self.root is None and self.bundle_dir is None:
+                host_root = HostRoot.make(os.path.join(workdir, "rootfs"))
+            made.config = self.config(container_id, cgroup_parent, workdir=workdir,
+                                      host_root=host_root, netns=netns)
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 json.dump(made.config, f, indent=1)
         except BaseException:
@@ -517,15 +554,14 @@ class Job:
             raise
         return made
 
-    def _config(self, workdir: str, cgroups_path: str) -> dict:
+    def _config(self, workdir: str | None, cgroups_path: str, host_root: HostRoot | None) -> dict:
         if self.bundle_dir is not None:
             config = _bundle_config(self.bundle_dir)
         else:
             config = _base_config()
             if self.root is None:
-                rootfs, host_mounts = _host_root(workdir)
-                config["root"] = {"path": rootfs, "readonly": True}
-                config["mounts"] += host_mounts
+                config["root"] = {"path": host_root.path, "readonly": True}
+                config["mounts"] += copy.deepcopy(host_root.mounts)
             else:
                 config["root"] = {"path": _overlay_root(workdir, self.root), "readonly": False}
                 config["mounts"].insert(0, _overlay_mount(workdir, self.root))
@@ -665,40 +701,99 @@ def _is_bind_mount(mount: dict) -> bool:
             or "bind" in options or "rbind" in options)
 
 
-def _host_root(workdir: str) -> tuple[str, list[dict]]:
-    """The staging root of a host-root job and its mounts: the host's top-level symlinks
-    copied, a recursive read-only bind of each top-level directory (a read-only bind of each
-    file) onto an empty mount point, and the private /tmp and /run."""
-    rootfs = os.path.join(workdir, "rootfs")
-    os.mkdir(rootfs, 0o755)
-    os.chmod(rootfs, 0o755)  # whatever the umask
-    mounts = [
-        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "nodev", "mode=1777"]},
-        {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "nodev", "mode=755"]},
-    ]
-    for name in sorted(os.listdir("/")):
-        host, staged = "/" + name, os.path.join(rootfs, name)
-        st = os.lstat(host)
-        if name in PRIVATE_DIRS:
-            os.mkdir(staged)
-            os.chmod(staged, 0o1777 if name == "tmp" else 0o755)
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(host), staged)
-            continue
-        if stat.S_ISDIR(st.st_mode):
-            os.mkdir(staged, 0o755)
-            options = ["rbind", "rro"]
-        elif stat.S_ISREG(st.st_mode):
-            open(staged, "x").close()
-            options = ["bind", "ro"]
-        else:
-            continue  # sockets and devices at the top of / have no place in a job
-        mounts.append({"destination": host, "type": "bind", "source": host,
-                       "options": options})
-    return rootfs, mounts
+class HostRoot:
+    """The staging root of host-root jobs: for each top-level entry of the host's ``/``,
+    the same symlink, or an empty mount point for a recursive read-only bind of it; /proc,
+    /dev, /sys, /tmp and /run are the container's own.  Only mount points and links: the
+    mounts are made in each container's own mount namespace, so one staging root serves
+    every host-root job of an engine (``make`` once, ``remove`` at the end)."""
+
+    __slots__ = ("path", "mounts")
+
+    def __init__(self, path: str, mounts: list[dict]) -> None:
+        self.path = path
+        self.mounts = mounts
+
+    @classmethod
+    def make(cls, path: str) -> HostRoot:
+        """Made at ``path`` (which must not exist)."""
+        os.mkdir(path, 0o755)
+        os.chmod(path, 0o755)  # whatever the umask
+        mounts = [
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", "mode=1777"]},
+            {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", "mode=755"]},
+        ]
+        try:
+            for name in sorted(os.listdir("/")):
+                host, staged = "/" + name, os.path.join(path, name)
+                st = os.lstat(host)
+                if name in PRIVATE_DIRS:
+                    os.mkdir(staged)
+                    os.chmod(staged, 0o1777 if name == "tmp" else 0o755)
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(host), staged)
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    os.mkdir(staged, 0o755)
+                    options = ["rbind", "rro"]
+                elif stat.S_ISREG(st.st_mode):
+                    open(staged, "x").close()
+                    options = ["bind", "ro"]
+                else:
+                    continue  # sockets and devices at the top of / have no place in a job
+                mounts.append({"destination": host, "type": "bind", "source": host,
+                               "options": options})
+        except BaseException:
+            cls(path, mounts).remove()
+            raise
+        return cls(path, mounts)
+
+    def remove(self) -> None:
+        """Refused while anything is mounted below it (the host's files, for a bind)."""
+        from corral.runtime.containers import remove_work_dir
+
+        remove_work_dir(self.path, None, False)
+
+    @classmethod
+    def shared(cls, directory: str, container_ids) -> HostRoot:
+        """The staging root of a state root's engine (``<directory>/hostroot``).  One left
+        by an earlier engine is used again while it matches the host's ``/``; a stale one
+        is replaced only when ``container_ids()`` says no container is left (removing a
+        mount point takes its mounts away in every namespace: running jobs would lose their
+        /usr), else a new one is made beside it."""
+        path = os.path.join(directory, "hostroot")
+        if os.path.isdir(path):
+            found = cls._read(path)
+            if found is not None:
+                return found
+            if container_ids():
+                path = os.path.join(directory, f"hostroot.{os.getpid()}.{time.time_ns()}")
+            else:
+                for name in os.listdir(directory):
+                    if name == "hostroot" or name.startswith("hostroot."):
+                        cls(os.path.join(directory, name), []).remove()
+        os.makedirs(directory, 0o700, exist_ok=True)
+        return cls.make(path)
+
+    @classmethod
+    def _read(cls, path: str) -> HostRoot | None:
+        """The staging root at ``path`` if it is what ``make`` would make now, else None."""
+        try:
+            fresh = cls.make(path + ".check")
+        except OSError:
+            return None
+        try:
+            same = sorted(os.listdir(path)) == sorted(os.listdir(fresh.path)) and all(
+                os.path.islink(os.path.join(path, n)) == os.path.islink(os.path.join(fresh.path, n))
+                and (not os.path.islink(os.path.join(path, n))
+                     or os.readlink(os.path.join(path, n)) == os.readlink(os.path.join(fresh.path, n)))
+                for n in os.listdir(path))
+        finally:
+            fresh.remove()
+        return cls(path, fresh.mounts) if same else None
 
 
 def _overlay_root(workdir: str, lower: str) -> str:

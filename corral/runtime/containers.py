@@ -242,7 +242,7 @@ class Container:
 
             shutil.rmtree(owned, ignore_errors=True)
         job = self.record.get("job")
-        if job:
+        if job and job.get("workdir"):
             remove_work_dir(job["workdir"], job.get("upper"),
                             bool(job.get("keep")) if keep is None else keep)
 

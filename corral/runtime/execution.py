@@ -182,9 +182,11 @@ def prepare_exec(args) -> PreparedExec:
     if args.preserve_fds < 0:
         raise ConfigError("--preserve-fds", "must not be negative")
     bundle = container.record["bundle"]
-    from corral.oci.config import load_bundle
+    raw = container.record.get("config")  # a supervisor's inline config: no bundle on disk
+    if raw is None:
+        from corral.oci.config import load_bundle
 
-    config, raw = load_bundle(bundle)
+        config, raw = load_bundle(bundle)
     raw = dict(raw)
     raw["process"] = build_process(args, raw.get("process") or {})
     config = parse_config(raw)

@@ -248,20 +248,31 @@ def device_rules(config: Config) -> list[DeviceRule]:
     return rules
 
 
-def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False,
+def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool = False,
             preserve_fds: int = 0, listen_fds: int = 0,
             new_keyring: bool = True, console_socket: str | None = None,
             detach: bool = True, record_extra: dict | None = None,
-            journal: Callable[[dict], None] | None = None) -> PreparedContainer:
+            journal: Callable[[dict], None] | None = None,
+            config: Config | None = None, raw: dict | None = None) -> PreparedContainer:
     """Validates everything that can be validated before touching the host, then makes the
     state dir (claiming the id), the exec fifo and the cgroup.  ``detach``: the caller
     returns before the process ends (create, run -d).  ``record_extra``: more fields for
     state.json (the supervisor marks its own containers).  ``journal(record)``: the
     supervisor's record of creations in flight, instead of a first state.json (pid 0)
-    before the cgroup: state.json is then written once, with the pid."""
+    before the cgroup: state.json is then written once, with the pid.  ``config``: the
+    config itself, parsed, instead of a bundle's (an absolute root path; ``bundle`` is then
+    only the directory the record names, and hooks run in: the state dir by default; ``raw``,
+    its JSON, goes into the record, for a later ``exec``)."""
     validate_id(container_id)
-    bundle = os.path.abspath(bundle)
-    config, _raw = load_bundle(bundle)
+    if config is None:
+        bundle = os.path.abspath(bundle)
+        config, _raw = load_bundle(bundle)
+    else:
+        bundle = os.path.abspath(bundle) if bundle else os.path.join(os.path.abspath(root),
+                                                                     container_id)
+        if not os.path.isdir(config.root_path):
+            problem = "is not a directory" if os.path.exists(config.root_path) else "does not exist"
+            raise ConfigError("root.path", f"rootfs {config.root_path} {problem}")
     _check_terminal(config, console_socket, detach)
     from corral.oci.host import check_host
 
@@ -321,6 +332,8 @@ def prepare(root: str, container_id: str, bundle: str, *, no_pivot: bool = False
                         and config.linux.resources.memory.limit is not None),
         **(record_extra or {}),
     }
+    if raw is not None:
+        record["config"] = raw
     hooks = config.hooks
     if hooks.poststart or hooks.poststop:  # what `start` and `delete` run, without the config
         from corral.runtime.hooks import hooks_to_json

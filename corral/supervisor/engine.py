@@ -16,7 +16,6 @@ from __future__ import annotations
 import codecs
 import math
 import os
-import shutil
 import signal as _signal
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
@@ -67,6 +66,8 @@ class Engine:
         self._background: set[trio.CancelScope] = set()
         # stdio of containers that neither log nor were given any
         self._null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        self._job_templates: dict = {}  # a job template's config, parsed (_job_config)
+        self._staging = None  # host-root jobs' staging root (_host_root)
         self.journal: CreationJournal | None = None  # the daemon's (open_engine)
 
     def _spawn(self, fn, *args) -> None:
@@ -107,33 +108,36 @@ class Engine:
     async def create(self, cid: str, *, bundle: str | None = None, config: dict | None = None,
                      logs: bool = True, stdio: tuple[int, int, int] | None = None,
                      timeout: float | None = None, _extra: dict | None = None,
-                     _host_step: tuple | None = None) -> dict:
+                     _host_step: tuple | None = None, _parsed=None) -> dict:
         """A container from a bundle directory, or from an inline OCI ``config`` (its
-        ``root.path`` absolute), created up to the exec-fifo wait.  Its stdout/stderr go to
-        log files in its state dir (``logs``) or to ``stdio``."""
+        ``root.path`` absolute: no bundle is written, its bundle is its state directory),
+        created up to the exec-fifo wait.  Its stdout/stderr go to log files in its state
+        dir (``logs``) or to ``stdio``.  ``_parsed``: a job's config, parsed (run_job)."""
         from corral.runtime.prepare import prepare
         from corral.runtime.trio_driver import create_container
 
         validate_id(cid)
-        if (bundle is None) == (config is None):
+        if _parsed is None and (bundle is None) == (config is None):
             raise ConfigError("bundle", "give exactly one of bundle and config")
+        raw = config
+        if config is not None:
+            _parsed = _inline_config(config)
+        elif _parsed is not None:
+            _parsed, raw = _parsed
         await self._prune_one(cid)
         if cid in self._busy or cid in self.tracked:
             raise ContainerExists(cid)
         self._busy.add(cid)
         if self.journal is not None:
             self.journal.begin()
-        owned = None
         try:
-            if config is not None:
-                owned = bundle = self._write_bundle(cid, config)
-            extra = {"managed": MANAGED, **({"ownedBundle": owned} if owned else {}),
-                     **(_extra or {})}
+            extra = {"managed": MANAGED, **(_extra or {})}
             if not logs and stdio is None:
                 stdio = (self._null, self._null, self._null)
             async with self._creates:
                 prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra,
-                                   journal=self.journal or _unjournaled)
+                                   journal=self.journal or _unjournaled, config=_parsed,
+                                   raw=raw)
                 if _host_step is not None:  # a job's network attach (run_job)
                     prepared.add_host_step(*_host_step)
                 log_spec = ({"dir": prepared.state_dir.path, "max_bytes": self.log_max_bytes,
@@ -141,10 +145,6 @@ class Engine:
                 await create_container(
                     prepared, self.keeper, stdio=stdio, logs=log_spec, track=True,
                     deadline=self.create_timeout if timeout is None else timeout)
-        except BaseException:
-            if owned:
-                shutil.rmtree(owned, ignore_errors=True)
-            raise
         finally:
             self._busy.discard(cid)
             if self.journal is not None:
@@ -154,19 +154,6 @@ class Engine:
         prepared.init_pidfd = -1  # the watcher's now
         self._emit("created", cid, pid=tracked.pid)
         return _oci_state(prepared.record, CREATED)
-
-    def _write_bundle(self, cid: str, config: dict) -> str:
-        if not isinstance(config, dict):
-            raise ConfigError("config", "must be a JSON object (an OCI config.json)")
-        root_path = (config.get("root") or {}).get("path")
-        if not isinstance(root_path, str) or not os.path.isabs(root_path):
-            raise ConfigError("config.root.path", "an inline config needs an absolute root "
-                                                  "path (there is no bundle directory)")
-        path = os.path.join(self.root, SUPERVISOR_DIR, "bundles", cid)
-        os.makedirs(path, 0o700)  # exists: an earlier create of this id is still here
-        with open(os.path.join(path, "config.json"), "w") as f:
-            f.write(json.dumps(config))
-        return path
 
     async def start(self, cid: str, timeout: float | None = None) -> dict:
         """Lets the init exec: opens the exec fifo for reading and waits for its byte."""
@@ -241,29 +228,68 @@ class Engine:
         if not isinstance(job, Job):
             raise ConfigError("job", f"{job!r} is not a corral.Job")
         validate_id(cid)
-        workdir = os.path.join(self.root, SUPERVISOR_DIR, "jobs", cid)
+        workdir = (os.path.join(self.root, SUPERVISOR_DIR, "jobs", cid) if job.needs_workdir
+                   else None)
         await self._prune_one(cid)
-        if cid in self._busy or cid in self.tracked or os.path.exists(workdir):
+        if cid in self._busy or cid in self.tracked or (workdir and os.path.exists(workdir)):
             raise ContainerExists(cid)
         netns = self._joined_netns(job.joins) if job.joins else None
-        made = job.bundle(workdir, cid, self.cgroup_parent, netns=netns)
-        info = {"workdir": workdir, "keep": job.keep, "upper": made.upper,
-                "timeLimit": job.limits.time}
+        if workdir is not None:
+            os.makedirs(workdir, 0o700)
+        upper = os.path.join(workdir, "upper") if job.root is not None else None
+        info = {"workdir": workdir, "keep": job.keep, "upper": upper, "timeLimit": job.limits.time}
         try:
+            config, raw = self._job_config(job, cid, workdir, netns)
             step = None
             if job.bridge is not None:
-                step = await self._network_step(cid, job, made.path, made.config)
+                step = await self._network_step(cid, job, workdir, raw)
                 info["network"] = job.bridge
-            state = await self.create(cid, bundle=made.path, logs=logs, _extra={"job": info},
-                                      _host_step=step)
+            state = await self.create(cid, bundle=workdir, logs=logs, _extra={"job": info},
+                                      _host_step=step, _parsed=(config, raw))
         except BaseException:
-            made.cleanup(keep=False)
+            if workdir is not None:
+                from corral.runtime.containers import remove_work_dir
+
+                remove_work_dir(workdir, upper, False)
             raise
         if job.bridge is not None:  # no checkpoint since create returned (registry.py)
             self.networks.confirm(job.bridge, cid)
         if not start:
             return state
         return await self._start_or_delete(cid)
+
+    def _job_config(self, job, cid: str, workdir: str | None, netns: str | None):
+        """(the job's config parsed, as a dict or None).  The jobs of one template share a
+        parse: only their cgroup path differs (a work directory or a joined namespace make
+        each its own)."""
+        from corral.oci.config import parse_config
+        from corral.record import replace
+
+        cgroups_path = f"/{self.cgroup_parent.strip('/')}/{cid}"
+        if workdir is None and netns is None:
+            key = (json.dumps(job.to_dict()), self.cgroup_parent)
+            cached = self._job_templates.get(key)
+            if cached is None:
+                raw = job.config(cid, self.cgroup_parent, host_root=self._host_root())
+                cached = (parse_config(raw), raw)
+                if len(self._job_templates) >= 256:
+                    self._job_templates.clear()
+                self._job_templates[key] = cached
+            template, raw = cached  # raw's cgroupsPath is another job's: exec reads not it
+            return replace(template, linux=replace(template.linux,
+                                                   cgroups_path=cgroups_path)), raw
+        raw = job.config(cid, self.cgroup_parent, workdir=workdir,
+                         host_root=self._host_root() if job.root is None else None, netns=netns)
+        return parse_config(raw), raw
+
+    def _host_root(self):
+        """The staging root this engine's host-root jobs share (HostRoot), made once."""
+        if self._staging is None:
+            from corral.jobs.job import HostRoot
+
+            self._staging = HostRoot.shared(os.path.join(self.root, SUPERVISOR_DIR),
+                                            lambda: list_ids(self.root))
+        return self._staging
 
     async def _network_step(self, cid: str, job, workdir: str, config: dict) -> tuple:
         """Opens the job's bridge network (the bridge is made on first use) and returns the
@@ -342,7 +368,7 @@ class Engine:
     async def delete(self, cid: str, force: bool = False) -> None:
         tracked = self.tracked.get(cid)
         if (tracked is not None and tracked.exited.is_set() and cid not in self._busy
-                and not tracked.logs and not (tracked.record.get("hooks") or {}).get("poststop")
+                and not (tracked.record.get("hooks") or {}).get("poststop")
                 and not (tracked.job or {}).get("network")):
             if await self._delete_stopped(tracked):
                 self._emit("deleted", cid)
@@ -380,10 +406,10 @@ class Engine:
         self._emit("deleted", cid)
 
     async def _delete_stopped(self, tracked: Tracked) -> bool:
-        """A stopped container of ours without logs, hooks or network, removed on the
-        event loop with the fewest syscalls: its cgroup (empty once the init is gone and
-        it had its own pid namespace, as good as empty otherwise), then its state dir.
-        False when it is not that simple (the general path then does it)."""
+        """A stopped container of ours without hooks or network, removed on the event loop
+        with the fewest syscalls: its cgroup (empty once the init is gone and it had its own
+        pid namespace), its logs closed by the keeper, then its state dir.  False when it is
+        not that simple (the general path then does it)."""
         record = tracked.record
         cgroup = None
         if record.get("cgroup"):
@@ -395,6 +421,8 @@ class Engine:
         self._busy.add(tracked.id)
         try:
             with trio.CancelScope(shield=True):
+                if tracked.logs and tracked.managed and self.keeper.alive:
+                    await self.keeper.close_logs(tracked.state_dir)
                 if cgroup is not None:
                     # a cgroup whose last task just exited may say EBUSY for a moment
                     for delay in (0, 0.001, 0.004, 0.016, 0.05, 0.1, 0.2, 0.4, 0.8):
@@ -405,7 +433,8 @@ class Engine:
                     else:
                         await trio.to_thread.run_sync(cgroup.destroy)
                 state_dir = StateDir(self.root, tracked.id)
-                if not state_dir.try_remove(("state.json", "exit.json", "exec.fifo")):
+                if not state_dir.try_remove(("state.json", "exit.json", "exec.fifo",
+                                             "stdout.log", "stderr.log")):
                     await trio.to_thread.run_sync(state_dir.remove)
                 Container(state_dir, record).remove_supervisor_files()
         finally:
@@ -685,6 +714,20 @@ class Engine:
         return True
 
 
+def _inline_config(config: object):
+    """An API caller's OCI config, parsed: there is no bundle to resolve a relative root
+    path against."""
+    from corral.oci.config import parse_config
+
+    if not isinstance(config, dict):
+        raise ConfigError("config", "must be a JSON object (an OCI config.json)")
+    root_path = (config.get("root") or {}).get("path")
+    if not isinstance(root_path, str) or not os.path.isabs(root_path):
+        raise ConfigError("config.root.path", "an inline config needs an absolute root "
+                                              "path (there is no bundle directory)")
+    return parse_config(config)
+
+
 def _unjournaled(record: dict) -> None:
     """An embedded engine's creations: nobody adopts them after a crash, so nothing is
     written before the init's pid (state.json is written once, then)."""
@@ -830,6 +873,8 @@ async def open_engine(root: str, *, daemon: bool = False, **options) -> AsyncIte
                     nursery.cancel_scope.cancel()
                     with trio.CancelScope(shield=True):  # unused bridges go (registry.py)
                         await trio.to_thread.run_sync(engine.networks.close)
+                    if engine._staging is not None and not list_ids(root):
+                        engine._staging.remove()  # no job left that could be using it
     finally:
         if lock is not None:
             lock.release()

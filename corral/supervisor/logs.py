@@ -22,16 +22,18 @@ def log_path(state_dir: str, stream: str, generation: int = 0) -> str:
 class LogFile:
     """One stream of one container.  At ``max_bytes`` the file becomes ``.1`` (older ones
     shift up, the one past ``keep`` is dropped) and a new file starts: the disk a container
-    can fill is bounded by ``max_bytes * (keep + 1)``."""
+    can fill is bounded by ``max_bytes * (keep + 1)``.  The file is made with the first
+    output: a container that writes nothing has none (a reader finds nothing either way)."""
 
     def __init__(self, state_dir: str, stream: str, max_bytes: int, keep: int) -> None:
+        if not os.path.isdir(state_dir):
+            raise FileNotFoundError(2, "no such state directory", state_dir)
         self.state_dir = state_dir
         self.stream = stream
         self.max_bytes = max(max_bytes, 1)
         self.keep = max(keep, 0)
         self.fd = -1
         self.size = 0
-        self._open()
 
     def _open(self) -> None:
         self.fd = os.open(log_path(self.state_dir, self.stream),
@@ -39,6 +41,8 @@ class LogFile:
         self.size = os.fstat(self.fd).st_size
 
     def write(self, data: bytes) -> None:
+        if self.fd < 0 and data:
+            self._open()
         while data:
             room = self.max_bytes - self.size
             if room <= 0:
@@ -76,9 +80,14 @@ class LogReader:
     def __init__(self, state_dir: str, stream: str) -> None:
         self.state_dir = state_dir
         self.stream = stream
-        self._pending = sorted(
-            (gen for gen in range(1, 64) if os.path.exists(log_path(state_dir, stream, gen))),
-            reverse=True)
+        try:
+            names = os.listdir(state_dir)
+        except FileNotFoundError:
+            names = []
+        prefix = f"{stream}.log."
+        self._pending = sorted((int(n[len(prefix):]) for n in names
+                                if n.startswith(prefix) and n[len(prefix):].isdigit()),
+                               reverse=True)
         self.fd = -1
 
     def read(self, size: int = 65536) -> bytes:
