@@ -77,11 +77,26 @@ _PY_CONSTANTS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": flo
 def dumps(obj, indent: int | str | None = None, separators: tuple[str, str] | None = None) -> str:
     if separators is None:
         separators = (",", ": ") if indent is not None else (", ", ": ")
+    if indent is None:
+        # json's own C encoder (what json.dumps uses), without json.encoder's import of re
+        encoder = _encoders.get(separators)
+        if encoder is None:
+            encoder = _encoders[separators] = _json.make_encoder(
+                None, _not_serializable, _json.encode_basestring_ascii, None, separators[1],
+                separators[0], False, False, True)
+        return "".join(encoder(obj, 0))
     if isinstance(indent, int):
         indent = " " * indent
     out: list[str] = []
     _encode(obj, out, indent, separators[0], separators[1], 0)
     return "".join(out)
+
+
+_encoders: dict = {}
+
+
+def _not_serializable(obj):
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
 def _encode(obj, out: list, indent, item_sep: str, key_sep: str, level: int) -> None:

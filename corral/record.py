@@ -79,7 +79,13 @@ class Record:
         return self._values() == other._values()
 
     def __hash__(self) -> int:
-        return hash((type(self), self._values()))
+        # frozen: computed once (configs key the plan cache, and share sub-records)
+        try:
+            return self.__dict__["_hash"]
+        except KeyError:
+            value = hash((type(self), self._values()))
+            object.__setattr__(self, "_hash", value)
+            return value
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)

@@ -158,13 +158,20 @@ class Cgroup:
     @classmethod
     def for_container(cls, layout: Layout, cgroups_path: str | None, container_id: str,
                       default_parent: str = "corral", *,
-                      proc_self_cgroup: str = "/proc/self/cgroup") -> Cgroup:
+                      proc_self_cgroup: str = "/proc/self/cgroup",
+                      controllers: frozenset[str] | None = None) -> Cgroup:
+        """``controllers``: only the hierarchies holding one of these (``unified`` for the
+        cgroup2 one); all by default, as runc makes them for an OCI bundle."""
         parent = split_path(default_parent, "default cgroup parent")
         if not parent:
             raise ConfigError("default cgroup parent", "must not be empty")
         paths = resolve(layout, cgroups_path, container_id, "/".join(parent),
                         proc_self_cgroup)
         mounts = layout.hierarchies()
+        if controllers is not None:
+            keep = [k for k in paths if controllers & set(k.split(","))]
+            paths = {k: paths[k] for k in keep}
+            mounts = {k: mounts[k] for k in keep}
         prune: dict[str, list[str]] = {k: [] for k in paths}
         if not cgroups_path:
             for key, point in mounts.items():

@@ -793,9 +793,26 @@ def passwd_of(config, rootfs: str) -> str | None:
     """Where the host reaches the container's /etc/passwd: a bind mount's source when one
     covers it (the last such mount wins, as it would in the container), else the rootfs's
     own file, resolved inside the rootfs."""
+    key = (id(config.mounts), rootfs)
+    hit = _passwds.get(key)
+    if hit is not None and hit[0] is config.mounts:
+        return hit[1]
+    found = _passwd_of(config, rootfs)
+    if len(_passwds) > 256:
+        _passwds.clear()
+    _passwds[key] = (config.mounts, found)
+    return found
+
+
+_passwds: dict = {}
+
+
+def _passwd_of(config, rootfs: str) -> str | None:
     found = None
     for mount in config.mounts:
         dest = _clean(mount.destination)
+        if dest not in ("/etc", "/etc/passwd", "/"):
+            continue
         opts = m.parse_mount_options(mount.options)
         if not _is_bind(mount, opts) or not mount.source:
             if dest in ("/etc", "/etc/passwd", "/"):

@@ -253,7 +253,8 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
             new_keyring: bool = True, console_socket: str | None = None,
             detach: bool = True, record_extra: dict | None = None,
             journal: Callable[[dict], None] | None = None,
-            config: Config | None = None, raw: dict | None = None) -> PreparedContainer:
+            config: Config | None = None, raw: dict | None = None,
+            controllers: frozenset[str] | None = None) -> PreparedContainer:
     """Validates everything that can be validated before touching the host, then makes the
     state dir (claiming the id), the exec fifo and the cgroup.  ``detach``: the caller
     returns before the process ends (create, run -d).  ``record_extra``: more fields for
@@ -262,7 +263,8 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
     before the cgroup: state.json is then written once, with the pid.  ``config``: the
     config itself, parsed, instead of a bundle's (an absolute root path; ``bundle`` is then
     only the directory the record names, and hooks run in: the state dir by default; ``raw``,
-    its JSON, goes into the record, for a later ``exec``)."""
+    its JSON, goes into the record, for a later ``exec``).  ``controllers``: the cgroup
+    hierarchies to make (all by default)."""
     validate_id(container_id)
     if config is None:
         bundle = os.path.abspath(bundle)
@@ -296,7 +298,8 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
     if preserve_fds < 0:
         raise ConfigError("--preserve-fds", "must not be negative")
     layout = detect()
-    cgroup = Cgroup.for_container(layout, config.linux.cgroups_path, container_id)
+    cgroup = Cgroup.for_container(layout, config.linux.cgroups_path, container_id,
+                                  controllers=controllers)
     if rootless and not rl.cgroup_delegated(cgroup):
         rl.check_no_cgroup(config)
         sys.stderr.write(f"corral: warning: rootless: no cgroup for {container_id} (the "

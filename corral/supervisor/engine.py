@@ -108,7 +108,8 @@ class Engine:
     async def create(self, cid: str, *, bundle: str | None = None, config: dict | None = None,
                      logs: bool = True, stdio: tuple[int, int, int] | None = None,
                      timeout: float | None = None, _extra: dict | None = None,
-                     _host_step: tuple | None = None, _parsed=None) -> dict:
+                     _host_step: tuple | None = None, _parsed=None,
+                     _controllers: frozenset[str] | None = None) -> dict:
         """A container from a bundle directory, or from an inline OCI ``config`` (its
         ``root.path`` absolute: no bundle is written, its bundle is its state directory),
         created up to the exec-fifo wait.  Its stdout/stderr go to log files in its state
@@ -137,7 +138,7 @@ class Engine:
             async with self._creates:
                 prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra,
                                    journal=self.journal or _unjournaled, config=_parsed,
-                                   raw=raw)
+                                   raw=raw, controllers=_controllers)
                 if _host_step is not None:  # a job's network attach (run_job)
                     prepared.add_host_step(*_host_step)
                 log_spec = ({"dir": prepared.state_dir.path, "max_bytes": self.log_max_bytes,
@@ -245,7 +246,8 @@ class Engine:
                 step = await self._network_step(cid, job, workdir, raw)
                 info["network"] = job.bridge
             state = await self.create(cid, bundle=workdir, logs=logs, _extra={"job": info},
-                                      _host_step=step, _parsed=(config, raw))
+                                      _host_step=step, _parsed=(config, raw),
+                                      _controllers=_job_controllers(job))
         except BaseException:
             if workdir is not None:
                 from corral.runtime.containers import remove_work_dir
@@ -470,9 +472,9 @@ class Engine:
     async def wait(self, cid: str) -> int | None:
         """The exit status once the init has exited (None when nobody could know it: a
         container of the command line's, or one whose keeper died with it)."""
-        self._load(cid)
         tracked = self.tracked.get(cid)
-        if tracked is None:
+        if tracked is None or not os.path.isdir(tracked.state_dir):
+            self._forget_if_gone(cid)
             return self._state_of(self._load(cid)).get("exitStatus")
         await tracked.exited.wait()
         return tracked.exit_status
@@ -527,9 +529,9 @@ class Engine:
         for stream in streams:
             if stream not in STREAMS:
                 raise ConfigError("stream", f"{stream!r}: use stdout or stderr")
-        container = self._load(cid)
-        readers = [LogReader(container.state_dir.path, s) for s in streams]
         tracked = self.tracked.get(cid)
+        state_dir = tracked.state_dir if tracked is not None else self._load(cid).state_dir.path
+        readers = [LogReader(state_dir, s) for s in streams]
         try:
             while True:
                 ended = not follow or tracked is None or tracked.exited.is_set()
@@ -712,6 +714,18 @@ class Engine:
         except OSError:
             pass
         return True
+
+
+# The cgroup hierarchies of a job of ours (a host or directory root): the cgroup2 one (every
+# process, kill, freeze, events), memory (its limit, its peak), pids (its limit, no fork bomb),
+# devices (the default rules), and cpu for a CPU limit.  A bundle's job gets them all.
+JOB_CONTROLLERS = frozenset({"unified", "memory", "pids", "devices"})
+
+
+def _job_controllers(job) -> frozenset[str] | None:
+    if job.bundle_dir is not None:
+        return None
+    return JOB_CONTROLLERS | ({"cpu"} if job.limits.cpus is not None else set())
 
 
 def _inline_config(config: object):
