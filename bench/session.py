@@ -41,7 +41,7 @@ class Session:
         signal.signal(signal.SIGINT, _on_signal)
         try:
             self.ws = Workspace()
-            self.runtimes, self.absent = discover(os.path.join(self.ws.dir, "state"))
+            self.runtimes, self.absent = discover(self.ws.state)
             timer = self.ws.compile("timer")
             self.host = self._helper(False, timer, "host")
             for rt in self.runtimes:

@@ -17,13 +17,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from bench import oneshot, plots, report, supervisor, throughput
+from bench import batch, oneshot, plots, report, supervisor, throughput
 from bench.errors import BenchError, NotMeasured
 from bench.machine import describe
 from bench.runtimes import install_missing
 from bench.session import Interrupted, Session
 from bench.stats import median
-from bench.workspace import HERE
+from bench.workspace import HERE, PRIVATE_MOUNTS
 
 LEVELS = (1, 2, 4, 8, 16, 32, 64)
 SUPERVISOR_LIVE = (0, 100, 1000)
@@ -42,6 +42,9 @@ class Sizes:
     min_n: int
     live: tuple[int, ...] = SUPERVISOR_LIVE  # sleeping containers for the supervisor's memory
     soak_jobs: int = SOAK_JOBS
+    batch_jobs: int = 1000  # host-root /bin/true jobs per batch (issue 13)
+    batch_rounds: int = 3
+    cpu_n: int = 512  # containers of the CPU-per-container profile (at concurrency 8)
 
     def n(self, concurrency: int) -> int:
         return max(self.min_n, self.per_concurrency * concurrency)
@@ -51,16 +54,20 @@ class Sizes:
                 "throughput rounds": str(self.throughput_rounds),
                 "N per concurrency": ", ".join(f"{c}: {self.n(c)}" for c in self.levels),
                 "supervisor live containers": ", ".join(map(str, self.live)),
-                "soak jobs": str(self.soak_jobs)}
+                "soak jobs": str(self.soak_jobs),
+                "batch jobs": f"{self.batch_jobs} x {self.batch_rounds} round(s)",
+                "CPU profile containers": str(self.cpu_n)}
 
 
 MODES = {
     "full": Sizes(oneshot_rounds=30, warmup=2, throughput_rounds=3, levels=LEVELS,
                   per_concurrency=4, min_n=24),
     "quick": Sizes(oneshot_rounds=10, warmup=1, throughput_rounds=1, levels=LEVELS,
-                   per_concurrency=2, min_n=8, soak_jobs=1000),
+                   per_concurrency=2, min_n=8, soak_jobs=1000, batch_jobs=300, batch_rounds=1,
+                   cpu_n=128),
     "smoke": Sizes(oneshot_rounds=1, warmup=0, throughput_rounds=1, levels=(1, 2),
-                   per_concurrency=1, min_n=2, live=(0, 2), soak_jobs=10),
+                   per_concurrency=1, min_n=2, live=(0, 2), soak_jobs=10, batch_jobs=8,
+                   batch_rounds=1, cpu_n=8),
 }
 
 
@@ -76,6 +83,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="results directory (default: bench/results/<timestamp>)")
     parser.add_argument("--no-install", action="store_true",
                         help="do not apt-get install a missing runc or crun: report it missing")
+    parser.add_argument("--state-on-disk", action="store_true",
+                        help="keep the runtimes' state roots on the disk's /tmp (default: a "
+                        "tmpfs in the suite's own mount namespace, as /run is on a production "
+                        "host)")
     args = parser.parse_args(argv)
     args.mode = args.mode or "full"
     return args
@@ -91,6 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/run: must run as root (containers, cgroups)", file=sys.stderr)
         return 2
+    if not args.state_on_disk and os.environ.get(PRIVATE_MOUNTS) != "1":
+        # A mount namespace of the suite's own, private: its tmpfs is nobody else's, and
+        # goes with the suite (every runtime it runs, and their containers, are inside).
+        os.environ[PRIVATE_MOUNTS] = "1"
+        os.execvp("unshare", ["unshare", "--mount", "--propagation", "private",
+                              sys.executable, "-m", "bench", *(argv if argv is not None
+                                                               else sys.argv[1:])])
     notes = [] if args.no_install else install_missing(["runc", "crun"])
     for note in notes:
         print(f"bench: {note}", file=sys.stderr)
@@ -117,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 def measure(session: Session, sizes: Sizes, started: str, mode: str) -> report.Outcome:
     ws, runtimes = session.ws, session.runtimes
     machine = describe({rt.name: rt.version for rt in runtimes})
+    machine["state roots"] = ("a tmpfs in the suite's own mount namespace (as /run on a "
+                              "production host)" if ws.state_on_tmpfs else
+                              "the disk's /tmp (--state-on-disk)")
 
     log(f"one-shot: {sizes.oneshot_rounds} rounds, {', '.join(rt.name for rt in runtimes)}")
     samples = oneshot.measure(runtimes, ws, sizes.oneshot_rounds, sizes.warmup)
@@ -139,6 +160,15 @@ def measure(session: Session, sizes: Sizes, started: str, mode: str) -> report.O
                                           sizes.throughput_rounds)
     absent_contenders.update(dropped)
 
+    log(f"CPU per container: {sizes.cpu_n} through the supervisor at concurrency 8")
+    try:
+        cpu = supervisor.cpu_profile(ws, sizes.cpu_n, min(8, max(sizes.levels)))
+    except NotMeasured as e:
+        cpu = str(e)
+    log(f"batches: {sizes.batch_jobs} host-root jobs, --parallel 8, {sizes.batch_rounds} "
+        f"round(s): corral batch, crun run and bwrap from xargs")
+    batches, batches_absent = batch.measure(ws, session.host, runtimes, sizes.batch_jobs, 8,
+                                            sizes.batch_rounds)
     log(f"supervisor memory: {', '.join(map(str, sizes.live))} live containers")
     try:
         rss = {live: supervisor.rss(ws, live) for live in sizes.live}
@@ -152,7 +182,8 @@ def measure(session: Session, sizes: Sizes, started: str, mode: str) -> report.O
     return report.Outcome(started=started, mode=mode, machine=machine,
                           sizes=sizes.describe(), runtimes=[rt.name for rt in runtimes],
                           absent=session.absent, oneshot=samples, throughput=results,
-                          throughput_absent=absent_contenders, supervisor_rss=rss, soak=soak)
+                          throughput_absent=absent_contenders, supervisor_rss=rss, soak=soak,
+                          batches=batches, batches_absent=batches_absent, cpu=cpu)
 
 
 def write(outcome: report.Outcome, out_dir: str, update_latest: bool) -> None:
@@ -182,6 +213,8 @@ def summary(o: report.Outcome) -> dict:
         "supervisor_memory_kib": (o.supervisor_rss if isinstance(o.supervisor_rss, str) else
                                   {live: asdict(m) for live, m in o.supervisor_rss.items()}),
         "soak": o.soak if isinstance(o.soak, str) else asdict(o.soak),
+        "batch_jobs_per_s": {n: round(r, 2) for n, r in report.batch_rates(o).items()},
+        "cpu_ms_per_container": o.cpu if isinstance(o.cpu, str) else asdict(o.cpu),
     }
 
 

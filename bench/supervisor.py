@@ -60,7 +60,7 @@ class Daemon:
     """A `corral supervise` of the workspace: its process, its keeper's pid, its socket."""
 
     def __init__(self, ws: Workspace) -> None:
-        self.root = os.path.join(ws.dir, "supervisor")
+        self.root = os.path.join(ws.state, "supervisor")
         self.socket = os.path.join(self.root, "supervise.sock")
         self.log = os.path.join(ws.dir, "supervisor.log")
         with open(self.log, "w") as log:
@@ -271,6 +271,84 @@ async def _pool(conn, socket: str, bundles: list[str], concurrency: int) -> tupl
         for c in conns[1:]:
             await c.aclose()
     return wall, latencies
+
+
+# ---- CPU per container ----
+
+
+@dataclass
+class CpuProfile:
+    """CPU per container, ms, over one batch at one concurrency (utime + stime deltas)."""
+
+    n: int
+    concurrency: int
+    rate: float
+    children: float  # launcher, init and its program: reaped by the keeper
+    daemon: float
+    keeper: float  # the keeper and its spawner
+    client: float  # the suite's trio client: three API calls per container
+    kernel: float  # everything else the machine was busy with: kworkers, RCU, softirqs
+
+    @property
+    def total(self) -> float:
+        return self.children + self.daemon + self.keeper + self.client + self.kernel
+
+
+def _ticks(pid: int) -> tuple[int, int]:
+    """(own utime + stime, reaped children's cutime + cstime), clock ticks."""
+    with open(f"/proc/{pid}/stat") as f:
+        raw = f.read()
+    fields = raw[raw.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+
+
+def _busy_ticks() -> int:
+    """Every CPU's busy time, from /proc/stat: all but idle and iowait."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4]
+
+
+def _spawner_of(keeper: int) -> int | None:
+    for task in os.listdir(f"/proc/{keeper}/task"):
+        with open(f"/proc/{keeper}/task/{task}/children") as f:
+            for pid in map(int, f.read().split()):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as c:
+                        if b"spawner" in c.read():
+                            return pid
+                except OSError:
+                    continue
+    return None
+
+
+def cpu_profile(ws: Workspace, n: int, concurrency: int) -> CpuProfile:
+    """Where a container's CPU goes, over a batch of ``n`` through the daemon."""
+    import resource
+
+    d = daemon(ws)
+    spawner = _spawner_of(d.keeper)
+    tick = os.sysconf("SC_CLK_TCK")
+    me0 = resource.getrusage(resource.RUSAGE_SELF)
+    d0, k0 = _ticks(d.proc.pid), _ticks(d.keeper)
+    s0 = _ticks(spawner)[0] if spawner else 0
+    busy0 = _busy_ticks()
+    batch = throughput(ws, n, concurrency)
+    busy1 = _busy_ticks()
+    d1, k1 = _ticks(d.proc.pid), _ticks(d.keeper)
+    s1 = _ticks(spawner)[0] if spawner else 0
+    me1 = resource.getrusage(resource.RUSAGE_SELF)
+
+    def ms(ticks: float) -> float:
+        return ticks / tick / n * 1000
+
+    client = (me1.ru_utime - me0.ru_utime + me1.ru_stime - me0.ru_stime) / n * 1000
+    children = ms(k1[1] - k0[1])
+    daemon_ms = ms(d1[0] - d0[0])
+    keeper = ms(k1[0] - k0[0] + s1 - s0)
+    total = ms(busy1 - busy0)
+    return CpuProfile(n, concurrency, batch.rate, children, daemon_ms, keeper, client,
+                      max(0.0, total - children - daemon_ms - keeper - client))
 
 
 # ---- memory ----

@@ -48,13 +48,25 @@ def is_v1_cpuset(path: str) -> bool:
             and not os.path.exists(os.path.join(path, "cgroup.controllers")))
 
 
+#: Set by suite.main once it runs in a private mount namespace of its own.
+PRIVATE_MOUNTS = "CORRAL_BENCH_PRIVATE_MOUNTS"
+
+
 class Workspace:
     """Temp directory + cgroup parent; bundles of /bin/true share one read-only rootfs."""
 
     def __init__(self) -> None:
         self.parent = f"corral-bench-{os.getpid()}"
         self.dir = tempfile.mkdtemp(prefix="corral-bench-")
+        # Every runtime's state root: a tmpfs, as /run is on a production host, when the
+        # suite runs in a mount namespace of its own (suite.main); else the disk's /tmp.
+        self.state = os.path.join(self.dir, "state")
+        os.mkdir(self.state)
+        self.state_on_tmpfs = os.environ.get(PRIVATE_MOUNTS) == "1"
         try:
+            if self.state_on_tmpfs:
+                subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0711", "corral-bench",
+                                self.state], check=True, capture_output=True, text=True)
             self.rootfs = build_rootfs(os.path.join(self.dir, "rootfs"))
             self.bundles = os.path.join(self.dir, "bundles")
             os.mkdir(self.bundles)
@@ -158,6 +170,8 @@ class Workspace:
             time.sleep(0.01)
 
     def close(self) -> None:
+        if self.state_on_tmpfs:
+            subprocess.run(["umount", "-l", self.state], capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

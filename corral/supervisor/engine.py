@@ -67,6 +67,9 @@ class Engine:
         # stdio of containers that neither log nor were given any
         self._null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
         self._job_templates: dict = {}  # a job template's config, parsed (_job_config)
+        # cgroup parents our creations made (a job's cgroup parent): removed at the end
+        # when no container is left in them
+        self._made_parents: set[str] = set()
         self._staging = None  # host-root jobs' staging root (_host_root)
         self.journal: CreationJournal | None = None  # the daemon's (open_engine)
 
@@ -87,6 +90,11 @@ class Engine:
     def _close(self) -> None:
         for scope in list(self._background):
             scope.cancel()
+        for path in sorted(self._made_parents, key=len, reverse=True):
+            try:
+                os.rmdir(path)  # EBUSY while a container is in it: it stays, as it should
+            except OSError:
+                pass
         if self._null >= 0:
             os.close(self._null)
             self._null = -1
@@ -150,6 +158,9 @@ class Engine:
             self._busy.discard(cid)
             if self.journal is not None:
                 self.journal.end()
+        if prepared.cgroup is not None:
+            for dirs in prepared.cgroup.prune.values():
+                self._made_parents.update(dirs)
         tracked = self._track(cid, prepared.state_dir.path, prepared.record,
                               pidfd=prepared.init_pidfd, logs=log_spec is not None)
         prepared.init_pidfd = -1  # the watcher's now
