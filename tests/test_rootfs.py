@@ -444,16 +444,16 @@ def test_missing_bind_source(box):
 def test_proc_destinations_checked(box):
     box.config["mounts"] = [PROC, {"destination": "/proc/sys", "type": "tmpfs",
                                    "source": "tmpfs"}]
-    assert box.error().startswith("corral: /proc/sys is under /proc")
+    assert box.error().startswith("corral: mounts[1]: /proc/sys is under /proc")
     box.config["mounts"] = [{"destination": "/proc", "type": "tmpfs", "source": "tmpfs"}]
-    assert box.error().startswith("corral: /proc can only be a proc mount")
+    assert box.error().startswith("corral: mounts[0]: /proc can only be a proc mount")
 
 
 def test_proc_destination_through_a_symlink_checked(box):
     """A destination that is a rootfs link into /proc is checked where it lands."""
     os.symlink("/proc/sys", box.bundle.rootfs + "/sneaky")
     box.config["mounts"] = [PROC, {"destination": "/sneaky", "type": "tmpfs", "source": "tmpfs"}]
-    assert "is under /proc: refused" in box.error()
+    assert box.error() == "corral: mounts[1]: /sneaky is under /proc: refused"
 
 
 def test_cgroup_view(box):

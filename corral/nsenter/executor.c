@@ -115,6 +115,7 @@ struct run {
     const char *stage;              /* the running step's name, for Error frames */
     char exec_path[PATH_MAX];
     int null_fd;                    /* the container's checked /dev/null, for masks */
+    int mask_fs;                    /* an empty read-only tmpfs, for masked directories */
     int last_cap;
     uint64_t cap_eff, cap_perm, cap_inh; /* what CAPS set, for SECCOMP's CAP_SYS_ADMIN drop */
 };
@@ -367,15 +368,20 @@ static int reg_index(struct args *a, int64_t v)
 
 /* ---- paths inside the rootfs ---------------------------------------------------------- */
 
-static int open_in_root(int root, const char *path, uint64_t flags)
+static int open_in_root_flags(int root, const char *path, uint64_t flags, uint64_t resolve)
 {
     struct open_how how;
     memset(&how, 0, sizeof(how));
     how.flags = flags | O_CLOEXEC;
-    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | resolve;
     while (*path == '/')
         path++;
     return (int)syscall(SYS_openat2, root, *path ? path : ".", &how, sizeof(how));
+}
+
+static int open_in_root(int root, const char *path, uint64_t flags)
+{
+    return open_in_root_flags(root, path, flags, 0);
 }
 
 /* Where fd is, as the runtime's mount namespace sees it; "" when /proc says nothing. */
@@ -1114,15 +1120,23 @@ static int do_resolve(struct run *r, struct args *a)
             return fail(r, like < 0 ? EBADF : errno, "%s: stat the source", what);
         create = S_ISDIR(st.st_mode) ? CREATE_DIR : CREATE_FILE;
     }
-    fd = open_in_root(rootfd, path, O_PATH);
+    /* No symlink on the way: the destination is where its path says, which the plan's
+     * compiler checked; only a path through a symlink needs the check of where it landed. */
+    int linked = 0;
+    fd = open_in_root_flags(rootfd, path, O_PATH, RESOLVE_NO_SYMLINKS);
+    if (fd < 0 && errno == ELOOP) {
+        linked = 1;
+        fd = open_in_root(rootfd, path, O_PATH);
+    }
     r->made[reg] = 0;
     if (fd < 0 && errno == ENOENT && create != CREATE_NONE) {
         r->made[reg] = 1;
+        linked = 1; /* made through whatever links the path has: look where */
         fd = create == CREATE_DIR ? mkdirs_in_root(rootfd, path, 0) : mkfile_in_root(rootfd, path, 0);
     }
     if (fd < 0)
         return fail(r, errno, "%s", what);
-    if (proc_check) {
+    if (proc_check && linked) {
         char rel[PATH_MAX];
         path_in_root(rootfd, fd, rel, sizeof(rel));
         if (strcmp(rel, "/proc") == 0 || strncmp(rel, "/proc/", 6) == 0) {
@@ -1130,9 +1144,13 @@ static int do_resolve(struct run *r, struct args *a)
             for (char **p = allowed; p && *p; p++)
                 ok |= strcmp(*p, rel) == 0;
             if (!ok) {
+                /* the field of `what` ("mounts[3]"), then the destination */
+                const char *colon = strstr(what, ": ");
+                int field = colon ? (int)(colon - what) : (int)strlen(what);
                 close(fd);
-                fail(r, 0, strcmp(rel, "/proc") == 0 ? "%s can only be a proc mount"
-                                                      : "%s is under /proc: refused", dest);
+                fail(r, 0, strcmp(rel, "/proc") == 0 ? "%.*s: %s can only be a proc mount"
+                                                      : "%.*s: %s is under /proc: refused",
+                     field, what, dest);
                 errno = EINVAL;
                 return -1;
             }
@@ -1772,20 +1790,27 @@ static int do_mask(struct run *r, struct args *a)
         return errno == ENOENT || errno == ENOTDIR ? 0 : fail(r, errno, "%s", what);
     int tree;
     if (S_ISDIR(st.st_mode)) {
-        int fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
-        if (fs < 0)
-            return fail(r, errno, "%s: fsopen tmpfs%s", what, feature("fsopen"));
-        if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+        /* one empty read-only tmpfs for the container's masks, a copy of it on each */
+        if (r->mask_fs < 0) {
+            int fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
+            if (fs < 0)
+                return fail(r, errno, "%s: fsopen tmpfs%s", what, feature("fsopen"));
+            if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) {
+                int err = errno;
+                close(fs);
+                return fail(r, err, "%s: tmpfs", what);
+            }
+            r->mask_fs = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY |
+                                      MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
             int err = errno;
             close(fs);
-            return fail(r, err, "%s: tmpfs", what);
+            if (r->mask_fs < 0)
+                return fail(r, err, "%s: fsmount", what);
         }
-        tree = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY |
-                            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
-        int err = errno;
-        close(fs);
+        tree = (int)syscall(SYS_open_tree, r->mask_fs, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC |
+                            AT_EMPTY_PATH);
         if (tree < 0)
-            return fail(r, err, "%s: fsmount", what);
+            return fail(r, errno, "%s: open_tree of the masking tmpfs", what);
     } else {
         int null = checked_null(r);
         if (null < 0)
@@ -2330,6 +2355,7 @@ static int launch(int sync_fd)
     memset(&r, 0, sizeof(r));
     r.sync_fd = sync_fd;
     r.null_fd = -1;
+    r.mask_fs = -1;
     r.last_cap = -1;
     r.stage = "plan";
     for (int i = 0; i < CORRAL_PLAN_REGS; i++)

@@ -526,8 +526,14 @@ class _Compiler:
 
     def _target(self, root: int, dest: str, create: int, like: int, mount, what: str) -> int:
         """The destination inside the rootfs, made as needed; only procfs goes on /proc, and
-        only a few files under /proc may be covered."""
+        only a few files under /proc may be covered: checked here on the path, and by the
+        executor on where a path through a symlink lands."""
         allowed = PROC_OVERRIDES + (("/proc",) if mount.type == "proc" else ())
+        field = what.split(": ", 1)[0]
+        if dest == "/proc" and dest not in allowed:
+            raise ConfigError(field, f"{mount.destination} can only be a proc mount")
+        if dest.startswith("/proc/") and dest not in allowed:
+            raise ConfigError(field, f"{mount.destination} is under /proc: refused")
         reg = self.regs.take()
         self.t.add("RESOLVE", reg, root, dest, create, like, 1, mount.destination, allowed,
                    what)
