@@ -20,7 +20,7 @@ from tests.conftest import host_mounts, our_children, reap_exited, run_capturing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_RUN = os.path.join(REPO, "bench", "run")
-SECTIONS = ("## Machine", "## Targets (issue 9)", "## One-shot command line",
+SECTIONS = ("## Machine", "## Targets (issue 13)", "## One-shot command line",
             "### One-shot ratios", "## Throughput", "### Throughput ratios",
             "## Latency percentiles", "## Memory", "### Memory ratios", "### Supervisor",
             "## Scale", "## Plots", "## Method")

@@ -642,6 +642,29 @@ def test_load_bundle_returns_config_and_raw(tmp_path):
     assert config == parse_config(raw)
 
 
+@pytest.mark.parametrize("annotated", [False, True], ids=["plain", "annotation-named-so"])
+def test_load_bundle_configs_differing_in_cgroup_path(tmp_path, annotated):
+    """Configs parsed once per content but their cgroup path still get their own path, and
+    a "cgroupsPath" string elsewhere in the document is not taken for it."""
+    loaded = []
+    for n in range(3):
+        raw = minimal()
+        if annotated:
+            raw["annotations"] = {"cgroupsPath": f"note{n}"}
+        else:
+            raw["linux"] = {"cgroupsPath": f"/corral-test/c{n}"}
+        (tmp_path / str(n)).mkdir()
+        config, got = load_bundle(write_bundle(tmp_path / str(n), json.dumps(raw)))
+        assert got == raw
+        loaded.append(config)
+    if annotated:
+        assert [c.linux.cgroups_path for c in loaded] == [None] * 3
+        assert [c.annotations["cgroupsPath"] for c in loaded] == ["note0", "note1", "note2"]
+    else:
+        paths = [c.linux.cgroups_path for c in loaded]
+        assert paths == ["/corral-test/c0", "/corral-test/c1", "/corral-test/c2"]
+
+
 def test_load_bundle_relative_path_and_absolute_root(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     raw = change(minimal(), "root.path", str(tmp_path / "elsewhere"))

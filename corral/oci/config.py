@@ -1319,16 +1319,26 @@ def load_bundle(bundle: str) -> tuple[Config, dict]:
     bundle = os.path.abspath(bundle)
     path = os.path.join(bundle, "config.json")
     data = _read_bytes(path)
-    # A supervisor reads the same config for many containers: one parse per content, and
-    # the same Config object for the same content (plans are cached by it).
-    known = _loaded.get(data)
+    # A supervisor reads configs that differ in their cgroup path alone (an engine's bundle
+    # per container): one parse per content but that path, which is put in afterwards.
+    key, cgroups_path = _without_cgroups_path(data)
+    known = _loaded.get(key)
     if known is None:
         raw = _decode_json(path, data)
-        known = (parse_config(raw), raw)
+        config = parse_config(raw)
+        # The string found must be linux.cgroupsPath (not, say, an annotation's key).
+        if key is not data and config.linux.cgroups_path != cgroups_path:
+            key = data
+        known = (config, raw)
         if len(_loaded) >= 64:
             _loaded.clear()
-        _loaded[data] = known
+        _loaded[key] = known
     config, raw = known
+    if key is not data and config.linux.cgroups_path != cgroups_path:
+        from corral.record import replace
+
+        config = replace(config, linux=replace(config.linux, cgroups_path=cgroups_path))
+        raw = {**raw, "linux": {**raw["linux"], "cgroupsPath": cgroups_path}}
     rootfs = os.path.normpath(os.path.join(bundle, config.root_path))
     if not os.path.isdir(rootfs):
         problem = "is not a directory" if os.path.exists(rootfs) else "does not exist"
@@ -1337,6 +1347,33 @@ def load_bundle(bundle: str) -> tuple[Config, dict]:
 
 
 _loaded: dict[bytes, tuple[Config, dict]] = {}
+
+
+def _without_cgroups_path(data: bytes) -> tuple[bytes, str | None]:
+    """(the config's bytes without its cgroupsPath's value, that value) when the key is
+    there once and its value a plain string; else (the bytes, None)."""
+    at = data.find(b'"cgroupsPath"')
+    if at < 0 or data.find(b'"cgroupsPath"', at + 1) >= 0:
+        return data, None
+    i = at + len(b'"cgroupsPath"')
+    n = len(data)
+    while i < n and data[i] in b" \t\r\n":
+        i += 1
+    if i >= n or data[i] != ord(":"):
+        return data, None
+    i += 1
+    while i < n and data[i] in b" \t\r\n":
+        i += 1
+    if i >= n or data[i] != ord('"'):
+        return data, None
+    end = data.find(b'"', i + 1)
+    if end < 0 or b"\\" in data[i + 1:end]:
+        return data, None
+    try:
+        value = data[i + 1:end].decode()
+    except UnicodeDecodeError:
+        return data, None
+    return data[:i + 1] + data[end:], value
 
 
 def _read_bytes(path: str) -> bytes:

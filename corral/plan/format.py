@@ -163,6 +163,22 @@ _ENCODED_MAX = 4096
 _encoded: dict = {}
 
 
+def _compact(parts: list) -> list:
+    """The plan's header and its steps, with consecutive constant steps joined."""
+    out: list = []
+    run = [_pack_I(MAGIC) + _pack_I(VERSION)]
+    for part in parts:
+        if isinstance(part, bytes):
+            run.append(part)
+        else:
+            out.append(b"".join(run))
+            run = []
+            out.append(part)
+    if run:
+        out.append(b"".join(run))
+    return out
+
+
 def _hashable(args: tuple) -> bool:
     """Arguments that can key the cache: no lists (mutable), no slots."""
     for value in args:
@@ -176,6 +192,7 @@ class Template:
 
     def __init__(self) -> None:
         self._parts: list = []  # bytes, or (op code, [bytes | (Slot, kind)])
+        self._compact: tuple | None = None  # (parts seen, constant runs joined)
         self.slots: set[str] = set()
         self.names: list[str] = []  # the op of each step, for tests and debugging
 
@@ -212,14 +229,25 @@ class Template:
 
     def fill(self, values: dict) -> bytes:
         """The plan frame for one container: ``values`` gives every slot."""
-        out = [_pack_I(MAGIC) + _pack_I(VERSION)]
-        for part in self._parts:
+        if self._compact is None or self._compact[0] != len(self._parts):
+            self._compact = (len(self._parts), _compact(self._parts))
+        encoded: dict = {}  # a slot's value, encoded once however many steps take it
+        out = []
+        for part in self._compact[1]:
             if isinstance(part, bytes):
                 out.append(part)
                 continue
             code, pieces = part
-            body = b"".join(p if isinstance(p, bytes) else ENCODERS[p[1]](values[p[0]])
-                            for p in pieces)
+            chunks = []
+            for p in pieces:
+                if isinstance(p, bytes):
+                    chunks.append(p)
+                else:
+                    value = encoded.get(p)
+                    if value is None:
+                        value = encoded[p] = ENCODERS[p[1]](values[p[0]])
+                    chunks.append(value)
+            body = b"".join(chunks)
             out.append(_pack_step(code, 0, len(body)) + body)
         payload = b"".join(out)
         return frame(MSG_PLAN, payload)
