@@ -33,5 +33,8 @@ class BuildWithExecutor(build_ext):
             "corral.nsenter._nsenter")), "corral-exec")]
 
 
+# The `corral` command is scripts/corral (sh starting Python with -I -S), not a console
+# script: see that file for why.
 setup(cffi_modules=["corral/nsenter/build.py:ffibuilder"],
-      cmdclass={"build_ext": BuildWithExecutor})
+      cmdclass={"build_ext": BuildWithExecutor},
+      scripts=["scripts/corral"])

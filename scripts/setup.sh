@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 packages=(busybox-static libseccomp2 libnftables1 procps python3 python3-venv python3-dev gcc libc6-dev util-linux)
 if [[ "${1:-}" == "--test" ]]; then
-  # runc to compare with; podman (conmon, containers-common) and containerd to drive corral.
-  packages+=(runc podman containerd)
+  # runc and crun to compare with (and bubblewrap, in bench/run's batches); podman (conmon,
+  # containers-common) and containerd to drive corral.
+  packages+=(runc crun bubblewrap podman containerd)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -26,12 +27,7 @@ python=/usr/bin/python3
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 extra=""
 [[ "${1:-}" == "--test" ]] && extra="[test]"
-# compat mode: a plain path entry, not an import hook that every CLI start would pay for.
-.venv/bin/pip install -q --disable-pip-version-check -e ".${extra}" \
-  --config-settings editable_mode=compat
-# The `corral` command itself: a launcher that starts the interpreter with -IS (see
-# corral/cli/launcher.py), in place of pip's slower console script.
-.venv/bin/python -m corral.cli.launcher .venv/bin/corral
+.venv/bin/pip install -q --disable-pip-version-check -e ".${extra}"
 # Byte-compile now: each `corral` call is a new interpreter, and hosts may set
 # PYTHONDONTWRITEBYTECODE, which would make every call compile corral again.
 .venv/bin/python -m compileall -q corral

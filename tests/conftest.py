@@ -124,10 +124,15 @@ def rootfs_template(tmp_path_factory) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _cgroup_parent():
     yield
+    left = []
     for hierarchy in os.listdir("/sys/fs/cgroup"):
         path = os.path.join("/sys/fs/cgroup", hierarchy, CGROUP_PARENT)
         if os.path.isdir(path):
-            os.rmdir(path)
+            try:
+                os.rmdir(path)
+            except OSError as e:  # go on: every other hierarchy's parent is still removed
+                left.append(f"{path}: {e.strerror}")
+    assert not left, f"the suite left cgroups behind: {left}"
 
 
 class Corral:
