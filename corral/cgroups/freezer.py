@@ -16,12 +16,12 @@ from .hierarchy import UNIFIED
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from .group import Cgroup
+    from .hierarchy import Placement
 
 FREEZE_TIMEOUT = 5.0
 
 
-def where(cgroup: Cgroup) -> tuple[str, str]:
+def where(cgroup: Placement) -> tuple[str, str]:
     """("v1", freezer dir) or ("v2", unified dir): the v1 freezer wherever one is mounted."""
     if cgroup.mode != "v2":
         for key, path in cgroup.paths.items():
@@ -39,7 +39,7 @@ def _v2_frozen_event(path: str) -> bool:
     return False
 
 
-def freeze(cgroup: Cgroup, timeout: float = FREEZE_TIMEOUT) -> None:
+def freeze(cgroup: Placement, timeout: float = FREEZE_TIMEOUT) -> None:
     kind, path = where(cgroup)
     deadline = time.monotonic() + timeout
     if kind == "v2":
@@ -70,7 +70,7 @@ def freeze(cgroup: Cgroup, timeout: float = FREEZE_TIMEOUT) -> None:
     raise CgroupError(f"{path}: unable to freeze")
 
 
-def thaw(cgroup: Cgroup, timeout: float = FREEZE_TIMEOUT) -> None:
+def thaw(cgroup: Placement, timeout: float = FREEZE_TIMEOUT) -> None:
     kind, path = where(cgroup)
     deadline = time.monotonic() + timeout
     if kind == "v2":
@@ -90,7 +90,7 @@ def thaw(cgroup: Cgroup, timeout: float = FREEZE_TIMEOUT) -> None:
         time.sleep(0.001)
 
 
-def frozen(cgroup: Cgroup) -> bool:
+def frozen(cgroup: Placement) -> bool:
     """Whether the container's own cgroup is frozen (not merely an ancestor); a cgroup that
     no longer exists is not."""
     kind, path = where(cgroup)

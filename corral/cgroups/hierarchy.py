@@ -11,6 +11,18 @@ import os
 from ..errors import CgroupError, ConfigError, NotSupportedError
 from .files import read_raw
 
+TYPE_CHECKING = False  # typing costs ms on the command line's start-up path
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class Placement(Protocol):
+        """One cgroup's directories: what the freezer and the resource writers need of a
+        ``group.Cgroup``, so that they need not import it (group imports them)."""
+
+        mode: str  # "v1", "v2" or "hybrid"
+        paths: dict[str, str]  # hierarchy key -> the cgroup's directory in it
+        mounts: dict[str, str]  # hierarchy key -> where that hierarchy is mounted
+
 UNIFIED = "unified"  # the key of the cgroup2 hierarchy in Layout/Cgroup dicts
 
 # Mount options of a v1 cgroup mount that are not controllers.

@@ -21,7 +21,7 @@ from .hierarchy import UNIFIED, split_path
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..oci.config import Resources
-    from .group import Cgroup
+    from .hierarchy import Placement
 
 R = "linux.resources"
 _EINVAL = 22
@@ -113,7 +113,7 @@ def write(directory: str, name: str, value: str, field: str, *,
 
 
 class _Driver:
-    def __init__(self, cgroup: Cgroup) -> None:
+    def __init__(self, cgroup: Placement) -> None:
         self.cgroup = cgroup
 
     def dir(self, controller: str, field: str) -> str:
@@ -369,7 +369,7 @@ def _unified_field(key: str) -> str:
     return f"{R}.unified[{json.dumps(key)}]"
 
 
-def enable_controllers(cgroup: Cgroup, need: dict[str, str]) -> None:
+def enable_controllers(cgroup: Placement, need: dict[str, str]) -> None:
     """v2: a cgroup has a controller's files only when every ancestor lists it in
     cgroup.subtree_control; enable what ``need`` names from the mount down to the parent."""
     if not need:
@@ -390,7 +390,7 @@ def enable_controllers(cgroup: Cgroup, need: dict[str, str]) -> None:
         d += "/" + part
 
 
-def apply_unified(cgroup: Cgroup, unified: dict[str, str]) -> None:
+def apply_unified(cgroup: Placement, unified: dict[str, str]) -> None:
     """The spec's raw v2 key → value map, written last (it overrides the typed fields), one
     line per write as runc does; a key whose controller this cgroup lacks is named."""
     if not unified:
@@ -408,7 +408,7 @@ def apply_unified(cgroup: Cgroup, unified: dict[str, str]) -> None:
             write(d, key, line, field)
 
 
-def apply(cgroup: Cgroup, res: Resources) -> None:
+def apply(cgroup: Placement, res: Resources) -> None:
     """Writes every set field of ``res`` (``linux.resources`` but devices) to ``cgroup``."""
     if res.unified and UNIFIED not in cgroup.paths:
         raise ConfigError(f"{R}.unified", "this host has no cgroup v2 hierarchy")

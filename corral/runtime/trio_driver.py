@@ -17,9 +17,21 @@ from corral.errors import CorralError
 from corral.runtime import creation as c
 from corral.runtime import protocol as p
 from corral.runtime.prepare import PreparedContainer
+
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # the keeper is the supervisor's; this driver is given one
-    from corral.supervisor.keeper_handle import KeeperHandle
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class KeeperHandle(Protocol):
+        """What this driver needs of the process that spawns and reaps containers (the
+        supervisor's keeper, ``supervisor.keeper_handle``; this part may not import it)."""
+
+        async def spawn(self, sync_fd: int, stdio: tuple[int, int, int] | None = None,
+                        logs: dict | None = None) -> tuple[int, int]: ...
+        async def track(self, pid: int, state_dir: str) -> None: ...
+        def expect(self, pid: int) -> None: ...
+        def exited(self, pid: int) -> bool: ...
+        def forget(self, pid: int) -> None: ...
 
 DEFAULT_DEADLINE = 60.0
 

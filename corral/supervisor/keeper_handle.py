@@ -48,10 +48,10 @@ class KeeperHandle:
 
     async def spawn(self, sync_fd: int, stdio: tuple[int, int, int] | None = None,
                     logs: dict | None = None) -> tuple[int, int]:
-        """Forks a child that runs ``child_main(sync_fd)`` with ``stdio``, or with its
-        stdout/stderr logged by the keeper (``logs``: dir, max_bytes, keep).  Returns its
-        pid and a pidfd (opened by the keeper before it could reap the child: never a
-        reused pid); the caller owns the pidfd."""
+        """Has the keeper's spawner clone a launcher (``corral-exec launch``) on ``sync_fd``
+        with ``stdio``, or with its stdout/stderr logged by the keeper (``logs``: dir,
+        max_bytes, keep).  Returns its pid and a pidfd (opened by the spawner before the
+        keeper could reap the child: never a reused pid); the caller owns the pidfd."""
         self._check_alive()
         made: list[int] = []
         try:
