@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.conftest import CORRAL, Corral
+from tests.conftest import CGROUP_PARENT, CORRAL, Corral
 from tests.supervisor_fixture import ApiError, Client, Daemon, wait_gone
 
 
@@ -198,6 +198,87 @@ def test_half_made_creation_is_undone_at_restart(daemon):
     c = daemon.client()
     assert [s["id"] for s in c.call("list")] == ["whole"]
     c.call("delete", id="whole", force=True)
+
+
+def _full_listener(path: str) -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose backlog is full: a blocking connect to it waits."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    fillers = []
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            return listener, fillers
+        fillers.append(s)
+
+
+def test_creation_cut_short_is_undone_and_an_ended_one_never(daemon, tmp_path):
+    """The creation journal (`.supervisor/creating`): a daemon SIGKILLed while a creation had
+    no pid yet (its launcher stuck connecting to a seccomp agent whose backlog is full) leaves
+    it for the next daemon to undo (state dir and cgroup); a creation that ended long before,
+    whose container was deleted and whose cgroup path is now another runtime's container's,
+    is never undone."""
+    c = daemon.client()
+    shared = f"/{CGROUP_PARENT}/journal-shared"
+    ended = daemon.config(daemon.rootfs, ["true"], "ended")
+    ended["linux"]["cgroupsPath"] = shared
+    c.call("run", id="ended", config=ended)
+    assert c.call("wait", id="ended")["exitStatus"] == 0
+    c.call("delete", id="ended")
+    # Now the command line (another root) has a container at that cgroup path.
+    other = Corral(str(tmp_path / "other"))
+    bundle = tmp_path / "victim"
+    bundle.mkdir()
+    victim = daemon.config(daemon.rootfs, ["sleep", "60"], "victim")
+    victim["linux"]["cgroupsPath"] = shared
+    (bundle / "config.json").write_text(json.dumps(victim))
+    other("create", "-b", str(bundle), "victim")
+    victim_pid = other.state("victim")["pid"]
+    agent = str(tmp_path / "agent.sock")
+    listener, fillers = _full_listener(agent)
+    try:
+        stuck = daemon.config(daemon.rootfs, ["true"], "stuck")
+        stuck["linux"]["seccomp"] = {
+            "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": agent,
+            "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}
+        c.send("run", id="stuck", config=stuck)
+        journal = os.path.join(daemon.root, ".supervisor", "creating")
+        end = time.monotonic() + 30
+        while '"stuck"' not in open(journal).read():
+            assert time.monotonic() < end, "the creation never began"
+            time.sleep(0.02)
+        stuck_cgroups = [os.path.join("/sys/fs/cgroup", h, CGROUP_PARENT, "stuck")
+                         for h in os.listdir("/sys/fs/cgroup")]
+        end = time.monotonic() + 30
+        while not any(os.path.isdir(d) for d in stuck_cgroups):
+            assert time.monotonic() < end, "the creation made no cgroup"
+            time.sleep(0.02)
+        assert not os.path.exists(os.path.join(daemon.root, "stuck", "state.json"))
+        daemon.stop(signal.SIGKILL)
+        c.close()
+        daemon.start()
+        c = daemon.client()
+        assert c.call("list") == []
+        assert not os.path.exists(os.path.join(daemon.root, "stuck"))
+        assert not any(os.path.isdir(d) for d in stuck_cgroups)
+        # the ended creation's cgroup path, someone else's now, was left alone
+        assert other.state("victim")["status"] == "created"
+        procs = os.path.join("/sys/fs/cgroup/pids", CGROUP_PARENT, "journal-shared",
+                             "cgroup.procs")
+        assert open(procs).read().split() == [str(victim_pid)]
+    finally:
+        for s in [listener, *fillers]:
+            s.close()  # the stuck launcher's connect fails: it exits, the keeper reaps it
+        other("delete", "-f", "victim", check=False)
+        try:
+            os.waitpid(victim_pid, 0)
+        except ChildProcessError:
+            pass
 
 
 # ---- stopping, signals, the exec fifo ----

@@ -260,8 +260,9 @@ class Networks:
         """The creation's host-side step (``PreparedContainer.add_host_step``: begin, undo,
         finish): attach the init's network namespace (``/proc/<pid>/ns/net``, once it
         exists) to the network ``name`` (``open`` it first) on the network's thread while
-        the init builds its rootfs; finish: wait for it, write the job's hosts
-        (its resolv.conf, written by ``Job.bundle``, does not change) and refresh its peers'."""
+        the init builds its rootfs; finish: wait for it, write the job's hosts (its
+        resolv.conf, written with its config by ``Job.config``, does not change) and refresh
+        its peers'."""
         net = self._open[name]
         pending = os.path.join(self._dir(name), PENDING, cid)
         running: list = []  # the attach's Future, once begun

@@ -20,7 +20,7 @@
  *
  * Every syscall is checked.  Until the init reports Waiting, an error goes to the parent as an
  * Error frame (errno, the failed step's name, "<what>: <reason>"); after it (the parent is
- * gone: create returned) it goes to stderr and the init exits 127.
+ * gone: create returned) it goes to stderr and the init exits 1.
  */
 #define _GNU_SOURCE
 #include <dirent.h>

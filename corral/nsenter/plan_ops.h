@@ -1,6 +1,6 @@
 /* The steps of a plan: one line each, OP(NAME, ARGS).  ARGS spells each argument's kind:
  *   i  a 64-bit integer      s  a string (NUL-free)      b  bytes      l  a list of strings
- * corral/plan/format.py encodes the same table (tests/test_plan_format.py compares the two);
+ * corral/plan/format.py encodes the same table (tests/test_plan_steps.py compares the two);
  * executor.c has one handler per line, in the order of this file. */
 #define CORRAL_PLAN_OPS(OP) \
     /* the launcher: the runtime's namespaces and credentials */ \

@@ -193,8 +193,14 @@ class _Compiler:
         c, t, o = self.config, self.t, self.o
         proc, linux = c.process, c.linux
         regs: dict = {"binds": {}}
+        # A non-dumpable process's /proc/self files are root's: a non-root runtime writes
+        # its oom score first (nothing of the container exists yet to see it dumpable).
+        oom = proc.oom_score_adj is not None
+        if oom and o.rootless:
+            t.add("WRITE", "/proc/self/oom_score_adj", 0, str(proc.oom_score_adj).encode(),
+                  "process.oomScoreAdj")
         t.add("DUMPABLE", 0)
-        if proc.oom_score_adj is not None:
+        if oom and not o.rootless:
             t.add("WRITE", "/proc/self/oom_score_adj", 0, str(proc.oom_score_adj).encode(),
                   "process.oomScoreAdj")
         affinity = proc.exec_cpu_affinity
@@ -282,6 +288,10 @@ class _Compiler:
         own user and mount namespaces (``_mount``)."""
         c, t, o = self.config, self.t, self.o
         if o.rootless:
+            for i, mount in enumerate(c.mounts):
+                if mount.idmap is not None:  # never a plain bind in its place
+                    raise ConfigError(f"mounts[{i}]", "an idmapped mount needs root (the "
+                                      "host's CAP_SYS_ADMIN over the source's filesystem)")
             return
         for i, mount in enumerate(c.mounts):
             opts = m.parse_mount_options(mount.options, f"mounts[{i}].options")
@@ -649,7 +659,7 @@ class _Compiler:
         linux = c.linux
         cgroupns = linux.namespace("cgroup")
         if not o.exec and cgroupns is not None and cgroupns.path is None:
-            # only now: the parent has put the init in its cgroup
+            # only now: the init is in its cgroup (the launcher put it there, JOINED said so)
             t.add("UNSHARE", CLONE_NEWCGROUP, "unshare the cgroup namespace")
         if o.keyring:
             t.add("KEYRING", Slot("keyring"))

@@ -168,13 +168,3 @@ def _export(lib, ctx) -> bytes:
 def _check(rc: int, where: str) -> None:
     if rc < 0:
         raise ConfigError(where, f"libseccomp: {os.strerror(-rc).lower()}")
-
-
-def process_state(seccomp, oci_version: str, state: bytes, pid: int) -> bytes:
-    """The containerProcessState the agent receives with the notify fd (runtime-spec
-    config-linux.md#seccomp): ``state`` is the container's state JSON."""
-    doc = {"ociVersion": oci_version, "fds": ["seccompFd"], "pid": pid}
-    if seccomp.listener_metadata:
-        doc["metadata"] = seccomp.listener_metadata
-    doc["state"] = json.loads(state)
-    return json.dumps(doc, separators=(",", ":")).encode()

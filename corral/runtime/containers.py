@@ -234,13 +234,8 @@ class Container:
         self._run_hooks("poststop", STOPPED, 0)
 
     def remove_supervisor_files(self, keep: bool | None = None) -> None:
-        """What a supervisor made beside the state dir (an inline config's bundle, a job's
-        work directory), named in the record: gone with the container whoever deletes it."""
-        owned = self.record.get("ownedBundle")
-        if owned:
-            import shutil
-
-            shutil.rmtree(owned, ignore_errors=True)
+        """What a supervisor made beside the state dir (a job's work directory), named in
+        the record: gone with the container whoever deletes it."""
         job = self.record.get("job")
         if job and job.get("workdir"):
             remove_work_dir(job["workdir"], job.get("upper"),

@@ -4,8 +4,9 @@ daemon for orphans), durably, before anyone is told; read by a restarted daemon 
 
 from __future__ import annotations
 
-import json
 import os
+
+from corral import jsonlite as json
 
 EXIT_FILE = "exit.json"
 

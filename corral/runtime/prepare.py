@@ -371,7 +371,7 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
 
 def _check_terminal(config: Config, console_socket: str | None, detach: bool) -> None:
     """runc's rules (and messages): a terminal goes to the console socket; without one only
-    a foreground run can have it (the caller relays it: supervisor/tty_relay.py)."""
+    a foreground run can have it (the caller relays it: runtime/tty_relay.py)."""
     if config.process.terminal and not console_socket and detach:
         raise CorralError("cannot allocate tty if runc will detach without setting "
                           "console socket")

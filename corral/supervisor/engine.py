@@ -6,7 +6,7 @@ waits of ``start``, and the event stream.  The daemon (``daemon.py``) serves it 
 ``corral.Supervisor`` embeds it.  It shares the state directories of the command line: it
 lists, signals and deletes containers the command line made, and the command line sees its.
 
-Exit statuses: the keeper reaps every container it forked and writes the status to
+Exit statuses: the keeper reaps every container its spawner cloned and writes the status to
 ``exit.json`` (fsync) before reporting it; the engine learns it from the report, or from the
 file for a container that exited while no daemon was running.
 """
@@ -137,8 +137,6 @@ class Engine:
         if cid in self._busy or cid in self.tracked:
             raise ContainerExists(cid)
         self._busy.add(cid)
-        if self.journal is not None:
-            self.journal.begin()
         try:
             extra = {"managed": MANAGED, **(_extra or {})}
             if not logs and stdio is None:
@@ -157,7 +155,7 @@ class Engine:
         finally:
             self._busy.discard(cid)
             if self.journal is not None:
-                self.journal.end()
+                self.journal.end(cid)
         if prepared.cgroup is not None:
             for dirs in prepared.cgroup.prune.values():
                 self._made_parents.update(dirs)
@@ -232,9 +230,11 @@ class Engine:
     # ---- jobs ----
 
     async def run_job(self, cid: str, job, *, logs: bool = True, start: bool = True) -> dict:
-        """Creates (and starts) a container for a ``corral.jobs.job.Job``: its bundle is written
-        in ``<root>/.supervisor/jobs/<id>`` and removed (but for a kept overlay layer) when
-        the container is deleted."""
+        """Creates (and starts) a container for a ``corral.jobs.job.Job``: its config in
+        memory (``Job.config``; a host-root job on the engine's shared staging root), and for
+        a job that needs one (a directory root, a bridge network) a work directory in
+        ``<root>/.supervisor/jobs/<id>``, removed (but for a kept overlay layer) when the
+        container is deleted."""
         from corral.jobs.job import Job
 
         if not isinstance(job, Job):
@@ -689,7 +689,7 @@ class Engine:
             await trio.to_thread.run_sync(_undo_unrecorded, self.root, cid, entry.get("cgroup"))
             counts["undone"] += 1
         if self.journal is not None:
-            os.ftruncate(self.journal.fd, 0)
+            self.journal.clear()
         for cid in list_ids(self.root):
             try:
                 container = Container.load(self.root, cid)
@@ -771,27 +771,45 @@ def _oci_state(record: dict, status: str) -> dict:
 
 
 class CreationJournal:
-    """The daemon's record of creations in flight, one line each, appended before a
-    container's cgroup is made: its state.json is then written once, with the init's pid,
-    and a daemon killed in between leaves what ``adopt`` needs to undo the creation (the
-    state dir and the cgroup).  Emptied whenever no creation is in flight."""
+    """The daemon's record of creations in flight: a line when one begins (appended before
+    its cgroup is made: its state.json is then written once, with the init's pid) and a
+    line when it ends, made or undone.  A daemon killed in between leaves what ``adopt``
+    needs to undo the creation (the state dir and the cgroup); an ended one is never undone,
+    so a later container at its cgroup path is safe.  Compacted to the creations in flight
+    past ``MAX_BYTES``."""
+
+    MAX_BYTES = 1 << 20
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self.in_flight = 0
+        self.fd = self._open()
+        self._in_flight: dict[str, bytes] = {}  # id -> its begin line
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def __call__(self, record: dict) -> None:
-        line = json.dumps({"id": record["id"], "cgroup": record.get("cgroup")}) + "\n"
-        os.write(self.fd, line.encode())
+        line = (json.dumps({"id": record["id"], "cgroup": record.get("cgroup")}) + "\n").encode()
+        os.write(self.fd, line)
+        self._in_flight[record["id"]] = line
 
-    def begin(self) -> None:
-        self.in_flight += 1
+    def end(self, cid: str) -> None:
+        """The creation of ``cid`` is over (a journaled one: else nothing to write)."""
+        if self._in_flight.pop(cid, None) is None:
+            return
+        os.write(self.fd, (json.dumps({"id": cid, "end": True}) + "\n").encode())
+        if os.lseek(self.fd, 0, os.SEEK_END) > self.MAX_BYTES:
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(b"".join(self._in_flight.values()))
+            os.replace(tmp, self.path)
+            os.close(self.fd)
+            self.fd = self._open()
 
-    def end(self) -> None:
-        self.in_flight -= 1
-        if self.in_flight == 0 and os.lseek(self.fd, 0, os.SEEK_END) > 1 << 20:
-            os.ftruncate(self.fd, 0)
+    def clear(self) -> None:
+        """Nothing in flight (``adopt`` has undone what a dead daemon left)."""
+        os.ftruncate(self.fd, 0)
+        self._in_flight.clear()
 
     @staticmethod
     def read(path: str) -> list[dict]:
@@ -800,13 +818,19 @@ class CreationJournal:
                 lines = f.read().splitlines()
         except FileNotFoundError:
             return []
-        out = []
+        begun: dict = {}
         for line in lines:
             try:
-                out.append(json.loads(line))
+                entry = json.loads(line)
             except ValueError:
                 continue  # a line torn by the crash
-        return out
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                continue
+            if entry.get("end"):
+                begun.pop(entry["id"], None)
+            else:
+                begun[entry["id"]] = entry
+        return list(begun.values())
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -1,7 +1,7 @@
 """exec for the supervisor: a process run in a container to its end, its output captured.
 
 The same creation path as ``corral exec`` (``execution.prepare_exec``, the trio driver, the
-keeper forks the child); stdout and stderr are pipes read here, each capped.  A timeout, or
+keeper's spawner clones the launcher); stdout and stderr are pipes read here, each capped.  A timeout, or
 the caller's cancellation, kills the process: it never outlives the request.
 """
 

@@ -30,14 +30,15 @@ The spawner's own framing is executor.c's (spawn_one).
 
 from __future__ import annotations
 
+import _signal as signal  # the keeper lives long: `signal`, `socket` and `json` would
+import _socket as socket  # cost it ~2 MiB (enum, re, selectors) for nothing it uses
 import array
-import json
 import os
 import select
-import signal
-import socket
 import sys
 import time
+
+from corral import jsonlite as json
 
 from corral.plan.format import EXECUTOR
 from corral.runtime.foreground import exit_status
@@ -170,7 +171,8 @@ class Keeper:
     # ---- the daemon's connection ----
 
     def _accept(self) -> None:
-        conn, _ = self.listener.accept()
+        fd, _ = self.listener._accept()  # _socket's accept: a descriptor (close-on-exec)
+        conn = socket.socket(fileno=fd)
         if self.control is not None:
             conn.close()  # one daemon at a time (the daemon's lock file makes that the rule)
             return
@@ -361,5 +363,10 @@ def _drain(fd: int) -> None:
         pass
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``CONTROL_FD [--listen]`` (``keeper_handle.keeper_argv`` starts it so)."""
     keeper_main(int(sys.argv[1]), listen=sys.argv[2:] == ["--listen"])
+
+
+if __name__ == "__main__":
+    main()

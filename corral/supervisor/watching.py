@@ -14,7 +14,7 @@ class Tracked:
     """The engine's view of one container: how it learns that the init exited."""
 
     __slots__ = ("id", "state_dir", "record", "pid", "pid_start", "managed", "exit_status",
-                 "exited", "owned_bundle", "job", "timed_out", "peak_memory", "started_at",
+                 "exited", "job", "timed_out", "peak_memory", "started_at",
                  "exited_at", "logs")
 
     def __init__(self, cid: str, state_dir: str, record: dict) -> None:
@@ -25,7 +25,6 @@ class Tracked:
         self.pid = record.get("pid") or 0
         self.pid_start = record.get("pid_start")
         self.managed = record.get("managed") == MANAGED
-        self.owned_bundle = record.get("ownedBundle")
         self.job = record.get("job")  # {"workdir", "keep", "upper", "timeLimit"} of a Job
         self.exit_status: int | None = None
         self.exited = trio.Event()
