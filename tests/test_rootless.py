@@ -217,6 +217,34 @@ def test_rootless_mounts_it_cannot_make_are_named(user, rootfs_template):
     assert os.listdir(user.root) == []
 
 
+def test_rootless_idmapped_mount_is_refused_not_made_plain(user, rootfs_template):
+    """An idmapped mount needs the host's CAP_SYS_ADMIN over the source's filesystem: refused
+    naming the mount, never made a plain bind in its place."""
+    def idmapped(config):
+        config["mounts"].append({"destination": "/data", "type": "bind", "source": "/tmp",
+                                 "options": ["bind", "idmap"]})
+
+    bundle = user.bundle("b8", rootfs_template, ["true"], idmapped)
+    index = len(json.load(open(os.path.join(bundle, "config.json")))["mounts"]) - 1
+    proc = user("run", "r8", cwd=bundle, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"corral: mounts[{index}]: an idmapped mount needs root (the host's CAP_SYS_ADMIN "
+        "over the source's filesystem)")
+    assert os.listdir(user.root) == []
+
+
+def test_rootless_oom_score(user, rootfs_template):
+    """A non-root runtime may raise its container's oom score (its /proc/self file is its
+    own only while it is dumpable: the launcher writes it first)."""
+    def oom(config):
+        config["process"]["oomScoreAdj"] = 500
+
+    bundle = user.bundle("b9", rootfs_template, ["cat", "/proc/self/oom_score_adj"], oom)
+    proc = user("run", "r9", cwd=bundle)
+    assert proc.stdout == "500\n"
+
+
 def test_rootless_without_a_user_namespace_is_refused(user, rootfs_template):
     def no_userns(config):
         config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"]
