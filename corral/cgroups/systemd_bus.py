@@ -41,8 +41,9 @@ def bus_address() -> str:
 # -- messages ---------------------------------------------------------------------------
 
 def job_removed_rule() -> MatchRule:
-    return MatchRule(type="signal", sender="org.freedesktop.systemd1",
-                     interface="org.freedesktop.systemd1.Manager", member="JobRemoved",
+    """No sender: the signal's header names systemd's unique name (``:1.0``), which jeepney's
+    own filter would compare with the well-known one; the path and member suffice."""
+    return MatchRule(type="signal", interface="org.freedesktop.systemd1.Manager", member="JobRemoved",
                      path="/org/freedesktop/systemd1")
 
 
