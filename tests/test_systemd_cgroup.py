@@ -187,28 +187,97 @@ def box(corral, tmp_path, rootfs_template):
         corral("delete", "--force", cid, check=False)
 
 
-def test_systemd_boots_and_scopes_are_made(box, tmp_path, rootfs_template):
-    inner = tmp_path / "inner"
-    cid = "web1"
+def _bundle(inner, rootfs_template, cid: str, args: list[str], resources: dict,
+            cgroups_path: str | None) -> str:
     bundle = inner / cid
     bundle.mkdir()
     shutil.copytree(rootfs_template, bundle / "rootfs", symlinks=True)
-    config = base_config(["sleep", "600"], cid)
-    config["linux"]["cgroupsPath"] = "machine-corral.slice:corral:" + cid
-    config["linux"]["resources"] = {"memory": {"limit": 64 << 20}, "pids": {"limit": 50},
-                                    "cpu": {"shares": 512, "quota": 50000, "period": 100000}}
+    config = base_config(args, cid)
+    config["linux"]["resources"] = resources
+    if cgroups_path is None:
+        del config["linux"]["cgroupsPath"]
+    else:
+        config["linux"]["cgroupsPath"] = cgroups_path
     (bundle / "config.json").write_text(json.dumps(config))
-    box.inner("run", "-d", "-b", f"/inner/{cid}", cid)
+    return f"/inner/{cid}"
+
+
+def test_scopes_made_by_systemd_hold_the_containers(box, tmp_path, rootfs_template):
+    inner = tmp_path / "inner"
+    limits = {"memory": {"limit": 64 << 20}, "pids": {"limit": 50},
+              "cpu": {"shares": 512, "quota": 50000, "period": 100000}}
+    path = _bundle(inner, rootfs_template, "web1", ["sleep", "600"], limits,
+                   "machine-corral.slice:corral:web1")
+    box.inner("run", "-d", "-b", path, "web1")
     unit = "corral-web1.scope"
     props = box.show(unit, "ActiveState", "ControlGroup", "MemoryLimit", "TasksMax",
-                     "CPUShares", "CPUQuotaPerSecUSec", "Delegate", "Slice")
+                     "CPUShares", "CPUQuotaPerSecUSec", "Delegate", "Slice", "DevicePolicy")
     assert props["ActiveState"] == "active", props
+    # a-b.slice nests as systemd does
     assert props["ControlGroup"] == "/machine.slice/machine-corral.slice/corral-web1.scope"
-    assert props["Slice"] == "machine-corral.slice"
-    assert props["Delegate"] == "yes"
+    assert props["Slice"] == "machine-corral.slice" and props["Delegate"] == "yes"
     assert props["MemoryLimit"] == str(64 << 20) and props["TasksMax"] == "50"
     assert props["CPUShares"] == "512" and props["CPUQuotaPerSecUSec"] == "500ms"
-    cg = "/sys/fs/cgroup/memory" + props["ControlGroup"]
-    assert box.sh(f"cat {cg}/memory.limit_in_bytes").stdout.strip() == str(64 << 20)
-    pid = json.loads(box.inner("state", cid).stdout)["pid"]
-    assert box.sh(f"cat {cg}/cgroup.procs").stdout.split() == [str(pid)]
+    assert props["DevicePolicy"] == "strict"
+    group = props["ControlGroup"]
+    pid = json.loads(box.inner("state", "web1").stdout)["pid"]
+    for hierarchy in ("memory", "pids", "cpu", "systemd", "freezer", "cpuset"):
+        assert box.sh(f"cat /sys/fs/cgroup/{hierarchy}{group}/cgroup.procs").stdout.split() \
+            == [str(pid)], hierarchy
+    assert box.sh(f"cat /sys/fs/cgroup/memory{group}/memory.limit_in_bytes").stdout.strip() \
+        == str(64 << 20)
+    assert box.sh(f"cat /sys/fs/cgroup/pids{group}/pids.max").stdout.strip() == "50"
+    assert box.sh(f"cat /sys/fs/cgroup/cpu{group}/cpu.cfs_quota_us").stdout.strip() == "50000"
+
+    # pause / resume: the freezer of the scope's cgroup
+    box.inner("pause", "web1")
+    assert json.loads(box.inner("state", "web1").stdout)["status"] == "paused"
+    assert box.sh(f"cat /sys/fs/cgroup/freezer{group}/freezer.state").stdout.strip() \
+        == "FROZEN"
+    box.inner("resume", "web1")
+    assert json.loads(box.inner("state", "web1").stdout)["status"] == "running"
+
+    # update: systemd's property and the cgroup file both change
+    box.inner("update", "--memory", "96M", "--pids-limit", "70", "web1")
+    props = box.show(unit, "MemoryLimit", "TasksMax")
+    assert props == {"MemoryLimit": str(96 << 20), "TasksMax": "70"}
+    assert box.sh(f"cat /sys/fs/cgroup/memory{group}/memory.limit_in_bytes").stdout.strip() \
+        == str(96 << 20)
+    assert box.sh(f"cat /sys/fs/cgroup/pids{group}/pids.max").stdout.strip() == "70"
+
+    # stats, from the scope's cgroup
+    stats = json.loads(box.inner("events", "--stats", "web1").stdout)["data"]
+    assert stats["memory"]["usage"]["limit"] == 96 << 20
+    assert stats["pids"]["current"] >= 1 and stats["pids"]["limit"] == 70
+
+    # delete stops the unit; systemd and corral remove every directory
+    box.inner("kill", "web1", "KILL")
+    box.inner("delete", "--force", "web1")
+    assert box.show(unit, "LoadState")["LoadState"] == "not-found"
+    left = box.sh("ls -d /sys/fs/cgroup/*/machine.slice/machine-corral.slice/corral-web1.scope"
+                  " 2>/dev/null", check=False).stdout.split()
+    assert left == []
+
+
+def test_limits_are_enforced_in_a_scope(box, tmp_path, rootfs_template):
+    inner = tmp_path / "inner"
+    # memory: the kernel OOM-kills a process that goes past the scope's MemoryLimit
+    hog = "x=$(head -c 64000000 /dev/zero | tr '\\0' a); echo survived"
+    path = _bundle(inner, rootfs_template, "hog", ["sh", "-c", hog],
+                   {"memory": {"limit": 16 << 20, "swap": 16 << 20}},
+                   None)  # the default: system.slice:corral:hog
+    proc = box.inner("run", "-b", path, "hog", check=False)
+    assert proc.returncode == 137 and "survived" not in proc.stdout, proc
+    assert box.show("corral-hog.scope", "LoadState")["LoadState"] == "not-found"
+    # pids: forks past TasksMax fail
+    forks = "i=0; while [ $i -lt 30 ]; do sleep 30 & i=$((i+1)); done; echo all forked"
+    path = _bundle(inner, rootfs_template, "forks", ["sh", "-c", forks],
+                   {"pids": {"limit": 10}}, None)
+    proc = box.inner("run", "-b", path, "forks", check=False)
+    assert "all forked" not in proc.stdout and "can't fork" in proc.stderr, proc
+    # the device policy: /dev/null works, a device not allowed is refused
+    path = _bundle(inner, rootfs_template, "devs", ["sh", "-c",
+                   "echo ok > /dev/null && mknod /tmp/sda b 8 0 && "
+                   "head -c1 /tmp/sda; echo rc=$?"], {}, None)
+    proc = box.inner("run", "-b", path, "devs", check=False)
+    assert "rc=1" in proc.stdout and "not permitted" in proc.stdout + proc.stderr, proc
