@@ -281,3 +281,41 @@ def test_limits_are_enforced_in_a_scope(box, tmp_path, rootfs_template):
                    "head -c1 /tmp/sda; echo rc=$?"], {}, None)
     proc = box.inner("run", "-b", path, "devs", check=False)
     assert "rc=1" in proc.stdout and "not permitted" in proc.stdout + proc.stderr, proc
+
+
+_SUPERVISOR = '''
+import subprocess, sys, trio, corral
+
+def show(unit):
+    out = subprocess.run(["systemctl", "show", unit, "-p", "ActiveState,LoadState,MemoryLimit,"
+                          "ControlGroup"], capture_output=True, text=True).stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+async def main():
+    async with corral.Supervisor("/run/corral-sup", cgroup_manager="systemd") as sup:
+        c = await sup.run(corral.Job(["sleep", "60"], limits={"memory": "48M"}))
+        print("running", show(f"corral-{c.id}.scope"))
+        await c.kill("KILL")
+        await c.wait()
+        await c.delete()
+        print("deleted", show(f"corral-{c.id}.scope"))
+        r = await (await sup.run(corral.Job(["sh", "-c", "echo hi"]))).result()
+        print("result", r.exit_status, r.stdout.strip())
+
+trio.run(main)
+'''
+
+
+def test_the_supervisor_makes_scopes_on_its_event_loop(box, tmp_path):
+    """The engine with cgroup_manager="systemd": the trio front end starts each job's
+    scope in corral.slice and stops it at delete."""
+    (tmp_path / "inner" / "sup.py").write_text(_SUPERVISOR)
+    python = os.path.join(os.path.dirname(CORRAL[0]), "python")
+    out = box.sh(f"{python} /inner/sup.py", timeout=120).stdout
+    lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in out.splitlines()}
+    running = eval(lines["running"])  # noqa: S307 (our own script's dict)
+    assert running["ActiveState"] == "active", out
+    assert running["ControlGroup"].startswith("/corral.slice/corral-"), out
+    assert running["MemoryLimit"] == str(48 << 20), out
+    assert eval(lines["deleted"])["LoadState"] == "not-found", out  # noqa: S307
+    assert lines["result"] == "0 hi", out

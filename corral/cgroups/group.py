@@ -268,7 +268,7 @@ class Cgroup:
                         self._fill_cpuset(top, path)
         except BaseException:
             try:
-                self._remove_dirs()  # a scope of the same name is not this one's to stop
+                self.remove_dirs()  # a scope of the same name is not this one's to stop
             except CgroupError:
                 pass
             raise
@@ -451,9 +451,10 @@ class Cgroup:
             from . import systemd_blocking, systemd_scope
 
             systemd_blocking.run(systemd_scope.stop(self))
-        self._remove_dirs()
+        self.remove_dirs()
 
-    def _remove_dirs(self) -> None:
+    def remove_dirs(self) -> None:
+        """destroy() but the systemd unit: what a stopped (or never started) scope leaves."""
         first: CgroupError | None = None
         for key, path in self.paths.items():
             try:

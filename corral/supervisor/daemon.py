@@ -72,7 +72,8 @@ def main(args) -> int:
     group = resolve_group(args.group)
     options = {"max_concurrent_creates": args.max_concurrent_creates,
                "log_max_bytes": parse_size(args.log_max_size, "--log-max-size"),
-               "log_keep": args.log_max_files, "cgroup_parent": args.cgroup_parent}
+               "log_keep": args.log_max_files, "cgroup_parent": args.cgroup_parent,
+               "cgroup_manager": args.cgroup_manager}
     if args.log_max_files < 0:
         raise ConfigError("--log-max-files", "must not be negative")
     options["networks"] = _networks(args.network)
