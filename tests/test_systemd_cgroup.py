@@ -319,3 +319,55 @@ def test_the_supervisor_makes_scopes_on_its_event_loop(box, tmp_path):
     assert running["MemoryLimit"] == str(48 << 20), out
     assert eval(lines["deleted"])["LoadState"] == "not-found", out  # noqa: S307
     assert lines["result"] == "0 hi", out
+
+
+_PROBE = '''
+import subprocess, sys
+from corral.cgroups import systemd_blocking, systemd_bus as bus, systemd_units as units
+from corral.oci.config import (BlockIOResources, CpuResources, DeviceRule, MemoryResources,
+                               Resources)
+
+unified = sys.argv[1] == "v2"
+r = Resources(memory=MemoryResources(limit=64 << 20, reservation=1 << 20, swap=128 << 20),
+              cpu=CpuResources(shares=512, quota=20000, period=100000, cpus="0", mems="0"),
+              block_io=BlockIOResources(weight=300), pids_limit=20,
+              unified={"memory.high": "max", "pids.max": "20"} if unified else {})
+rules = [DeviceRule(False), DeviceRule(True, "c", 1, 3), DeviceRule(True, "c", 136, None, "rw"),
+         DeviceRule(True, "b", None, None, "m")]
+child = subprocess.Popen(["sleep", "60"])
+path = units.parse_path("probe.slice:corral:" + sys.argv[1], "x")
+props = (units.unit_properties(path, child.pid, "probe") + units.accounting_properties(unified)
+         + units.device_properties(rules) + units.resource_properties(r, unified, 252))
+systemd_blocking.run(bus.start_scope(path.unit, path.cgroup(), lambda version: props))
+names = [name for name, _ in props]
+print(subprocess.run(["systemctl", "show", path.unit, "-p", ",".join(names)],
+                     capture_output=True, text=True).stdout, end="")
+systemd_blocking.run(bus.stop_scope(path.unit))
+child.wait()
+print("Stopped=" + subprocess.run(["systemctl", "show", path.unit, "-p", "LoadState"],
+                                  capture_output=True, text=True).stdout.strip())
+'''
+
+
+@pytest.mark.parametrize("kind", ["v1", "v2"])
+def test_systemd_takes_every_property_of_the_mapping(box, tmp_path, kind):
+    """Each property the mapping makes, for cgroup v1 and v2, with its D-Bus type: systemd
+    refuses a wrong name or type (InvalidArgs), and shows back what it took."""
+    (tmp_path / "inner" / "probe.py").write_text(_PROBE)
+    python = os.path.join(os.path.dirname(CORRAL[0]), "python")
+    out = box.sh(f"cd {REPO} && {python} /inner/probe.py {kind}", timeout=120).stdout
+    shown = dict(line.split("=", 1) for line in out.splitlines())
+    assert shown["Delegate"] == "yes" and shown["TasksMax"] == "20", out
+    assert shown["DevicePolicy"] == "strict", out
+    assert sorted(line for line in out.splitlines() if line.startswith("DeviceAllow=")) == [
+        "DeviceAllow=/dev/char/1:3 rwm", "DeviceAllow=block-* m", "DeviceAllow=char-136 rw"]
+    assert shown["CPUQuotaPerSecUSec"] == "200ms" and shown["CPUQuotaPeriodUSec"] == "100ms"
+    assert shown["AllowedCPUs"] == "0" and shown["AllowedMemoryNodes"] == "0", out
+    if kind == "v1":
+        assert shown["MemoryLimit"] == str(64 << 20) and shown["CPUShares"] == "512"
+        assert shown["BlockIOWeight"] == "300" and shown["BlockIOAccounting"] == "yes"
+    else:
+        assert shown["MemoryMax"] == str(64 << 20) and shown["MemoryLow"] == str(1 << 20)
+        assert shown["MemorySwapMax"] == str(64 << 20) and shown["MemoryHigh"] == "infinity"
+        assert shown["CPUWeight"] == "20" and shown["IOAccounting"] == "yes"
+    assert shown["Stopped"] == "LoadState=not-found", out

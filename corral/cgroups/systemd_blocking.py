@@ -9,6 +9,8 @@ from collections import deque
 from ..errors import CgroupError
 from . import systemd_bus as bus
 
+_AUTH_TIMEOUT = 10.0  # jeepney's 1 s is short on a loaded machine
+
 
 def run(conversation, timeout: float = bus.JOB_TIMEOUT):
     """Run one conversation on a fresh connection to the system bus."""
@@ -16,7 +18,7 @@ def run(conversation, timeout: float = bus.JOB_TIMEOUT):
 
     bus.check_running()
     try:
-        conn = open_dbus_connection(bus.bus_address())
+        conn = open_dbus_connection(bus.bus_address(), auth_timeout=_AUTH_TIMEOUT)
     except (OSError, ValueError) as exc:
         raise CgroupError(f"--systemd-cgroup: cannot connect to the system bus "
                           f"({bus.bus_address()}): {exc}") from None

@@ -13,6 +13,7 @@ from jeepney.bus_messages import message_bus
 from jeepney.low_level import HeaderFields
 
 from ..errors import CgroupError
+from .systemd_units import version_number
 
 SYSTEMD = DBusAddress("/org/freedesktop/systemd1", bus_name="org.freedesktop.systemd1",
                       interface="org.freedesktop.systemd1.Manager")
@@ -177,9 +178,3 @@ def set_properties(unit: str, properties_for):
     version = version_number(variant_value((yield manager_version()), "Version"))
     body((yield set_unit_properties(unit, properties_for(version))),
          f"SetUnitProperties {unit}")
-
-
-def version_number(text: str) -> int:
-    from .systemd_units import version_number as parse
-
-    return parse(text)
