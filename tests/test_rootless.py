@@ -288,6 +288,12 @@ def test_systemd_cgroup_without_systemd_says_what_is_missing(corral, make_bundle
     assert "--systemd-cgroup: systemd is not running on this host" in proc.stderr
     assert "not supported" not in proc.stderr
     assert corral("state", b.id, check=False).returncode == 1  # nothing left behind
+    # a bad org.systemd.property.* annotation is the config's error, found first
+    b.config["annotations"] = {"org.systemd.property.TimeoutStopSec": "'soon'"}
+    b.write()
+    proc = corral("--systemd-cgroup", "run", "-b", b.path, b.id, check=False)
+    assert proc.returncode == 1 and "annotations['org.systemd.property.TimeoutStopSec']: " \
+        "TimeoutStopSec takes seconds" in proc.stderr, proc.stderr
 
 
 def test_systemd_cgroups_path_needs_the_flag(corral, make_bundle):

@@ -188,12 +188,13 @@ def box(corral, tmp_path, rootfs_template):
 
 
 def _bundle(inner, rootfs_template, cid: str, args: list[str], resources: dict,
-            cgroups_path: str | None) -> str:
+            cgroups_path: str | None, annotations: dict | None = None) -> str:
     bundle = inner / cid
     bundle.mkdir()
     shutil.copytree(rootfs_template, bundle / "rootfs", symlinks=True)
     config = base_config(args, cid)
     config["linux"]["resources"] = resources
+    config["annotations"] = annotations or {}
     if cgroups_path is None:
         del config["linux"]["cgroupsPath"]
     else:
@@ -207,11 +208,14 @@ def test_scopes_made_by_systemd_hold_the_containers(box, tmp_path, rootfs_templa
     limits = {"memory": {"limit": 64 << 20}, "pids": {"limit": 50},
               "cpu": {"shares": 512, "quota": 50000, "period": 100000}}
     path = _bundle(inner, rootfs_template, "web1", ["sleep", "600"], limits,
-                   "machine-corral.slice:corral:web1")
+                   "machine-corral.slice:corral:web1",
+                   {"org.systemd.property.TimeoutStopSec": "7",
+                    "org.systemd.property.CollectMode": "'inactive-or-failed'"})
     box.inner("run", "-d", "-b", path, "web1")
     unit = "corral-web1.scope"
     props = box.show(unit, "ActiveState", "ControlGroup", "MemoryLimit", "TasksMax",
-                     "CPUShares", "CPUQuotaPerSecUSec", "Delegate", "Slice", "DevicePolicy")
+                     "CPUShares", "CPUQuotaPerSecUSec", "Delegate", "Slice", "DevicePolicy",
+                     "TimeoutStopUSec", "CollectMode")
     assert props["ActiveState"] == "active", props
     # a-b.slice nests as systemd does
     assert props["ControlGroup"] == "/machine.slice/machine-corral.slice/corral-web1.scope"
@@ -219,6 +223,8 @@ def test_scopes_made_by_systemd_hold_the_containers(box, tmp_path, rootfs_templa
     assert props["MemoryLimit"] == str(64 << 20) and props["TasksMax"] == "50"
     assert props["CPUShares"] == "512" and props["CPUQuotaPerSecUSec"] == "500ms"
     assert props["DevicePolicy"] == "strict"
+    # org.systemd.property.* annotations, runc's way (...Sec in microseconds)
+    assert props["TimeoutStopUSec"] == "7s" and props["CollectMode"] == "inactive-or-failed"
     group = props["ControlGroup"]
     pid = json.loads(box.inner("state", "web1").stdout)["pid"]
     for hierarchy in ("memory", "pids", "cpu", "systemd", "freezer", "cpuset"):

@@ -217,3 +217,27 @@ def test_job_signals_are_matched_by_job_path():
     assert bus.job_result(_signal("/job/4", "done"), "/job/3") is None
     assert units.version_number("252.38-1~deb12u1") == 252
     assert units.version_number('"v245.4-1.fc32"') == 245 and units.version_number("x") == -1
+
+
+def test_annotations_become_properties_as_in_runc():
+    props = units.annotation_properties({
+        "org.systemd.property.TimeoutStopSec": "5", "org.systemd.property.CollectMode":
+        "'inactive-or-failed'", "org.systemd.property.CPUWeight": "uint64 42",
+        "org.systemd.property.IOWeight": "@t 7", "org.systemd.property.SendSIGHUP": "true",
+        "org.systemd.property.RuntimeMaxSec": "1.5", "org.systemd.property.Wants":
+        "['a.service', 'b,c.service']", "org.systemd.property.After": "@as []",
+        "other.annotation": "x"})
+    assert dict(props) == {"TimeoutStopUSec": ("t", 5000000),
+                           "CollectMode": ("s", "inactive-or-failed"),
+                           "CPUWeight": ("t", 42), "IOWeight": ("t", 7),
+                           "SendSIGHUP": ("b", True), "RuntimeMaxUSec": ("t", 1500000),
+                           "Wants": ("as", ["a.service", "b,c.service"]), "After": ("as", [])}
+    assert units.parse_variant("-3", "f") == ("i", -3)
+    assert units.parse_variant('"it\\"s"', "f") == ("s", 'it"s')
+    for key, value, why in (("X1", "1", "property name"), ("Ab", "1", "property name"),
+                            ("TimeoutStopSec", "'5'", "takes seconds"),
+                            ("Foo", "uint32 -1", "out of range"), ("Foo", "what", "D-Bus value"),
+                            ("Foo", "[]", "needs its type"), ("Foo", "[1, 'a']", "mixes"),
+                            ("Foo", "'open", "unterminated")):
+        with pytest.raises(ConfigError, match=why):
+            units.annotation_properties({units.ANNOTATION_PREFIX + key: value})

@@ -22,8 +22,12 @@ def _unified(cgroup: Placement) -> bool:
 
 
 def start(cgroup: Placement, pid: int, resources: Resources,
-          device_rules: list[DeviceRule], description: str):
+          device_rules: list[DeviceRule], description: str,
+          annotations: dict[str, str] | None = None):
+    """``annotations``: the config's, whose ``org.systemd.property.*`` come last (runc's
+    order: they may override what corral sets)."""
     unit = cgroup.unit
+    extra = units.annotation_properties(annotations or {})
     path = units.UnitPath(unit["slice"], "", "")
     unified = _unified(cgroup)
 
@@ -31,7 +35,7 @@ def start(cgroup: Placement, pid: int, resources: Resources,
         return (units.unit_properties(path, pid, description)
                 + units.accounting_properties(unified)
                 + units.device_properties(device_rules)
-                + units.resource_properties(resources, unified, version))
+                + units.resource_properties(resources, unified, version) + extra)
 
     return bus.start_scope(unit["name"], unit["cgroup"], properties_for)
 

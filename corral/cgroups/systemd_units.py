@@ -299,3 +299,150 @@ def _covers(deny: tuple, rule: tuple) -> bool:
     """Whether a deny rule (type, major, minor; None for any) reaches an allowed one."""
     return (deny[0] == rule[0] and (deny[1] is None or deny[1] == rule[1])
             and (deny[2] is None or deny[2] == rule[2]))
+
+
+# -- org.systemd.property.* annotations ---------------------------------------------------
+
+ANNOTATION_PREFIX = "org.systemd.property."
+_TYPE_WORDS = {"byte": "y", "int16": "n", "uint16": "q", "int32": "i", "uint32": "u",
+               "int64": "x", "uint64": "t", "double": "d", "boolean": "b", "string": "s"}
+_INT_RANGES = {"y": (0, 2**8 - 1), "n": (-2**15, 2**15 - 1), "q": (0, 2**16 - 1),
+               "i": (-2**31, 2**31 - 1), "u": (0, 2**32 - 1), "x": (-2**63, 2**63 - 1),
+               "t": (0, 2**64 - 1)}
+
+
+def annotation_properties(annotations: dict[str, str]) -> list[Property]:
+    """Unit properties a config asks for by annotation, as runc takes them: the name after
+    ``org.systemd.property.`` (latin letters, three or more), the value in D-Bus's text
+    form (``true``, ``'text'``, ``42``, ``uint64 42``, ``@t 42``, ``['a', 'b']``); a
+    ``...Sec`` name is systemd's ``...USec`` in microseconds (``TimeoutStopSec=5``)."""
+    props: list[Property] = []
+    for key in sorted(annotations):
+        if not key.startswith(ANNOTATION_PREFIX):
+            continue
+        field = f"annotations[{key!r}]"
+        name = key[len(ANNOTATION_PREFIX):]
+        if len(name) < 3 or not name.isascii() or not name.isalpha():
+            raise ConfigError(field, f"{name!r} is not a systemd property name")
+        signature, value = parse_variant(annotations[key], field)
+        if len(name) > 3 and name.endswith("Sec") and name[-4].islower():
+            if signature not in _INT_RANGES and signature != "d":
+                raise ConfigError(field, f"{name} takes seconds: {annotations[key]!r} is "
+                                         f"not a number")
+            name, signature, value = name[:-3] + "USec", "t", int(value * 1000000)
+            if value < 0:
+                raise ConfigError(field, "seconds must not be negative")
+        props.append((name, (signature, value)))
+    return props
+
+
+def parse_variant(text: str, field: str) -> tuple[str, object]:
+    """(signature, value) of a value in GVariant text form, the forms runc's annotations
+    use: booleans, strings, numbers (a bare integer is int32, as godbus takes it), a type
+    word or ``@T`` before a number, and arrays of those."""
+    text = text.strip()
+    forced = None
+    if text.startswith("@"):
+        forced, _, text = text[1:].partition(" ")
+    else:
+        word, _, rest = text.partition(" ")
+        if word in _TYPE_WORDS and rest:
+            forced, text = _TYPE_WORDS[word], rest
+    text = text.strip()
+    if forced is not None and forced.startswith("a"):
+        if not (text.startswith("[") and text.endswith("]")):
+            raise ConfigError(field, f"{text!r} is not an array")
+        items = _split_items(text[1:-1], field)
+        return forced, [_typed(forced[1:], item, field) for item in items]
+    if text.startswith("["):
+        if not text.endswith("]"):
+            raise ConfigError(field, f"{text!r}: unterminated array")
+        items = _split_items(text[1:-1], field)
+        if not items:
+            raise ConfigError(field, "an empty array needs its type (@as [])")
+        parsed = [parse_variant(item, field) for item in items]
+        kinds = {sig for sig, _ in parsed}
+        if len(kinds) != 1:
+            raise ConfigError(field, f"{text!r} mixes types")
+        return "a" + kinds.pop(), [value for _, value in parsed]
+    if forced is not None:
+        return forced, _typed(forced, text, field)
+    if text in ("true", "false"):
+        return "b", text == "true"
+    if text[:1] in ("'", '"'):
+        return "s", _string(text, field)
+    try:
+        return "i", _typed("i", text, field)
+    except ConfigError:
+        pass
+    try:
+        return "d", float(text)
+    except ValueError:
+        raise ConfigError(field, f"{text!r} is not a D-Bus value (true, 'text', 42, "
+                                 f"uint64 42, ['a'])") from None
+
+
+def _typed(signature: str, text: str, field: str):
+    text = text.strip()
+    if signature in _INT_RANGES:
+        try:
+            number = int(text, 0)
+        except ValueError:
+            raise ConfigError(field, f"{text!r} is not an integer") from None
+        low, high = _INT_RANGES[signature]
+        if not low <= number <= high:
+            raise ConfigError(field, f"{number} is out of range for D-Bus type {signature!r}")
+        return number
+    if signature == "d":
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(field, f"{text!r} is not a number") from None
+    if signature == "b" and text in ("true", "false"):
+        return text == "true"
+    if signature == "s" and text[:1] in ("'", '"'):
+        return _string(text, field)
+    raise ConfigError(field, f"{text!r} is not a value of D-Bus type {signature!r}")
+
+
+def _string(text: str, field: str) -> str:
+    quote = text[0]
+    if len(text) < 2 or text[-1] != quote:
+        raise ConfigError(field, f"{text!r}: unterminated string")
+    out, i, body = [], 0, text[1:-1]
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            out.append(body[i + 1])
+            i += 2
+            continue
+        if ch == quote:
+            raise ConfigError(field, f"{text!r}: unescaped quote")
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _split_items(body: str, field: str) -> list[str]:
+    """Comma-separated items, commas inside quotes kept."""
+    items, current, quote = [], "", None
+    for ch in body:
+        if quote:
+            current += ch
+            if ch == quote and not current.endswith("\\" + quote):
+                quote = None
+        elif ch in ("'", '"'):
+            quote = ch
+            current += ch
+        elif ch == ",":
+            items.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    if quote:
+        raise ConfigError(field, f"[{body}]: unterminated string")
+    if current.strip():
+        items.append(current.strip())
+    elif items:
+        raise ConfigError(field, f"[{body}]: empty item")
+    return items

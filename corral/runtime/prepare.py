@@ -192,7 +192,8 @@ class PreparedContainer:
         from corral.cgroups import systemd_scope
 
         return systemd_scope.start(self.cgroup, pid, self.config.linux.resources,
-                                   device_rules(self.config), f"corral container {self.id}")
+                                   device_rules(self.config), f"corral container {self.id}",
+                                   self.config.annotations)
 
     def apply_resources(self, pid: int) -> None:
         """After the scope (if any) exists, as runc: what systemd took as properties is
@@ -324,7 +325,7 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
     cgroup = Cgroup.for_container(layout, config.linux.cgroups_path, container_id,
                                   controllers=controllers, systemd=systemd_cgroup)
     if systemd_cgroup:
-        _check_systemd(rootless)
+        _check_systemd(rootless, config)
     if rootless and not rl.cgroup_delegated(cgroup):
         rl.check_no_cgroup(config)
         sys.stderr.write(f"corral: warning: rootless: no cgroup for {container_id} (the "
@@ -394,10 +395,13 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
     return prepared
 
 
-def _check_systemd(rootless: bool) -> None:
-    """Before anything is made: systemd and its bus are there, for root."""
+def _check_systemd(rootless: bool, config: Config) -> None:
+    """Before anything is made: the org.systemd.property.* annotations parse, systemd and
+    its bus are there, for root."""
     from corral.cgroups.systemd_bus import check_running
+    from corral.cgroups.systemd_units import annotation_properties
 
+    annotation_properties(dict(config.annotations))
     if rootless:
         raise CgroupError(f"--systemd-cgroup as uid {os.geteuid()}: a user's systemd "
                           f"instance (runc's rootless systemd driver) is not implemented; "
