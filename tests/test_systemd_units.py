@@ -35,7 +35,9 @@ def test_paths_parse_as_runc_parses_them():
     for bad, why in (("/a/b", "slice:prefix:name"), ("a:b", "slice:prefix:name"),
                      ("x.service:p:n", "invalid slice"), ("a--b.slice:p:n", "invalid slice"),
                      ("-a.slice:p:n", "invalid slice"), ("s.slice:p:", "name"),
-                     ("s.slice:p:a/b", "name"), ("s.slice:p:pod.slice", "scope")):
+                     ("s.slice:p:a/b", "name"), ("s.slice:p:pod.slice", "scope"),
+                     ("s.slice:p:a b", "character ' '"), ("s.slice:p:" + "x" * 250, "255"),
+                     ("a@b.slice:p:n", "character '@'")):
         with pytest.raises(ConfigError, match=why):
             units.parse_path(bad, "x")
 

@@ -61,7 +61,25 @@ def parse_path(cgroups_path: str | None, container_id: str) -> UnitPath:
     if name.endswith(".slice"):
         raise ConfigError(_FIELD, f"{cgroups_path!r}: a container's unit is a scope; a "
                                   f"slice name (.slice) is not supported as its name")
-    return UnitPath(slice_, prefix, name)
+    path = UnitPath(slice_, prefix, name)
+    _check_unit_name(path.unit, cgroups_path)
+    _check_unit_name(slice_, cgroups_path)
+    return path
+
+
+_UNIT_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_.\\")
+_UNIT_NAME_MAX = 255
+
+
+def _check_unit_name(unit: str, cgroups_path: str) -> None:
+    """systemd's unit_name_is_valid: those characters, 255 at most."""
+    bad = sorted(set(unit) - _UNIT_CHARS)
+    if bad:
+        raise ConfigError(_FIELD, f"{cgroups_path!r}: {unit!r} is not a valid systemd unit "
+                                  f"name (character {bad[0]!r})")
+    if len(unit) > _UNIT_NAME_MAX:
+        raise ConfigError(_FIELD, f"{cgroups_path!r}: the unit name {unit[:40]}... is longer "
+                                  f"than systemd's {_UNIT_NAME_MAX}")
 
 
 def expand_slice(slice_: str) -> str:
