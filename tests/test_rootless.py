@@ -312,3 +312,9 @@ def test_systemd_cgroup_refuses_a_cgroupfs_path(corral, make_bundle):
     b.write()
     proc = corral("--systemd-cgroup", "run", "-b", b.path, b.id, check=False)
     assert 'expected cgroupsPath to be of format "slice:prefix:name"' in proc.stderr
+
+
+def test_supervise_cgroup_manager_is_checked(corral):
+    proc = corral("supervise", "--cgroup-manager", "bogus", check=False, timeout=30)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "--cgroup-manager: 'bogus' is not cgroupfs or systemd" in proc.stderr
