@@ -132,7 +132,8 @@ class Box:
         self.corral = corral
         self.id = cid
 
-    def sh(self, script: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    def sh(self, script: str, check: bool = True,
+           timeout: float = 60) -> subprocess.CompletedProcess:
         proc = self.corral("exec", self.id, "/bin/sh", "-c", script, check=False,
                            timeout=timeout)
         if check and proc.returncode != 0:

@@ -209,7 +209,8 @@ def test_stop_tolerates_a_unit_already_gone():
     assert sent == ["StopUnit", "ResetFailedUnit"]
     sent, _ = _play(bus.stop_scope("u.scope"), [_reply(("/job/2",), "o"), "done", _reply()])
     assert sent == ["StopUnit", "wait", "ResetFailedUnit"]
-    with pytest.raises(CgroupError, match="StopUnit u.scope: org.freedesktop.DBus.Error.AccessDenied"):
+    with pytest.raises(CgroupError,
+                       match="StopUnit u.scope: org.freedesktop.DBus.Error.AccessDenied"):
         _play(bus.stop_scope("u.scope"), [_reply(("no",), "s",
                                                  "org.freedesktop.DBus.Error.AccessDenied")])
 

@@ -44,7 +44,8 @@ def bus_address() -> str:
 def job_removed_rule() -> MatchRule:
     """No sender: the signal's header names systemd's unique name (``:1.0``), which jeepney's
     own filter would compare with the well-known one; the path and member suffice."""
-    return MatchRule(type="signal", interface="org.freedesktop.systemd1.Manager", member="JobRemoved",
+    return MatchRule(type="signal", interface="org.freedesktop.systemd1.Manager",
+                     member="JobRemoved",
                      path="/org/freedesktop/systemd1")
 
 

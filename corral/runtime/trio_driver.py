@@ -107,8 +107,8 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
             elif isinstance(action, c.Fail):
                 raise action.error
             elif isinstance(action, c.ApplyResources) and (
-                    getattr(prepared, "steps_running", False) or prepared.cgroup is not None
-                    and prepared.cgroup.unit is not None):
+                    getattr(prepared, "steps_running", False)
+                    or (prepared.cgroup is not None and prepared.cgroup.unit is not None)):
                 scope = prepared.scope_start(action.pid)
                 if scope is not None:  # the systemd scope, on the event loop
                     from corral.cgroups import systemd_trio

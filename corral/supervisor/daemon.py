@@ -70,7 +70,8 @@ def main(args) -> int:
     if args.max_concurrent_creates < 1:
         raise ConfigError("--max-concurrent-creates", "must be at least 1")
     if args.cgroup_manager not in ("cgroupfs", "systemd"):
-        raise ConfigError("--cgroup-manager", f"{args.cgroup_manager!r} is not cgroupfs or systemd")
+        raise ConfigError("--cgroup-manager",
+                          f"{args.cgroup_manager!r} is not cgroupfs or systemd")
     group = resolve_group(args.group)
     options = {"max_concurrent_creates": args.max_concurrent_creates,
                "log_max_bytes": parse_size(args.log_max_size, "--log-max-size"),
