@@ -157,8 +157,8 @@ def test_resolve_rejects_root_systemd_form_and_bad_ids(tmp_path):
     proc.write_text("0::/\n")
     with pytest.raises(ConfigError, match="root cgroup"):
         resolve(parse_mountinfo(V2), ".", "c1", proc_self_cgroup=str(proc))
-    # Where systemd is not running the error says so; elsewhere "not supported yet".
-    with pytest.raises((NotSupportedError, CgroupError), match="systemd"):
+    # The systemd form needs the systemd driver (--systemd-cgroup): the error says so.
+    with pytest.raises(ConfigError, match="needs --systemd-cgroup"):
         resolve(layout, "system.slice:corral:c1", "c1")
     for bad_id in ("", "a/b", ".."):
         with pytest.raises(ConfigError):

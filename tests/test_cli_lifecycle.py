@@ -182,10 +182,6 @@ def test_json_log_is_always_created(corral, tmp_path):
 
 def test_later_flags_are_refused_clearly(corral, make_bundle):
     b = make_bundle(["true"])
-    proc = corral("--systemd-cgroup", "list", check=False)
-    expected = ("--systemd-cgroup: not supported yet" if os.path.isdir("/run/systemd/system")
-                else "--systemd-cgroup: systemd is not running on this host")
-    assert proc.returncode == 1 and expected in proc.stderr
     proc = corral("checkpoint", b.id, check=False)
     assert proc.returncode == 1 and "not supported yet" in proc.stderr
 

@@ -37,7 +37,7 @@ def test_shape(features):
     assert features["ociVersionMin"] == "1.0.0"
     assert set(features["linux"]) >= {"namespaces", "capabilities", "cgroup", "seccomp",
                                       "apparmor", "selinux", "intelRdt", "mountExtensions"}
-    assert features["linux"]["cgroup"] == {"v1": True, "v2": True, "systemd": False,
+    assert features["linux"]["cgroup"] == {"v1": True, "v2": True, "systemd": True,
                                            "systemdUser": False, "rdma": False}
 
 

@@ -143,25 +143,38 @@ class Cgroup:
     ``prune`` lists, per hierarchy, ancestor directories to rmdir when they are empty at
     destroy time: those create() made, and the default parent (shared by every container
     that gave no cgroupsPath, so the last one out removes it whoever made it).
+
+    ``unit`` (the systemd driver, ``--systemd-cgroup``): the transient scope that owns the
+    cgroup, ``{"name": "corral-x.scope", "slice": "system.slice", "cgroup": "/system.slice/
+    corral-x.scope"}``.  Its directories are made beforehand (the launcher joins the init
+    to them), systemd adopts them when the scope starts with the init's pid
+    (``systemd_scope``), and destroy stops the unit before removing what is left; the
+    slices are systemd's, never pruned.
     """
 
-    __slots__ = ("mode", "path", "paths", "mounts", "prune")
+    __slots__ = ("mode", "path", "paths", "mounts", "prune", "unit")
 
     def __init__(self, mode: str, path: str, paths: dict[str, str], mounts: dict[str, str],
-                 prune: dict[str, list[str]] | None = None) -> None:
+                 prune: dict[str, list[str]] | None = None,
+                 unit: dict[str, str] | None = None) -> None:
         self.mode = mode
         self.path = path
         self.paths = paths
         self.mounts = mounts
         self.prune = prune or {k: [] for k in paths}
+        self.unit = unit
 
     @classmethod
     def for_container(cls, layout: Layout, cgroups_path: str | None, container_id: str,
                       default_parent: str = "corral", *,
                       proc_self_cgroup: str = "/proc/self/cgroup",
-                      controllers: frozenset[str] | None = None) -> Cgroup:
+                      controllers: frozenset[str] | None = None,
+                      systemd: bool = False) -> Cgroup:
         """``controllers``: only the hierarchies holding one of these (``unified`` for the
-        cgroup2 one); all by default, as runc makes them for an OCI bundle."""
+        cgroup2 one); all by default, as runc makes them for an OCI bundle.  ``systemd``:
+        the cgroupsPath is ``slice:prefix:name`` (``systemd_units``), the cgroup a scope's."""
+        if systemd:
+            return cls._for_scope(layout, cgroups_path, container_id, controllers)
         parent = split_path(default_parent, "default cgroup parent")
         if not parent:
             raise ConfigError("default cgroup parent", "must not be empty")
@@ -181,17 +194,41 @@ class Cgroup:
         shown = cgroups_path or f"/{'/'.join(parent)}/{container_id}"
         return cls(layout.mode, shown, paths, mounts, prune)
 
+    @classmethod
+    def _for_scope(cls, layout: Layout, cgroups_path: str | None, container_id: str,
+                   controllers: frozenset[str] | None) -> Cgroup:
+        """The scope's cgroup sits at the same path in every hierarchy, from systemd's root
+        (this process is taken to share systemd's view: the unit's ControlGroup, read once
+        it started, is checked against it)."""
+        from .systemd_units import parse_path
+
+        if not container_id or "/" in container_id or container_id in (".", ".."):
+            raise ConfigError("id", f"{container_id!r} is not a valid container id")
+        unit = parse_path(cgroups_path, container_id)
+        relative = unit.cgroup()
+        mounts = layout.hierarchies()
+        if controllers is not None:
+            mounts = {k: v for k, v in mounts.items() if controllers & set(k.split(","))}
+        paths = {k: point.rstrip("/") + relative for k, point in mounts.items()}
+        shown = cgroups_path or f"{unit.slice}:{unit.prefix}:{unit.name}"
+        return cls(layout.mode, shown, paths, mounts, None,
+                   {"name": unit.unit, "slice": unit.slice, "cgroup": relative})
+
     # -- state file ----------------------------------------------------------------------
 
     def to_json(self) -> dict:
-        return {"mode": self.mode, "path": self.path, "paths": dict(self.paths),
+        data = {"mode": self.mode, "path": self.path, "paths": dict(self.paths),
                 "mounts": dict(self.mounts),
                 "prune": {k: list(v) for k, v in self.prune.items()}}
+        if self.unit is not None:
+            data["systemd"] = dict(self.unit)
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> Cgroup:
         return cls(data["mode"], data["path"], dict(data["paths"]), dict(data["mounts"]),
-                   {k: list(v) for k, v in data.get("prune", {}).items()})
+                   {k: list(v) for k, v in data.get("prune", {}).items()},
+                   dict(data["systemd"]) if data.get("systemd") else None)
 
     def __repr__(self) -> str:
         return f"Cgroup({self.mode}, {self.path!r})"
@@ -220,7 +257,7 @@ class Cgroup:
                 except OSError as e:
                     raise fail("mkdir", path, e) from None
                 leafless = [d for d in made if d != path]
-                if leafless:
+                if leafless and self.unit is None:  # a scope's slices are systemd's
                     have = self.prune.setdefault(key, [])
                     have += [d for d in leafless if d not in have]
                 if "cpuset" in key.split(","):
@@ -231,7 +268,7 @@ class Cgroup:
                         self._fill_cpuset(top, path)
         except BaseException:
             try:
-                self.destroy()
+                self.remove_dirs()  # a scope of the same name is not this one's to stop
             except CgroupError:
                 pass
             raise
@@ -392,7 +429,10 @@ class Cgroup:
         """One rmdir per directory, never waiting: True when the container's directories
         are gone (the prunable parents too, when empty).  A directory still busy (EBUSY for
         a moment after its last task exited), or with child cgroups, says False: the caller
-        tries again, or calls ``destroy``."""
+        tries again, or calls ``destroy``.  A systemd scope says False: stopping it is a
+        D-Bus call, for ``destroy``."""
+        if self.unit is not None:
+            return False
         done = True
         for key, path in self.paths.items():
             if not _rmdir_now(path):
@@ -404,8 +444,17 @@ class Cgroup:
         return done
 
     def destroy(self) -> None:
-        """Remove child cgroups, the container's dirs, then the prunable parents that are
+        """Stop the systemd scope, if any (systemd removes the directories it made), then
+        remove child cgroups, the container's dirs, then the prunable parents that are
         empty. Tries every hierarchy and raises the first failure afterwards."""
+        if self.unit is not None:
+            from . import systemd_blocking, systemd_scope
+
+            systemd_blocking.run(systemd_scope.stop(self))
+        self.remove_dirs()
+
+    def remove_dirs(self) -> None:
+        """destroy() but the systemd unit: what a stopped (or never started) scope leaves."""
         first: CgroupError | None = None
         for key, path in self.paths.items():
             try:

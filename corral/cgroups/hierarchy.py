@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import CgroupError, ConfigError, NotSupportedError
+from ..errors import CgroupError, ConfigError
 from .files import read_raw
 
 TYPE_CHECKING = False  # typing costs ms on the command line's start-up path
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         mode: str  # "v1", "v2" or "hybrid"
         paths: dict[str, str]  # hierarchy key -> the cgroup's directory in it
         mounts: dict[str, str]  # hierarchy key -> where that hierarchy is mounted
+        unit: dict[str, str] | None  # the systemd scope owning the cgroup, if any
 
 UNIFIED = "unified"  # the key of the cgroup2 hierarchy in Layout/Cgroup dicts
 
@@ -161,15 +162,6 @@ def own_cgroups(proc_self_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:
     return found
 
 
-def systemd_unsupported(what: str, detail: str = "") -> CgroupError | NotSupportedError:
-    """systemd cgroup management (``--systemd-cgroup``, a ``slice:prefix:name``
-    cgroupsPath): on a host where systemd is not running (no ``/run/systemd/system``,
-    sd_booted's test) that is what the error says; elsewhere it is not written yet."""
-    if not os.path.isdir("/run/systemd/system"):
-        return CgroupError(f"{what}{detail}: systemd is not running on this host")
-    return NotSupportedError(f"{what}{detail}")
-
-
 def split_path(path: str, field: str = "linux.cgroupsPath") -> list[str]:
     """Components of a cgroup path; ``..`` is refused rather than resolved, so no path
     can climb out of the cgroup it is relative to."""
@@ -192,7 +184,9 @@ def resolve(layout: Layout, cgroups_path: str | None, container_id: str,
     if not cgroups_path:
         cgroups_path = f"/{default_parent}/{container_id}"
     elif cgroups_path[0] != "/" and cgroups_path.count(":") == 2:
-        raise systemd_unsupported("linux.cgroupsPath", f" (systemd form {cgroups_path!r})")
+        raise ConfigError("linux.cgroupsPath", f"{cgroups_path!r} is a systemd "
+                                               f"slice:prefix:name path: it needs "
+                                               f"--systemd-cgroup")
     parts = split_path(cgroups_path)
     own = None if cgroups_path[0] == "/" else own_cgroups(proc_self_cgroup)
     dirs = {}

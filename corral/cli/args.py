@@ -171,6 +171,9 @@ COMMANDS = {c.name: c for c in [
         Opt("--log-max-size", "str", "8M", help="a container log file's size before rotation"),
         Opt("--log-max-files", "int", 1, help="rotated log files kept per stream"),
         Opt("--cgroup-parent", "str", "corral", help="cgroup parent of jobs' containers"),
+        Opt("--cgroup-manager", "str", "cgroupfs",
+            help="cgroupfs, or systemd: containers in transient scopes (--systemd-cgroup), "
+                 "jobs' in the slice the cgroup parent names"),
         Opt("--network", "list", help="a bridge network for jobs: NAME=SUBNET[,nat]"
                                       "[,subnet6=CIDR][,mtu=N][,bridge=IFNAME] (repeatable; "
                                       "corral0 is 10.91.0.0/16 unless given)"),

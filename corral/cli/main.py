@@ -72,7 +72,8 @@ def _create(args, log: Log) -> tuple:
                        preserve_fds=args.preserve_fds, listen_fds=listen,
                        new_keyring=not args.no_new_keyring,
                        console_socket=args.console_socket,
-                       detach=getattr(args, "detach", True))
+                       detach=getattr(args, "detach", True),
+                       systemd_cgroup=args.systemd_cgroup)
     log.debug(f"created host side of {args.id}")
     console = None
     master = None
@@ -417,10 +418,6 @@ def main(argv: list[str] | None = None) -> int:
         if command is None or args.help:
             sys.stdout.write(cliargs.usage(command))
             return 0
-        if args.systemd_cgroup:
-            from corral.cgroups.hierarchy import systemd_unsupported
-
-            raise systemd_unsupported("--systemd-cgroup")
         if args.global_rootless not in (None, "false", "auto"):
             raise NotSupportedError("--rootless")
         if command.name not in COMMANDS:

@@ -39,6 +39,7 @@ class PreparedContainer:
         self.record = record
         self.cgroup = cgroup
         self.cgroup_made = False
+        self.scope_started = False  # a systemd scope (--systemd-cgroup) started for the init
         self.plan = plan
         self.slots = slots
         self.init_pidfd = -1  # the trio driver's pidfd of the init, once created
@@ -181,8 +182,29 @@ class PreparedContainer:
             os.close(self.netns_fd)
             self.netns_fd = -1
 
+    def scope_start(self, pid: int):
+        """The conversation that starts the container's systemd scope with the init's pid
+        and its resources (``corral.cgroups.systemd_scope``), or None when there is none
+        to start: the blocking driver runs it in ``apply_resources``, the trio driver on
+        its event loop before."""
+        if self.cgroup is None or self.cgroup.unit is None or self.scope_started:
+            return None
+        from corral.cgroups import systemd_scope
+
+        return systemd_scope.start(self.cgroup, pid, self.config.linux.resources,
+                                   device_rules(self.config), f"corral container {self.id}",
+                                   self.config.annotations)
+
     def apply_resources(self, pid: int) -> None:
+        """After the scope (if any) exists, as runc: what systemd took as properties is
+        written to cgroupfs too, with what it has no property for."""
         self.finish_host_steps()
+        scope = self.scope_start(pid)
+        if scope is not None:
+            from corral.cgroups import systemd_blocking
+
+            systemd_blocking.run(scope)
+            self.scope_started = True
         if self.cgroup is not None:  # None: rootless, and prepare refused any resources
             resources = self.config.linux.resources
             if not resources.empty():
@@ -254,7 +276,8 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
             detach: bool = True, record_extra: dict | None = None,
             journal: Callable[[dict], None] | None = None,
             config: Config | None = None, raw: dict | None = None,
-            controllers: frozenset[str] | None = None) -> PreparedContainer:
+            controllers: frozenset[str] | None = None,
+            systemd_cgroup: bool = False) -> PreparedContainer:
     """Validates everything that can be validated before touching the host, then makes the
     state dir (claiming the id), the exec fifo and the cgroup.  ``detach``: the caller
     returns before the process ends (create, run -d).  ``record_extra``: more fields for
@@ -264,7 +287,8 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
     config itself, parsed, instead of a bundle's (an absolute root path; ``bundle`` is then
     only the directory the record names, and hooks run in: the state dir by default; ``raw``,
     its JSON, goes into the record, for a later ``exec``).  ``controllers``: the cgroup
-    hierarchies to make (all by default)."""
+    hierarchies to make (all by default).  ``systemd_cgroup``: the cgroup is a systemd
+    scope's (``--systemd-cgroup``, a ``slice:prefix:name`` cgroupsPath)."""
     validate_id(container_id)
     if config is None:
         bundle = os.path.abspath(bundle)
@@ -299,7 +323,9 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
         raise ConfigError("--preserve-fds", "must not be negative")
     layout = detect()
     cgroup = Cgroup.for_container(layout, config.linux.cgroups_path, container_id,
-                                  controllers=controllers)
+                                  controllers=controllers, systemd=systemd_cgroup)
+    if systemd_cgroup:
+        _check_systemd(rootless, config)
     if rootless and not rl.cgroup_delegated(cgroup):
         rl.check_no_cgroup(config)
         sys.stderr.write(f"corral: warning: rootless: no cgroup for {container_id} (the "
@@ -367,6 +393,20 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
         prepared.undo()
         raise
     return prepared
+
+
+def _check_systemd(rootless: bool, config: Config) -> None:
+    """Before anything is made: the org.systemd.property.* annotations parse, systemd and
+    its bus are there, for root."""
+    from corral.cgroups.systemd_bus import check_running
+    from corral.cgroups.systemd_units import annotation_properties
+
+    annotation_properties(dict(config.annotations))
+    if rootless:
+        raise CgroupError(f"--systemd-cgroup as uid {os.geteuid()}: a user's systemd "
+                          f"instance (runc's rootless systemd driver) is not implemented; "
+                          f"run as root or without --systemd-cgroup")
+    check_running()
 
 
 def _check_terminal(config: Config, console_socket: str | None, detach: bool) -> None:

@@ -106,8 +106,15 @@ async def _drive(machine: c.CreationMachine, prepared: PreparedContainer,
                 return
             elif isinstance(action, c.Fail):
                 raise action.error
-            elif (isinstance(action, c.ApplyResources)
-                  and getattr(prepared, "steps_running", False)):
+            elif isinstance(action, c.ApplyResources) and (
+                    getattr(prepared, "steps_running", False)
+                    or (prepared.cgroup is not None and prepared.cgroup.unit is not None)):
+                scope = prepared.scope_start(action.pid)
+                if scope is not None:  # the systemd scope, on the event loop
+                    from corral.cgroups import systemd_trio
+
+                    await systemd_trio.run(scope)
+                    prepared.scope_started = True
                 await trio.to_thread.run_sync(prepared.carry_out, action)
             elif isinstance(action, c.RunCreateRuntimeHooks):
                 # Hooks may take long: never on the event loop.  Cancellation (the

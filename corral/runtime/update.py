@@ -188,4 +188,8 @@ def update(container, resources) -> None:
     for path in cgroup.paths.values():
         if not os.path.isdir(path):
             raise ContainerStateError(f"container not running (its cgroup {path} is gone)")
+    if cgroup.unit is not None:  # systemd's properties first, as runc: it may rewrite cgroupfs
+        from corral.cgroups import systemd_blocking, systemd_scope
+
+        systemd_blocking.run(systemd_scope.update(cgroup, resources))
     cgroup.set_resources(resources)

@@ -69,10 +69,14 @@ def main(args) -> int:
     log = DaemonLog(args.log, args.log_format, args.debug)
     if args.max_concurrent_creates < 1:
         raise ConfigError("--max-concurrent-creates", "must be at least 1")
+    if args.cgroup_manager not in ("cgroupfs", "systemd"):
+        raise ConfigError("--cgroup-manager",
+                          f"{args.cgroup_manager!r} is not cgroupfs or systemd")
     group = resolve_group(args.group)
     options = {"max_concurrent_creates": args.max_concurrent_creates,
                "log_max_bytes": parse_size(args.log_max_size, "--log-max-size"),
-               "log_keep": args.log_max_files, "cgroup_parent": args.cgroup_parent}
+               "log_keep": args.log_max_files, "cgroup_parent": args.cgroup_parent,
+               "cgroup_manager": args.cgroup_manager}
     if args.log_max_files < 0:
         raise ConfigError("--log-max-files", "must not be negative")
     options["networks"] = _networks(args.network)

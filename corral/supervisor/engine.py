@@ -44,7 +44,7 @@ class Engine:
                  max_concurrent_creates: int = 16, create_timeout: float = 60.0,
                  log_max_bytes: int = DEFAULT_MAX_BYTES, log_keep: int = DEFAULT_KEEP,
                  cgroup_parent: str = "corral", stop_grace: float = 2.0,
-                 networks: dict | None = None) -> None:
+                 networks: dict | None = None, cgroup_manager: str = "cgroupfs") -> None:
         from corral.net.registry import Networks, parse_options
 
         self.root = os.path.abspath(root)
@@ -52,6 +52,11 @@ class Engine:
         self.networks = Networks(os.path.join(self.root, SUPERVISOR_DIR, "networks"),
                                  parse_options(networks), lambda: list_ids(self.root))
         self.cgroup_parent = cgroup_parent
+        if cgroup_manager not in ("cgroupfs", "systemd"):
+            raise ConfigError("cgroup_manager", f"{cgroup_manager!r} is not cgroupfs or systemd")
+        # systemd: containers' cgroups are transient scopes (--systemd-cgroup), jobs' in the
+        # slice the cgroup parent names ("corral" is corral.slice)
+        self.systemd = cgroup_manager == "systemd"
         self.stop_grace = stop_grace  # SIGTERM to SIGKILL when a job's time is up
         self.keeper = keeper
         self._nursery = nursery
@@ -144,7 +149,8 @@ class Engine:
             async with self._creates:
                 prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra,
                                    journal=self.journal or _unjournaled, config=_parsed,
-                                   raw=raw, controllers=_controllers)
+                                   raw=raw, controllers=_controllers,
+                                   systemd_cgroup=self.systemd)
                 if _host_step is not None:  # a job's network attach (run_job)
                     prepared.add_host_step(*_host_step)
                 log_spec = ({"dir": prepared.state_dir.path, "max_bytes": self.log_max_bytes,
@@ -279,6 +285,10 @@ class Engine:
         from corral.record import replace
 
         cgroups_path = f"/{self.cgroup_parent.strip('/')}/{cid}"
+        if self.systemd:
+            parent = self.cgroup_parent.strip("/")
+            cgroups_path = f"{parent if parent.endswith('.slice') else parent + '.slice'}" \
+                           f":corral:{cid}"
         if workdir is None and netns is None:
             key = (json.dumps(job.to_dict()), self.cgroup_parent)
             cached = self._job_templates.get(key)
@@ -293,6 +303,7 @@ class Engine:
                                                    cgroups_path=cgroups_path)), raw
         raw = job.config(cid, self.cgroup_parent, workdir=workdir,
                          host_root=self._host_root() if job.root is None else None, netns=netns)
+        raw["linux"]["cgroupsPath"] = cgroups_path
         return parse_config(raw), raw
 
     def _host_root(self):
@@ -436,7 +447,12 @@ class Engine:
             with trio.CancelScope(shield=True):
                 if tracked.logs and tracked.managed and self.keeper.alive:
                     await self.keeper.close_logs(tracked.state_dir)
-                if cgroup is not None:
+                if cgroup is not None and cgroup.unit is not None:
+                    from corral.cgroups import systemd_scope, systemd_trio
+
+                    await systemd_trio.run(systemd_scope.stop(cgroup))
+                    await trio.to_thread.run_sync(cgroup.remove_dirs)
+                elif cgroup is not None:
                     # a cgroup whose last task just exited may say EBUSY for a moment
                     for delay in (0, 0.001, 0.004, 0.016, 0.05, 0.1, 0.2, 0.4, 0.8):
                         if delay:
