@@ -13,7 +13,7 @@ carries the steps out.
         -> terminal -> Ready .. Run -> umask, scheduler, I/O priority, cpus, LSM labels,
         memory policy, personality -> cgroup namespace, keyring, bounding set, user,
         capabilities, no_new_privs -> close-on-exec -> Waiting -> exec fifo -> signal
-        defaults -> startContainer hooks -> seccomp -> exec
+        defaults -> seccomp -> startContainer hooks -> exec
 
 ``corral exec`` compiles the same way without the rootfs: the launcher joins every namespace
 of the container's init, the process waits for the parent to hang up instead of the fifo.
@@ -405,20 +405,16 @@ class _Compiler:
             t.add("REPORT", f.MSG_HOOKS_DUE)
             t.add("AWAIT", f.MSG_HOOKS_DONE, BLOB_CREATE_STATE, "the runtime's hooks")
             for i, hook in enumerate(c.hooks.create_container):
-                # before pivot_root the host's bundle path still leads to the bundle
+                # in the rootfs, as runc runs them (before pivot_root, by its host path)
                 t.add("HOOK", "createContainer", i, hook.path, list(hook.args) or [hook.path],
                       list(hook.env) or _environ(), hook.timeout or 0, BLOB_CREATE_STATE,
-                      o.bundle)
+                      Slot("rootfs"))
         if o.no_pivot:
             t.add("MOVE_ROOT", Slot("rootfs"), tuple(o.hide_on_move), "root.path: move the "
                                                                     "rootfs to /")
         else:
             t.add("PIVOT", Slot("rootfs"), "root.path: pivot_root into the rootfs")
         self.regs.give(t, root)
-        if asked:
-            # asked explicitly: the new / gets it too (pivot_root refuses a shared parent)
-            t.add("MOUNT", "", "/", "", "", asked, NO_REG,
-                  f"linux.rootfsPropagation: {linux.rootfs_propagation}")
         from corral.oci.config import sysctl_path
 
         for key, value in linux.sysctl.items():
@@ -437,6 +433,12 @@ class _Compiler:
         if c.root_readonly:
             t.add("SETATTR", NO_REG, m.MOUNT_ATTR_RDONLY, 0, 0, 0, "/",
                   "root.readonly: remount / read-only")
+        if asked:
+            # asked explicitly: the new / gets it too (pivot_root refuses a shared parent),
+            # last, once nothing more is bound from it (an unbindable tree refuses the binds
+            # of read-only and masked paths)
+            t.add("MOUNT", "", "/", "", "", asked, NO_REG,
+                  f"linux.rootfsPropagation: {linux.rootfs_propagation}")
 
     def _fs_parameters(self, opts, relative_to: str = "") -> list[str]:
         """fsconfig's parameters: the superblock flags, then the filesystem's own (overlay
@@ -468,7 +470,11 @@ class _Compiler:
             attr_set, attr_clr = m.mount_attributes(opts.flags, opts.cleared)
             if m.needs_setattr(opts) and (attr_set or attr_clr):
                 t.add("SETATTR", tree, attr_set, attr_clr, 0, 0, "", what)
-            target = self._target(root, dest, CREATE_LIKE, tree, mount, what)
+            procfs = dest == "/proc"
+            if procfs:  # a bind of a procfs is one (runc's checkProcMount); nothing else
+                t.add("PROCFS", tree, f"mounts[{i}]: /proc can only be a proc mount (or a "
+                                      f"bind of one): {mount.source} is not a procfs")
+            target = self._target(root, dest, CREATE_LIKE, tree, mount, what, procfs)
             t.add("MOVE", tree, target, what)
             self._after_mount(i, mount, opts, tree, what)
             self.regs.give(t, target, tree)
@@ -534,11 +540,13 @@ class _Compiler:
             t.add("SETATTR", tree, opts.rec_set, opts.rec_clear, 0, 1, "",
                   f"mounts[{i}].options: {', '.join(opts.recursive)} on {mount.destination}")
 
-    def _target(self, root: int, dest: str, create: int, like: int, mount, what: str) -> int:
-        """The destination inside the rootfs, made as needed; only procfs goes on /proc, and
-        only a few files under /proc may be covered: checked here on the path, and by the
-        executor on where a path through a symlink lands."""
-        allowed = PROC_OVERRIDES + (("/proc",) if mount.type == "proc" else ())
+    def _target(self, root: int, dest: str, create: int, like: int, mount, what: str,
+                procfs: bool = False) -> int:
+        """The destination inside the rootfs, made as needed; only procfs goes on /proc (a
+        proc mount, or a bind checked to be one: ``procfs``), and only a few files under
+        /proc may be covered: checked here on the path, and by the executor on where a path
+        through a symlink lands."""
+        allowed = PROC_OVERRIDES + (("/proc",) if mount.type == "proc" or procfs else ())
         field = what.split(": ", 1)[0]
         if dest == "/proc" and dest not in allowed:
             raise ConfigError(field, f"{mount.destination} can only be a proc mount")
@@ -682,14 +690,15 @@ class _Compiler:
         t.add("REPORT", f.MSG_WAITING)
         t.add("FIFO", regs.get("fifo", NO_REG))
         t.add("SIGNALS")
+        if seccomp is not None:
+            # before the startContainer hooks, as runc loads it: the filter applies to them
+            program, flags = seccomp
+            t.add("SECCOMP", program, flags, keep_sysadmin, regs.get("listener", NO_REG),
+                  BLOB_LISTENER_STATE)
         if start_hooks:
             for i, hook in enumerate(c.hooks.start_container):
                 t.add("HOOK", "startContainer", i, hook.path, list(hook.args) or [hook.path],
                       list(hook.env) or Slot("env"), hook.timeout or 0, BLOB_START_STATE, "")
-        if seccomp is not None:
-            program, flags = seccomp
-            t.add("SECCOMP", program, flags, keep_sysadmin, regs.get("listener", NO_REG),
-                  BLOB_LISTENER_STATE)
         t.add("EXEC", tuple(proc.args), Slot("env"))
 
     def _attributes(self) -> None:

@@ -120,7 +120,9 @@ class PreparedContainer:
             return
         from corral.runtime.hooks import run_hooks, state_from_record
 
-        state = state_from_record(self.record, "creating", pid)
+        # "created", as crun gives these hooks (the OCI validation suite checks it; runc
+        # says "creating")
+        state = state_from_record(self.record, "created", pid)
         bundle = self.record["bundle"]  # every hook's working directory, as in runc
         run_hooks("prestart", hooks.prestart, state, bundle)
         run_hooks("createRuntime", hooks.create_runtime, state, bundle)
