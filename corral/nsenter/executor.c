@@ -1757,6 +1757,20 @@ static int do_move_root(struct run *r, struct args *a)
     return 0;
 }
 
+/* In the runtime's own mount namespace (the config has none): chroot, as runc does there;
+ * pivot_root would move the root of every process of the namespace. */
+static int do_chroot(struct run *r, struct args *a)
+{
+    const char *rootfs = arg_str(a), *what = arg_str(a);
+    if (a->bad)
+        return 0;
+    const char *step = "chdir";
+    if (chdir(rootfs) < 0 || (step = "chroot", chroot(".") < 0) ||
+        (step = "chdir /", chdir("/") < 0))
+        return fail(r, errno, "%s: %s", what, step);
+    return 0;
+}
+
 static int do_chdir(struct run *r, struct args *a)
 {
     const char *path = arg_str(a);
@@ -2363,7 +2377,7 @@ static const handler handlers[] = {
     do_parent_private, do_root_open, do_not_symlink, do_resolve, do_procfs, do_fsmount,
     do_setattr, do_move, do_close, do_open_dir, do_copy_up, do_chmod_like, do_symlink,
     do_mknod, do_hook,
-    do_pivot, do_move_root, do_chdir, do_mask, do_readonly, do_rlimit, do_find_exec,
+    do_pivot, do_move_root, do_chroot, do_chdir, do_mask, do_readonly, do_rlimit, do_find_exec,
     do_terminal, do_umask, do_sched, do_ioprio, do_mempolicy, do_personality, do_keyring,
     do_bounding, do_user, do_caps, do_nnp, do_check_exec, do_cloexec_from, do_fifo,
     do_signals, do_seccomp, do_exec,

@@ -45,6 +45,7 @@
     OP(HOOK, "sislliis")       /* kind, index, path, argv, env, timeout s, state blob, cwd or "" */ \
     OP(PIVOT, "ss")            /* rootfs, what */ \
     OP(MOVE_ROOT, "sls")       /* rootfs, host mounts to detach first, what */ \
+    OP(CHROOT, "ss")           /* rootfs, what: no mount namespace of its own, no pivot */ \
     OP(CHDIR, "sis")           /* path, mkdir, what */ \
     OP(MASK, "ss")             /* path, what */ \
     OP(READONLY, "ss")         /* path, what */ \

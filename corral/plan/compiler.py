@@ -358,34 +358,13 @@ class _Compiler:
         """Model: runc's prepareRootfs / finalizeRootfs, crun's linux.c."""
         c, t, o = self.config, self.t, self.o
         linux = c.linux
+        own = linux.namespace("mount") is not None
+        if not own:
+            self._check_shared_mounts()
         asked = _propagation(linux.rootfs_propagation)
-        # / first, before anything is mounted, so that no mount below reaches the host; an
-        # unbindable / would refuse the rootfs's own bind: that one is applied after the pivot
-        first = asked if asked and not asked & m.MS_UNBINDABLE else DEFAULT_ROOT_PROPAGATION
-        t.add("MOUNT", "", "/", "", "", first, NO_REG, "set the propagation of /")
-        if not (first & m.MS_REC and first & (m.MS_PRIVATE | m.MS_SLAVE)):
-            t.add("PARENT_PRIVATE", Slot("rootfs"), "root.path")
         overlay = _root_overlay(c.mounts)
-        here = self.regs.take()
-        t.add("ROOT_OPEN", here, Slot("rootfs"), "root.path")
-        if overlay is None:
-            tree = self.regs.take()
-            t.add("TREE", tree, Slot("rootfs"), AT_RECURSIVE, "root.path: bind the rootfs")
-            t.add("MOVE", tree, here, "root.path: bind the rootfs")
-            self.regs.give(t, tree, here)
-        else:
-            mount = c.mounts[overlay]
-            opts = m.parse_mount_options(mount.options, f"mounts[{overlay}].options")
-            if opts.is_bind or opts.propagation or opts.recursive:
-                raise ConfigError(f"mounts[{overlay}].options", "an overlay on / takes no "
-                                  "bind, propagation or recursive options")
-            tree = self.regs.take()
-            what = f"mounts[{overlay}]: mount {mount.source or 'overlay'} on /"
-            t.add("FSMOUNT", tree, "overlay", mount.source or "overlay",
-                  tuple(self._fs_parameters(opts, relative_to=o.bundle)),
-                  m.mount_attributes(opts.flags)[0], NO_REG, what)
-            t.add("MOVE", tree, here, what)
-            self.regs.give(t, tree, here)
+        if own:
+            self._own_root(asked, overlay)
         root = self.regs.take()
         regs["root"] = root
         t.add("ROOT_OPEN", root, Slot("rootfs"), "root.path")
@@ -409,12 +388,69 @@ class _Compiler:
                 t.add("HOOK", "createContainer", i, hook.path, list(hook.args) or [hook.path],
                       list(hook.env) or _environ(), hook.timeout or 0, BLOB_CREATE_STATE,
                       Slot("rootfs"))
-        if o.no_pivot:
+        if not own:
+            t.add("CHROOT", Slot("rootfs"), "root.path: chroot into the rootfs")
+        elif o.no_pivot:
             t.add("MOVE_ROOT", Slot("rootfs"), tuple(o.hide_on_move), "root.path: move the "
                                                                     "rootfs to /")
         else:
             t.add("PIVOT", Slot("rootfs"), "root.path: pivot_root into the rootfs")
         self.regs.give(t, root)
+        self._finish_root(asked, dev_reg)
+
+    def _check_shared_mounts(self) -> None:
+        """Without a mount namespace of its own the container's mounts are made in the
+        runtime's, under the rootfs, as runc makes them (and they stay there); what would
+        change the runtime's own mounts is refused (runc refuses masked and read-only paths
+        too; it would also change the propagation of the runtime's /)."""
+        c, linux = self.config, self.config.linux
+        why = ("needs a mount namespace of the container's own (linux.namespaces has no "
+               "\"mount\"): it would change the runtime's own mounts")
+        for field, value in (("linux.maskedPaths", linux.masked_paths),
+                             ("linux.readonlyPaths", linux.readonly_paths),
+                             ("linux.rootfsPropagation", linux.rootfs_propagation),
+                             ("root.readonly", c.root_readonly)):
+            if value:
+                raise ConfigError(field, why)
+        if _root_overlay(c.mounts) is not None:
+            raise ConfigError("mounts[0]", f"an overlay on / {why}")
+
+    def _own_root(self, asked: int, overlay: int | None) -> None:
+        """In the container's mount namespace: / made private (or as asked), the rootfs
+        bound onto itself (or a job's overlay mounted on it)."""
+        c, t, o = self.config, self.t, self.o
+        # / first, before anything is mounted, so that no mount below reaches the host; an
+        # unbindable / would refuse the rootfs's own bind: that one is applied after the pivot
+        first = asked if asked and not asked & m.MS_UNBINDABLE else DEFAULT_ROOT_PROPAGATION
+        t.add("MOUNT", "", "/", "", "", first, NO_REG, "set the propagation of /")
+        if not (first & m.MS_REC and first & (m.MS_PRIVATE | m.MS_SLAVE)):
+            t.add("PARENT_PRIVATE", Slot("rootfs"), "root.path")
+        here = self.regs.take()
+        t.add("ROOT_OPEN", here, Slot("rootfs"), "root.path")
+        if overlay is None:
+            tree = self.regs.take()
+            t.add("TREE", tree, Slot("rootfs"), AT_RECURSIVE, "root.path: bind the rootfs")
+            t.add("MOVE", tree, here, "root.path: bind the rootfs")
+            self.regs.give(t, tree, here)
+        else:
+            mount = c.mounts[overlay]
+            opts = m.parse_mount_options(mount.options, f"mounts[{overlay}].options")
+            if opts.is_bind or opts.propagation or opts.recursive:
+                raise ConfigError(f"mounts[{overlay}].options", "an overlay on / takes no "
+                                  "bind, propagation or recursive options")
+            tree = self.regs.take()
+            what = f"mounts[{overlay}]: mount {mount.source or 'overlay'} on /"
+            t.add("FSMOUNT", tree, "overlay", mount.source or "overlay",
+                  tuple(self._fs_parameters(opts, relative_to=o.bundle)),
+                  m.mount_attributes(opts.flags)[0], NO_REG, what)
+            t.add("MOVE", tree, here, what)
+            self.regs.give(t, tree, here)
+
+    def _finish_root(self, asked: int, dev_reg: int) -> None:
+        """After the pivot: sysctl, read-only /dev, read-only and masked paths, read-only
+        root, the asked propagation."""
+        c, t = self.config, self.t
+        linux = c.linux
         from corral.oci.config import sysctl_path
 
         for key, value in linux.sysctl.items():

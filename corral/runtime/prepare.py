@@ -406,8 +406,6 @@ def _check_namespaces(config: Config) -> None:
                               "with CONFIG_TIME_NS)")
         if ns.path:
             _check_namespace_path(i, ns.path, ns.type, flag)
-    if config.linux.namespace("mount") is None:
-        raise ConfigError("linux.namespaces", "a mount namespace is required")
 
 
 def _check_namespace_path(index: int, path: str, ns_type: str, flag: int) -> None:

@@ -1,0 +1,237 @@
+"""Issue 14, the child's side: where corral, as a drop-in for runc 1.1.5, decides in the plan
+and the executor (seccomp, mounts, namespaces), each checked against the real kernel.  (The
+hooks' state and working directories: tests/test_hooks.py; rootfsPropagation:
+tests/test_rootfs.py; linux.mountLabel: tests/test_config_linux_suite.py.)"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sysconfig
+
+import pytest
+
+from tests.conftest import CORRAL, run_capturing
+
+x86_64 = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 syscall numbers")
+
+# ---- seccomp: the -ENOSYS stub ----------------------------------------------------------------
+
+# A static program that makes each syscall named by number and prints the errno it got.
+NR_SOURCE = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        errno = 0;
+        long rc = syscall(strtol(argv[i], NULL, 0), -1L, 0L, 0L, 0L);
+        printf("%s=%d\n", argv[i], rc < 0 ? errno : 0);
+    }
+    return 0;
+}
+"""
+
+# What the program needs, all numbered at most 334 (rseq) on x86_64; getppid (110) is left
+# out to show the default action.
+ALLOWED = ["execve", "brk", "arch_prctl", "set_tid_address", "set_robust_list", "rseq",
+           "prlimit64", "readlink", "readlinkat", "getrandom", "mprotect", "mmap", "munmap",
+           "uname", "newfstatat", "fstat", "ioctl", "write", "exit", "exit_group"]
+EPERM, ENOSYS, EACCES = 1, 38, 13
+GETPPID, CLOSE_RANGE, OPENAT2, FACCESSAT2, EPOLL_PWAIT2 = 110, 436, 437, 439, 441
+
+
+@pytest.fixture(scope="module")
+def nr_program(tmp_path_factory) -> str:
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    out = tmp_path_factory.mktemp("nr") / "nr"
+    src = out.with_suffix(".c")
+    src.write_text(NR_SOURCE)
+    subprocess.run([*cc, "-static", "-O2", "-o", str(out), str(src)], check=True)
+    return str(out)
+
+
+def syscalls_under(corral, make_bundle, nr_program, seccomp, numbers) -> dict[int, int]:
+    """{syscall number: errno} as the program saw them under ``seccomp``."""
+    b = make_bundle()
+    with open(nr_program, "rb") as src, open(b.rootfs + "/bin/nr", "wb") as dst:
+        dst.write(src.read())
+    os.chmod(b.rootfs + "/bin/nr", 0o755)
+    b.config["process"]["args"] = ["/bin/nr", *map(str, numbers)]
+    b.config["process"]["noNewPrivileges"] = True
+    b.config["linux"]["seccomp"] = seccomp
+    b.write()
+    proc = corral("run", "-b", b.path, b.id, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return {int(k): int(v) for k, v in (line.split("=") for line in proc.stdout.split())}
+
+
+@x86_64
+def test_syscalls_newer_than_the_profile_get_enosys(corral, make_bundle, nr_program):
+    """runc's patchbpf: above the highest syscall the profile names, ENOSYS (a C library
+    then falls back to an older syscall); below it, the default action."""
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "architectures": ["SCMP_ARCH_X86_64"],
+               "syscalls": [{"names": ALLOWED, "action": "SCMP_ACT_ALLOW"}]}
+    got = syscalls_under(corral, make_bundle, nr_program, profile,
+                         [GETPPID, CLOSE_RANGE, FACCESSAT2, 500])
+    assert got == {GETPPID: EPERM, CLOSE_RANGE: ENOSYS, FACCESSAT2: ENOSYS, 500: ENOSYS}
+
+
+@x86_64
+def test_the_stub_counts_every_name_and_the_listed_architectures(corral, make_bundle,
+                                                                  nr_program):
+    """A name counts whatever its rule's action (faccessat2 here: openat2, below it, gets
+    the default); with Docker's three x86 architectures too; without architectures, no stub
+    (runc 1.1.5's)."""
+    rules = [{"names": ALLOWED, "action": "SCMP_ACT_ALLOW"},
+             {"names": ["faccessat2"], "action": "SCMP_ACT_ERRNO", "errnoRet": EACCES}]
+    arches = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    profile = {"defaultAction": "SCMP_ACT_ERRNO", "architectures": arches, "syscalls": rules}
+    got = syscalls_under(corral, make_bundle, nr_program, profile,
+                         [OPENAT2, FACCESSAT2, EPOLL_PWAIT2])
+    assert got == {OPENAT2: EPERM, FACCESSAT2: EACCES, EPOLL_PWAIT2: ENOSYS}
+    del profile["architectures"]
+    got = syscalls_under(corral, make_bundle, nr_program, profile, [EPOLL_PWAIT2])
+    assert got == {EPOLL_PWAIT2: EPERM}
+
+
+@x86_64
+def test_a_killing_default_spares_newer_syscalls(corral, make_bundle, nr_program):
+    profile = {"defaultAction": "SCMP_ACT_KILL_PROCESS", "architectures": ["SCMP_ARCH_X86_64"],
+               "syscalls": [{"names": ALLOWED, "action": "SCMP_ACT_ALLOW"}]}
+    got = syscalls_under(corral, make_bundle, nr_program, profile, [FACCESSAT2, 500])
+    assert got == {FACCESSAT2: ENOSYS, 500: ENOSYS}
+
+
+# ---- seccomp: startContainer hooks, NOTIFY on write ---------------------------------------------
+
+
+def test_start_container_hooks_run_under_the_filter(corral, make_bundle):
+    """runc's order: the filter is loaded, then the startContainer hooks run; one it kills
+    fails the start with "bad system call", and the process never runs."""
+    b = make_bundle()
+    b.config["process"]["args"] = ["sh", "-c", "echo ran"]
+    b.config["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_KILL"}]}
+    b.config["hooks"] = {"startContainer": [{"path": "/bin/mkdir", "args": ["mkdir", "/x"]}]}
+    b.write()
+    proc = corral("run", "-b", b.path, b.id, check=False)
+    assert proc.returncode != 0 and "ran" not in proc.stdout
+    assert "error running startContainer hook #0 /bin/mkdir: bad system call" in proc.stderr
+    assert not os.path.exists(b.rootfs + "/x")
+
+
+def test_notify_on_write_is_refused(corral, make_bundle, tmp_path):
+    b = make_bundle()
+    b.config["linux"]["seccomp"] = {
+        "defaultAction": "SCMP_ACT_ALLOW", "listenerPath": str(tmp_path / "agent.sock"),
+        "syscalls": [{"names": ["write"], "action": "SCMP_ACT_NOTIFY"}]}
+    b.write()
+    proc = corral("create", "-b", b.path, b.id, check=False)
+    assert proc.returncode == 1
+    assert ("corral: linux.seccomp.syscalls[0].names: SCMP_ACT_NOTIFY cannot apply to write"
+            in proc.stderr), proc.stderr
+    assert not os.path.exists(os.path.join(corral.root, b.id))
+
+
+# ---- mounts -------------------------------------------------------------------------------------
+
+
+def test_proc_may_be_a_bind_of_a_procfs(corral, make_bundle, tmp_path):
+    """runc's checkProcMount: a bind onto /proc is accepted when its source is a procfs,
+    refused otherwise."""
+    b = make_bundle()
+    mounts = b.config["mounts"]
+    assert mounts[0]["destination"] == "/proc"
+    mounts[0] = {"destination": "/proc", "type": "bind", "source": "/proc",
+                 "options": ["rbind", "nosuid", "noexec", "nodev"]}
+    b.config["process"]["args"] = ["sh", "-c", "grep ' /proc ' /proc/self/mountinfo"]
+    b.write()
+    proc = corral("run", "-b", b.path, b.id, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split(" - ")[1].startswith("proc ")
+    mounts[0]["source"] = str(tmp_path)
+    b.write()
+    proc = corral("create", "-b", b.path, b.id, check=False)
+    assert proc.returncode == 1
+    assert (f"corral: mounts[0]: /proc can only be a proc mount (or a bind of one): "
+            f"{tmp_path} is not a procfs") in proc.stderr
+    assert not os.path.exists(os.path.join(corral.root, b.id))
+
+
+def test_a_bind_source_only_root_reaches_in_run_and_exec(corral, make_bundle,
+                                                        mapped_root_can_reach):
+    """Bind sources are opened before the user namespace is entered: below a 0700 directory
+    of the host's root, for a container whose root is a mapped uid; read in the container's
+    process and in an exec'd one."""
+    b = make_bundle()
+    private = b.path + "/private"
+    os.makedirs(private + "/inner")
+    os.chmod(private, 0o700)
+    with open(private + "/inner/f", "w") as f:
+        f.write("reached")
+    linux = b.config["linux"]
+    linux["namespaces"].append({"type": "user"})
+    linux["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    linux["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+    os.makedirs(b.rootfs + "/mnt", exist_ok=True)  # its root may not make it
+    b.config["mounts"].append({"destination": "/mnt", "type": "bind",
+                               "source": private + "/inner", "options": ["rbind", "ro"]})
+    b.config["process"]["args"] = ["sh", "-c", "cat /mnt/f; echo; exec sleep 60"]
+    b.write()
+    corral("create", "-b", b.path, b.id)
+    try:
+        pid = corral.state(b.id)["pid"]
+        corral("start", b.id)
+        exec_ = corral("exec", b.id, "cat", "/mnt/f", check=False)
+        assert (exec_.returncode, exec_.stdout) == (0, "reached"), exec_.stderr
+    finally:
+        corral("kill", b.id, "KILL", check=False)
+        os.waitpid(pid, 0)
+        corral("delete", "--force", b.id)
+
+
+# ---- namespaces ----------------------------------------------------------------------------------
+
+NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
+SHOW_NAMESPACES = "; ".join(f"readlink /proc/self/ns/{ns}" for ns in NAMESPACES)
+
+
+def test_no_namespaces_runs_in_the_runtimes_own(corral, make_bundle):
+    """The OCI validation suite's "inherit without type": no linux.namespaces at all (and no
+    hostname), the container's process in every namespace of the runtime's, as runc runs it
+    (its mounts made under the rootfs in the runtime's mount namespace: here a private one
+    of the test's, which goes with it)."""
+    b = make_bundle()
+    cfg = b.config
+    cfg["linux"]["namespaces"] = []
+    cfg.pop("hostname", None)
+    cfg["linux"]["maskedPaths"] = []
+    cfg["linux"]["readonlyPaths"] = []
+    cfg["process"]["args"] = ["sh", "-c", SHOW_NAMESPACES + "; ls /bin/busybox; "
+                                          "test -c /dev/null && echo null"]
+    b.write()
+    run = shlex.join([*CORRAL, "--root", corral.root, "run", "-b", b.path, b.id])
+    proc = run_capturing(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                          f"{SHOW_NAMESPACES}; echo; exec {run}"])
+    assert proc.returncode == 0, proc.stderr
+    runtime, container = proc.stdout.split("\n\n")
+    assert len(runtime.split()) == len(NAMESPACES)
+    assert container.split() == [*runtime.split(), "/bin/busybox", "null"]  # in its rootfs
+
+
+def test_no_mount_namespace_refuses_what_would_change_the_runtimes_mounts(corral, make_bundle):
+    b = make_bundle()
+    b.config["linux"]["namespaces"] = [ns for ns in b.config["linux"]["namespaces"]
+                                       if ns["type"] != "mount"]
+    b.write()
+    proc = corral("create", "-b", b.path, b.id, check=False)
+    assert proc.returncode == 1
+    assert ("corral: linux.maskedPaths: needs a mount namespace of the container's own "
+            "(linux.namespaces has no \"mount\")") in proc.stderr, proc.stderr
+    assert not os.path.exists(os.path.join(corral.root, b.id))
