@@ -2376,9 +2376,8 @@ static const handler handlers[] = {
     do_become_root, do_dumpable, do_loopback_up, do_sethostname, do_setdomainname, do_mount,
     do_parent_private, do_root_open, do_not_symlink, do_resolve, do_procfs, do_fsmount,
     do_setattr, do_move, do_close, do_open_dir, do_copy_up, do_chmod_like, do_symlink,
-    do_mknod, do_hook,
-    do_pivot, do_move_root, do_chroot, do_chdir, do_mask, do_readonly, do_rlimit, do_find_exec,
-    do_terminal, do_umask, do_sched, do_ioprio, do_mempolicy, do_personality, do_keyring,
+    do_mknod, do_hook, do_pivot, do_move_root, do_chroot, do_chdir, do_mask, do_readonly,
+    do_rlimit, do_find_exec, do_terminal, do_umask, do_sched, do_ioprio, do_mempolicy, do_personality, do_keyring,
     do_bounding, do_user, do_caps, do_nnp, do_check_exec, do_cloexec_from, do_fifo,
     do_signals, do_seccomp, do_exec,
 };

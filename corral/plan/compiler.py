@@ -8,8 +8,9 @@ carries the steps out.
         init in every new namespace (CLONE_PARENT), report its pid, exit
     init:  [id maps written] -> session, root of its user namespace -> loopback, hostname
         -> the rootfs: / private, the rootfs bound, config.mounts in order, /dev ->
-        [HooksDue .. HooksDone, createContainer hooks] -> pivot_root -> sysctl -> read-only
-        /dev, read-only and masked paths, read-only root -> rlimits -> cwd -> the executable
+        [HooksDue .. HooksDone, createContainer hooks] -> pivot_root (chroot without a mount
+        namespace) -> sysctl -> read-only /dev, read-only and masked paths, read-only root,
+        the asked propagation -> rlimits -> cwd -> the executable
         -> terminal -> Ready .. Run -> umask, scheduler, I/O priority, cpus, LSM labels,
         memory policy, personality -> cgroup namespace, keyring, bounding set, user,
         capabilities, no_new_privs -> close-on-exec -> Waiting -> exec fifo -> signal
