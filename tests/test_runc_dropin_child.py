@@ -225,6 +225,25 @@ def test_no_namespaces_runs_in_the_runtimes_own(corral, make_bundle):
     assert container.split() == [*runtime.split(), "/bin/busybox", "null"]  # in its rootfs
 
 
+def test_exec_without_a_mount_namespace_is_in_the_containers_root(corral, make_bundle):
+    """An exec'd process of such a container is chrooted where its init is."""
+    b = make_bundle()
+    cfg = b.config
+    cfg["linux"]["namespaces"] = []
+    cfg.pop("hostname", None)
+    cfg["linux"]["maskedPaths"] = []
+    cfg["linux"]["readonlyPaths"] = []
+    cfg["process"]["args"] = ["sleep", "60"]
+    with open(b.rootfs + "/marker", "w") as f:
+        f.write("inside")
+    b.write()
+    corral_ = shlex.join([*CORRAL, "--root", corral.root])
+    script = (f"{corral_} create -b {shlex.quote(b.path)} {b.id} && {corral_} start {b.id} && "
+              f"{corral_} exec {b.id} cat /marker; {corral_} delete --force {b.id}")
+    proc = run_capturing(["unshare", "-m", "--propagation", "private", "sh", "-c", script])
+    assert proc.stdout == "inside", proc.stderr
+
+
 def test_no_mount_namespace_refuses_what_would_change_the_runtimes_mounts(corral, make_bundle):
     b = make_bundle()
     b.config["linux"]["namespaces"] = [ns for ns in b.config["linux"]["namespaces"]

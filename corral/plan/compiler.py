@@ -683,6 +683,9 @@ class _Compiler:
 
         c, t, o = self.config, self.t, self.o
         proc = c.process
+        if o.exec and c.linux.namespace("mount") is None:
+            # the container shares the runtime's mount namespace: its root is the init's
+            t.add("CHROOT", Slot("rootfs"), "chroot into the container's root")
         for rl in proc.rlimits:
             t.add("RLIMIT", spec.RLIMITS[rl.type], rl.soft, rl.hard,
                   f"process.rlimits: setrlimit {rl.type}")
