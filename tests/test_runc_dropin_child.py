@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import platform
 import shlex
+import struct
 import subprocess
 import sysconfig
 
 import pytest
 
+from corral.plan import enosys
+from corral.plan.enosys import X32_BIT
 from tests.conftest import CORRAL, run_capturing
 
 x86_64 = pytest.mark.skipif(platform.machine() != "x86_64", reason="x86_64 syscall numbers")
@@ -105,6 +108,71 @@ def test_a_killing_default_spares_newer_syscalls(corral, make_bundle, nr_program
                "syscalls": [{"names": ALLOWED, "action": "SCMP_ACT_ALLOW"}]}
     got = syscalls_under(corral, make_bundle, nr_program, profile, [FACCESSAT2, 500])
     assert got == {FACCESSAT2: ENOSYS, 500: ENOSYS}
+
+
+def run_stub(program: bytes, arch: int, nr: int) -> str:
+    """What the stub does with a syscall: "enosys", or "filter" (it falls through to the
+    filter behind it).  A cBPF interpreter for the few instructions the stub uses."""
+    insns = list(struct.iter_unpack("=HBBI", program))
+    pc, acc = 0, 0
+    while pc < len(insns):
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        if code == 0x20:  # ld [k]
+            acc = {0: nr, 4: arch}[k]
+        elif code == 0x05:  # ja
+            pc += k
+        elif code in (0x15, 0x25, 0x45):  # jeq, jgt, jset
+            taken = {0x15: acc == k, 0x25: acc > k, 0x45: bool(acc & k)}[code]
+            pc += jt if taken else jf
+        elif code == 0x06:
+            assert k == enosys.RET_ENOSYS
+            return "enosys"
+        else:
+            raise AssertionError(f"unexpected instruction {code:#x}")
+    assert pc == len(insns)
+    return "filter"
+
+
+X86_64, X32, I386, S390X, AARCH64 = 0xC000003E, 0x4000003E, 0x40000003, 0x80000016, 0xC00000B7
+
+
+@pytest.mark.parametrize(("tokens", "cases"), [
+    ([X86_64], [(X86_64, 10, "filter"), (X86_64, 11, "enosys"), (X86_64, X32_BIT | 99, "filter"),
+                (I386, 99, "filter")]),
+    ([X32], [(X86_64, X32_BIT | 20, "filter"), (X86_64, X32_BIT | 21, "enosys"),
+             (X86_64, 99, "filter")]),
+    ([X86_64, X32, I386], [(X86_64, 10, "filter"), (X86_64, 11, "enosys"),
+                           (X86_64, X32_BIT | 20, "filter"), (X86_64, X32_BIT | 21, "enosys"),
+                           (I386, 30, "filter"), (I386, 31, "enosys")]),
+    ([S390X, AARCH64], [(S390X, 0, "enosys"), (S390X, 5, "filter"), (S390X, 41, "enosys"),
+                        (AARCH64, 50, "filter"), (AARCH64, 51, "enosys")]),
+])
+def test_stub_jumps(tokens, cases):
+    """Every architecture's section of the stub, x32 and s390x included (not runnable here)."""
+    bounds = {X86_64: 10, X32: X32_BIT | 20, I386: 30, S390X: 40, AARCH64: 50}
+    last = enosys.last_syscalls(tokens, ["x"], lambda token, name: bounds[token])
+    program = enosys.stub(last)
+    for arch, nr, outcome in cases:
+        assert run_stub(program, arch, nr) == outcome, (hex(arch), hex(nr))
+
+
+def test_stub_skips_names_an_architecture_lacks_and_permissive_defaults():
+    numbers = {"read": 0, "rseq": 334, "arm_only": -10083}
+    last = enosys.last_syscalls([X86_64], list(numbers), lambda token, name: numbers[name])
+    assert last == {X86_64: {X86_64: 334}}
+    assert enosys.stub(enosys.last_syscalls([X86_64], ["arm_only"],
+                                            lambda token, name: -10083)) == b""
+    wanted = [action for action in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG", "SCMP_ACT_TRACE",
+                                    "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_TRAP")
+              if enosys.wanted(Profile(action, None))]
+    assert wanted == ["SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_TRAP"]
+    assert not enosys.wanted(Profile("SCMP_ACT_ERRNO", ENOSYS))  # the default does it already
+
+
+class Profile:
+    def __init__(self, default_action: str, default_errno_ret: int | None) -> None:
+        self.default_action, self.default_errno_ret = default_action, default_errno_ret
 
 
 # ---- seccomp: startContainer hooks, NOTIFY on write ---------------------------------------------
