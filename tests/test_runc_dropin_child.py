@@ -273,8 +273,8 @@ SHOW_NAMESPACES = "; ".join(f"readlink /proc/self/ns/{ns}" for ns in NAMESPACES)
 def test_no_namespaces_runs_in_the_runtimes_own(corral, make_bundle):
     """The OCI validation suite's "inherit without type": no linux.namespaces at all (and no
     hostname), the container's process in every namespace of the runtime's, as runc runs it
-    (its mounts made under the rootfs in the runtime's mount namespace: here a private one
-    of the test's, which goes with it)."""
+    (its mounts made under the rootfs in the runtime's mount namespace, here a private one
+    of the test's, and detached when it is deleted: `run` deletes it)."""
     b = make_bundle()
     cfg = b.config
     cfg["linux"]["namespaces"] = []
@@ -285,12 +285,37 @@ def test_no_namespaces_runs_in_the_runtimes_own(corral, make_bundle):
                                           "test -c /dev/null && echo null"]
     b.write()
     run = shlex.join([*CORRAL, "--root", corral.root, "run", "-b", b.path, b.id])
+    below = shlex.quote(f" {os.path.realpath(b.rootfs)}/")
     proc = run_capturing(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                          f"{SHOW_NAMESPACES}; echo; exec {run}"])
-    assert proc.returncode == 0, proc.stderr
-    runtime, container = proc.stdout.split("\n\n")
+                          f"{SHOW_NAMESPACES}; echo; {run} && echo && "
+                          f"grep -c {below} /proc/self/mountinfo"])
+    runtime, container, left = proc.stdout.split("\n\n")
     assert len(runtime.split()) == len(NAMESPACES)
     assert container.split() == [*runtime.split(), "/bin/busybox", "null"]  # in its rootfs
+    assert left.strip() == "0", proc.stderr  # (grep's status is 1)
+
+
+def test_a_failed_create_without_a_mount_namespace_leaves_no_mount(corral, make_bundle):
+    """Its mounts are made when a createContainer hook fails: the undo detaches them."""
+    b = make_bundle()
+    cfg = b.config
+    cfg["linux"]["namespaces"] = []
+    cfg.pop("hostname", None)
+    cfg["linux"]["maskedPaths"] = []
+    cfg["linux"]["readonlyPaths"] = []
+    # in the rootfs (its cwd): how many mounts it sees below it
+    cfg["hooks"] = {"createContainer": [{"path": "/bin/sh", "args": [
+        "sh", "-c", 'echo "made $(grep -c " $(pwd -P)/" /proc/self/mountinfo)"; exit 3']}]}
+    b.write()
+    create = shlex.join([*CORRAL, "--root", corral.root, "create", "-b", b.path, b.id])
+    below = shlex.quote(f" {os.path.realpath(b.rootfs)}/")
+    proc = run_capturing(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                          f"{create}; echo; grep -c {below} /proc/self/mountinfo"])
+    assert "error running createContainer hook #0 /bin/sh: exit status 3" in proc.stderr
+    made = int(proc.stderr.split("output: made ")[1].split()[0])
+    assert made >= 5, proc.stderr  # /proc, /dev, /dev/pts, /dev/shm, /dev/mqueue, ...
+    assert proc.stdout.split() == ["0"], proc.stdout
+    assert not os.path.exists(os.path.join(corral.root, b.id))
 
 
 def test_exec_without_a_mount_namespace_is_in_the_containers_root(corral, make_bundle):

@@ -227,7 +227,14 @@ class PreparedContainer:
                     finally:
                         self.cgroup.destroy()
             finally:
-                self.state_dir.remove()
+                try:
+                    if self.record.get("shared_mounts"):
+                        from corral.runtime import shared_mounts
+
+                        shared_mounts.release(self.record["shared_mounts"],
+                                              self.record["rootfs"])
+                finally:
+                    self.state_dir.remove()
 
 
 # What every container may use whatever its rules say, appended after them as runc does:
@@ -337,6 +344,10 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
                         and config.linux.resources.memory.limit is not None),
         **(record_extra or {}),
     }
+    if config.linux.namespace("mount") is None:  # its mounts go in ours: noted, undone
+        from corral.runtime import shared_mounts
+
+        record["shared_mounts"] = shared_mounts.note(rootfs)
     if raw is not None:
         record["config"] = raw
     hooks = config.hooks
