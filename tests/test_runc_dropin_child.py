@@ -270,17 +270,23 @@ NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 SHOW_NAMESPACES = "; ".join(f"readlink /proc/self/ns/{ns}" for ns in NAMESPACES)
 
 
+def without_namespaces(cfg: dict) -> dict:
+    """No linux.namespaces, and none of what needs one (a hostname, masked and read-only
+    paths)."""
+    cfg["linux"]["namespaces"] = []
+    cfg.pop("hostname", None)
+    cfg["linux"]["maskedPaths"] = []
+    cfg["linux"]["readonlyPaths"] = []
+    return cfg
+
+
 def test_no_namespaces_runs_in_the_runtimes_own(corral, make_bundle):
     """The OCI validation suite's "inherit without type": no linux.namespaces at all (and no
     hostname), the container's process in every namespace of the runtime's, as runc runs it
     (its mounts made under the rootfs in the runtime's mount namespace, here a private one
     of the test's, and detached when it is deleted: `run` deletes it)."""
     b = make_bundle()
-    cfg = b.config
-    cfg["linux"]["namespaces"] = []
-    cfg.pop("hostname", None)
-    cfg["linux"]["maskedPaths"] = []
-    cfg["linux"]["readonlyPaths"] = []
+    cfg = without_namespaces(b.config)
     cfg["process"]["args"] = ["sh", "-c", SHOW_NAMESPACES + "; ls /bin/busybox; "
                                           "test -c /dev/null && echo null"]
     b.write()
@@ -298,11 +304,7 @@ def test_no_namespaces_runs_in_the_runtimes_own(corral, make_bundle):
 def test_a_failed_create_without_a_mount_namespace_leaves_no_mount(corral, make_bundle):
     """Its mounts are made when a createContainer hook fails: the undo detaches them."""
     b = make_bundle()
-    cfg = b.config
-    cfg["linux"]["namespaces"] = []
-    cfg.pop("hostname", None)
-    cfg["linux"]["maskedPaths"] = []
-    cfg["linux"]["readonlyPaths"] = []
+    cfg = without_namespaces(b.config)
     # in the rootfs (its cwd): how many mounts it sees below it
     cfg["hooks"] = {"createContainer": [{"path": "/bin/sh", "args": [
         "sh", "-c", 'echo "made $(grep -c " $(pwd -P)/" /proc/self/mountinfo)"; exit 3']}]}
@@ -321,11 +323,7 @@ def test_a_failed_create_without_a_mount_namespace_leaves_no_mount(corral, make_
 def test_exec_without_a_mount_namespace_is_in_the_containers_root(corral, make_bundle):
     """An exec'd process of such a container is chrooted where its init is."""
     b = make_bundle()
-    cfg = b.config
-    cfg["linux"]["namespaces"] = []
-    cfg.pop("hostname", None)
-    cfg["linux"]["maskedPaths"] = []
-    cfg["linux"]["readonlyPaths"] = []
+    cfg = without_namespaces(b.config)
     cfg["process"]["args"] = ["sleep", "60"]
     with open(b.rootfs + "/marker", "w") as f:
         f.write("inside")
