@@ -68,7 +68,7 @@ def test_create_hooks_sync_before_ready():
     assert m.receive(p.Pid(42)) == [c.RecordPid(42), c.JoinCgroup(42)]
     assert m.state is c.State.AWAIT_HOOKS
     assert m.receive(p.HooksDue()) == [c.RunCreateRuntimeHooks(42),
-                                       c.Send(p.HooksDone(STATE.json("creating", 42)))]
+                                       c.Send(p.HooksDone(STATE.json("created", 42)))]
     assert m.state is c.State.AWAIT_READY
     assert m.receive(p.Ready()) == [c.ApplyResources(42), c.Send(p.Run(b"", b""))]
 

@@ -59,7 +59,7 @@ def test_every_hook_at_its_moment(corral, make_bundle, tmp_path):
     assert [e[1] for e in got] == [host, host, "inside"]  # createContainer: the container's
     assert got[1][2] == "bar" and got[0][2] == ""
     for _, _, _, state in got:
-        assert state == {"ociVersion": b.config["ociVersion"], "id": b.id, "status": "creating",
+        assert state == {"ociVersion": b.config["ociVersion"], "id": b.id, "status": "created",
                          "pid": pid, "bundle": b.path, "annotations": {"a": "b"}}
     assert not os.path.exists(os.path.join(b.rootfs, "hook.log"))  # not started yet
 
@@ -154,7 +154,9 @@ echo "$1 $(pwd -P) $(cat | tr -d '\\n')" >> {log}
 
 def test_hooks_run_in_order_with_the_right_state_and_cwd(corral, make_bundle, tmp_path):
     """Every hook the runtime runs has the bundle as its working directory (runc and crun
-    chdir there), whatever the caller's; startContainer, inside, the process's cwd."""
+    chdir there), whatever the caller's, but createContainer the rootfs (runc's); and
+    startContainer, inside, the process's cwd.  The create-time hooks read the status
+    "created" (crun's, which the OCI validation suite checks)."""
     log = tmp_path / "cwd.log"
     script = tmp_path / "cwd-hook.sh"
     script.write_text(CWD_HOOK.format(log=log))
@@ -180,11 +182,12 @@ def test_hooks_run_in_order_with_the_right_state_and_cwd(corral, make_bundle, tm
 
     lines = log.read_text().splitlines()
     assert [line.split(" ")[0] for line in lines] == kinds
-    statuses = {"prestart": "creating", "createRuntime": "creating",
-                "createContainer": "creating", "poststart": "running", "poststop": "stopped"}
+    statuses = {"prestart": "created", "createRuntime": "created",
+                "createContainer": "created", "poststart": "running", "poststop": "stopped"}
     for line in lines:
         kind, cwd, state = line.split(" ", 2)
-        assert cwd == os.path.realpath(b.path), line
+        where = b.rootfs if kind == "createContainer" else b.path
+        assert cwd == os.path.realpath(where), line
         state = json.loads(state)
         assert (state["id"], state["bundle"], state["status"]) == (b.id, b.path, statuses[kind])
     inside = open(os.path.join(b.rootfs, "cwd.log")).read().split(" ", 2)

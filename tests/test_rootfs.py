@@ -478,15 +478,30 @@ def test_cgroup_view(box):
 
 
 def test_rootfs_propagation_values(box):
+    """Every value of the spec, with read-only and masked paths (binds of mounts in the
+    tree: an unbindable / is applied once they are made) and a bind mount."""
+    box.config["linux"]["readonlyPaths"] = ["/proc/sys", "/etc"]
+    box.config["linux"]["maskedPaths"] = ["/proc/kcore", "/proc/scsi", "/etc/passwd"]
+    os.makedirs(box.bundle.path + "/src")
+    box.config["mounts"] = [PROC, DEV_MOUNTS[0],
+                            {"destination": "/mnt", "type": "bind",
+                             "source": box.bundle.path + "/src", "options": ["rbind"]}]
     for value in ("rslave", "slave", "private", "rprivate", "shared", "rshared", "unbindable",
                   "runbindable"):
         box.config["linux"]["rootfsPropagation"] = value
-        res = box.run("sec mounts; cat /proc/self/mountinfo")
-        root = parse_mountinfo(res["mounts"])["/"]
+        res = box.run("sec mounts; cat /proc/self/mountinfo; sec etc; try touch /etc/x;"
+                      "sec passwd; wc -c < /etc/passwd")
+        table = parse_mountinfo(res["mounts"])
+        root = table["/"]
         if "shared" in value:
             assert any(o.startswith("shared:") for o in root["optional"]), value
+        else:
+            assert not any(o.startswith("shared:") for o in root["optional"]), value
         if "unbindable" in value:
             assert "unbindable" in root["optional"], value
+        if value == "runbindable":
+            assert "unbindable" in table["/mnt"]["optional"] and "/proc/sys" in table
+        assert outcome(res["etc"]) == "EROFS" and res["passwd"].strip() == "0", value
     box.config["linux"]["rootfsPropagation"] = "bogus"
     assert "rootfsPropagation" in box.error()
 

@@ -27,6 +27,11 @@ def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> in
     return rc
 
 
+def umount_detach(path: str) -> None:
+    """umount2(path, MNT_DETACH): os has no umount."""
+    _check(lib.umount2(path.encode(), lib.MNT_DETACH), f"umount {path}")
+
+
 def ns_type(fd: int) -> int:
     """The CLONE_NEW* type of a namespace file (NS_GET_NSTYPE); OSError(ENOTTY) when the
     file is not a namespace."""

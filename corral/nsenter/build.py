@@ -15,10 +15,13 @@ with open(HEADER) as f:
 ffibuilder.cdef(header + """
     int socketpair(int domain, int type, int protocol, int sv[2]);
     int prctl(int option, unsigned long a2, unsigned long a3, unsigned long a4, unsigned long a5);
+    int umount2(const char *target, int flags);
+    #define MNT_DETACH ...
     """)
 ffibuilder.set_source(
     "corral.nsenter._nsenter",
-    '#include <sys/prctl.h>\n#include <sys/socket.h>\n#include "helpers.h"\n',
+    '#include <sys/mount.h>\n#include <sys/prctl.h>\n#include <sys/socket.h>\n'
+    '#include "helpers.h"\n',
     sources=["corral/nsenter/helpers.c"],
     include_dirs=["corral/nsenter"],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],

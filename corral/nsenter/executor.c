@@ -46,6 +46,7 @@
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
@@ -57,6 +58,7 @@
 #include <linux/capability.h>
 #include <linux/filter.h>
 #include <linux/keyctl.h>
+#include <linux/magic.h>
 #include <linux/mount.h>
 #include <linux/nsfs.h>
 #include <linux/openat2.h>
@@ -1167,6 +1169,25 @@ static int do_resolve(struct run *r, struct args *a)
     return 0;
 }
 
+/* A bind onto /proc must bring a procfs (runc's checkProcMount): anything else there would
+ * hide the kernel's own view of the container's processes. */
+static int do_procfs(struct run *r, struct args *a)
+{
+    int reg = reg_index(a, arg_int(a));
+    const char *what = arg_str(a);
+    if (a->bad)
+        return 0;
+    struct statfs st;
+    if (fstatfs(r->regs[reg], &st) < 0)
+        return fail(r, errno, "%s: statfs the source", what);
+    if (st.f_type != PROC_SUPER_MAGIC) {
+        fail(r, 0, "%s", what);
+        errno = EINVAL;
+        return -1;
+    }
+    return 0;
+}
+
 /* The filesystem's own messages (fsconfig's log), appended to an error. */
 static void fs_log(int fs, char *out, size_t cap)
 {
@@ -1733,6 +1754,20 @@ static int do_move_root(struct run *r, struct args *a)
     if (chdir(rootfs) < 0 || mount(rootfs, "/", NULL, MS_MOVE, NULL) < 0 || chroot(".") < 0 ||
         chdir("/") < 0)
         return fail(r, errno, "%s", what);
+    return 0;
+}
+
+/* In the runtime's own mount namespace (the config has none): chroot, as runc does there;
+ * pivot_root would move the root of every process of the namespace. */
+static int do_chroot(struct run *r, struct args *a)
+{
+    const char *rootfs = arg_str(a), *what = arg_str(a);
+    if (a->bad)
+        return 0;
+    const char *step = "chdir";
+    if (chdir(rootfs) < 0 || (step = "chroot", chroot(".") < 0) ||
+        (step = "chdir /", chdir("/") < 0))
+        return fail(r, errno, "%s: %s", what, step);
     return 0;
 }
 
@@ -2339,10 +2374,10 @@ static const handler handlers[] = {
     do_open, do_connect, do_tree, do_idmap_tree, do_write, do_write_fd, do_affinity,
     do_open_ns, do_setns, do_unshare, do_clone_init, do_await, do_joined, do_report, do_setsid,
     do_become_root, do_dumpable, do_loopback_up, do_sethostname, do_setdomainname, do_mount,
-    do_parent_private, do_root_open, do_not_symlink, do_resolve, do_fsmount, do_setattr,
-    do_move, do_close, do_open_dir, do_copy_up, do_chmod_like, do_symlink, do_mknod, do_hook,
-    do_pivot, do_move_root, do_chdir, do_mask, do_readonly, do_rlimit, do_find_exec,
-    do_terminal, do_umask, do_sched, do_ioprio, do_mempolicy, do_personality, do_keyring,
+    do_parent_private, do_root_open, do_not_symlink, do_resolve, do_procfs, do_fsmount,
+    do_setattr, do_move, do_close, do_open_dir, do_copy_up, do_chmod_like, do_symlink,
+    do_mknod, do_hook, do_pivot, do_move_root, do_chroot, do_chdir, do_mask, do_readonly,
+    do_rlimit, do_find_exec, do_terminal, do_umask, do_sched, do_ioprio, do_mempolicy, do_personality, do_keyring,
     do_bounding, do_user, do_caps, do_nnp, do_check_exec, do_cloexec_from, do_fifo,
     do_signals, do_seccomp, do_exec,
 };

@@ -32,6 +32,7 @@
     OP(ROOT_OPEN, "iss")       /* reg, rootfs path, what */ \
     OP(NOT_SYMLINK, "iss")     /* root reg, name, what */ \
     OP(RESOLVE, "iisiiisls")   /* reg, root reg, path, create, like reg, proc check, destination, allowed under /proc, what */ \
+    OP(PROCFS, "is")           /* reg, what: refused unless the descriptor is on a procfs */ \
     OP(FSMOUNT, "issliis")     /* reg, fstype, source, options, MOUNT_ATTR_*, fallback reg or -1, what */ \
     OP(SETATTR, "iiiiiss")     /* reg or -1, set, clear, propagation, recursive, path, what */ \
     OP(MOVE, "iis")            /* from reg, to reg, what */ \
@@ -44,6 +45,7 @@
     OP(HOOK, "sislliis")       /* kind, index, path, argv, env, timeout s, state blob, cwd or "" */ \
     OP(PIVOT, "ss")            /* rootfs, what */ \
     OP(MOVE_ROOT, "sls")       /* rootfs, host mounts to detach first, what */ \
+    OP(CHROOT, "ss")           /* rootfs, what: no mount namespace of its own, no pivot */ \
     OP(CHDIR, "sis")           /* path, mkdir, what */ \
     OP(MASK, "ss")             /* path, what */ \
     OP(READONLY, "ss")         /* path, what */ \

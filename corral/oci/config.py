@@ -996,9 +996,13 @@ def _seccomp_action(obj: dict, key: str, path: str) -> str:
     return action
 
 
-#: What the runtime itself calls after the filter is loaded and before the agent holds the
-#: notify fd (executor.c, the SECCOMP step): a notification for it could never be answered.
-SECCOMP_NOTIFY_REFUSED = frozenset({"sendmsg"})
+#: Syscalls no SCMP_ACT_NOTIFY rule may take, and why: ``sendmsg`` hands the agent its notify
+#: fd after the filter is loaded (executor.c, the SECCOMP step), so no one could answer it;
+#: ``write`` is refused as runc refuses it (the runtime's own error reports go through it).
+SECCOMP_NOTIFY_REFUSED = {
+    "sendmsg": "the runtime calls it to hand the listener its fd, before anyone can answer",
+    "write": "the runtime writes its own errors with it (runc refuses it too)",
+}
 
 
 def _seccomp(obj: dict, path: str) -> Seccomp | None:
@@ -1033,8 +1037,7 @@ def _seccomp(obj: dict, path: str) -> Seccomp | None:
             for name in names:
                 if name in SECCOMP_NOTIFY_REFUSED:
                     raise ConfigError(f"{where}.names", f"SCMP_ACT_NOTIFY cannot apply to "
-                                      f"{name}: the runtime calls it to hand the listener its "
-                                      f"fd, before anyone can answer")
+                                      f"{name}: {SECCOMP_NOTIFY_REFUSED[name]}")
         syscalls.append(SeccompSyscall(
             names=names, action=action,
             errno_ret=_int(item, "errnoRet", where, 0, 0xFFFF), args=tuple(args)))

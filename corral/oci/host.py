@@ -48,9 +48,8 @@ def check_host(config) -> None:
     if proc.selinux_label and not selinux_enabled():
         raise ConfigError("process.selinuxLabel", "SELinux is not enabled on this host "
                                                   "(no selinuxfs at /sys/fs/selinux)")
-    if linux.mount_label and not selinux_enabled():
-        raise ConfigError("linux.mountLabel", "SELinux is not enabled on this host "
-                                              "(no selinuxfs at /sys/fs/selinux)")
+    # linux.mountLabel without SELinux is ignored, as crun and runc ignore it (their label
+    # library formats no context= option then): engines set it whatever the host
     if linux.intel_rdt:
         if not resctrl_mounted():
             lack = ("is not mounted at /sys/fs/resctrl" if kernel_has_filesystem("resctrl")

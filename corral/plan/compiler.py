@@ -8,12 +8,13 @@ carries the steps out.
         init in every new namespace (CLONE_PARENT), report its pid, exit
     init:  [id maps written] -> session, root of its user namespace -> loopback, hostname
         -> the rootfs: / private, the rootfs bound, config.mounts in order, /dev ->
-        [HooksDue .. HooksDone, createContainer hooks] -> pivot_root -> sysctl -> read-only
-        /dev, read-only and masked paths, read-only root -> rlimits -> cwd -> the executable
+        [HooksDue .. HooksDone, createContainer hooks] -> pivot_root (chroot without a mount
+        namespace) -> sysctl -> read-only /dev, read-only and masked paths, read-only root,
+        the asked propagation -> rlimits -> cwd -> the executable
         -> terminal -> Ready .. Run -> umask, scheduler, I/O priority, cpus, LSM labels,
         memory policy, personality -> cgroup namespace, keyring, bounding set, user,
         capabilities, no_new_privs -> close-on-exec -> Waiting -> exec fifo -> signal
-        defaults -> startContainer hooks -> seccomp -> exec
+        defaults -> seccomp -> startContainer hooks -> exec
 
 ``corral exec`` compiles the same way without the rootfs: the launcher joins every namespace
 of the container's init, the process waits for the parent to hang up instead of the fifo.
@@ -358,14 +359,73 @@ class _Compiler:
         """Model: runc's prepareRootfs / finalizeRootfs, crun's linux.c."""
         c, t, o = self.config, self.t, self.o
         linux = c.linux
+        own = linux.namespace("mount") is not None
+        if not own:
+            self._check_shared_mounts()
         asked = _propagation(linux.rootfs_propagation)
+        overlay = _root_overlay(c.mounts)
+        if own:
+            self._own_root(asked, overlay)
+        root = self.regs.take()
+        regs["root"] = root
+        t.add("ROOT_OPEN", root, Slot("rootfs"), "root.path")
+        for name in ("proc", "sys"):  # would redirect the container's procfs / sysfs
+            t.add("NOT_SYMLINK", root, name, f"root.path: the rootfs's /{name} is a symlink: "
+                                             "refused")
+        dev_reg = NO_REG
+        for i, mount in enumerate(c.mounts):
+            if i == overlay:
+                continue
+            reg = self._mount(i, mount, root, regs["binds"].get(i))
+            if reg is not None:
+                dev_reg = reg  # /dev's own tmpfs: made read-only after its nodes
+        self._dev(root)
+        if create_hooks:
+            self._joined()
+            t.add("REPORT", f.MSG_HOOKS_DUE)
+            t.add("AWAIT", f.MSG_HOOKS_DONE, BLOB_CREATE_STATE, "the runtime's hooks")
+            for i, hook in enumerate(c.hooks.create_container):
+                # in the rootfs, as runc runs them (before pivot_root, by its host path)
+                t.add("HOOK", "createContainer", i, hook.path, list(hook.args) or [hook.path],
+                      list(hook.env) or _environ(), hook.timeout or 0, BLOB_CREATE_STATE,
+                      Slot("rootfs"))
+        if not own:
+            t.add("CHROOT", Slot("rootfs"), "root.path: chroot into the rootfs")
+        elif o.no_pivot:
+            t.add("MOVE_ROOT", Slot("rootfs"), tuple(o.hide_on_move), "root.path: move the "
+                                                                    "rootfs to /")
+        else:
+            t.add("PIVOT", Slot("rootfs"), "root.path: pivot_root into the rootfs")
+        self.regs.give(t, root)
+        self._finish_root(asked, dev_reg)
+
+    def _check_shared_mounts(self) -> None:
+        """Without a mount namespace of its own the container's mounts are made in the
+        runtime's, under the rootfs, as runc makes them (and they stay there); what would
+        change the runtime's own mounts is refused (runc refuses masked and read-only paths
+        too; it would also change the propagation of the runtime's /)."""
+        c, linux = self.config, self.config.linux
+        why = ("needs a mount namespace of the container's own (linux.namespaces has no "
+               "\"mount\"): it would change the runtime's own mounts")
+        for field, value in (("linux.maskedPaths", linux.masked_paths),
+                             ("linux.readonlyPaths", linux.readonly_paths),
+                             ("linux.rootfsPropagation", linux.rootfs_propagation),
+                             ("root.readonly", c.root_readonly)):
+            if value:
+                raise ConfigError(field, why)
+        if _root_overlay(c.mounts) is not None:
+            raise ConfigError("mounts[0]", f"an overlay on / {why}")
+
+    def _own_root(self, asked: int, overlay: int | None) -> None:
+        """In the container's mount namespace: / made private (or as asked), the rootfs
+        bound onto itself (or a job's overlay mounted on it)."""
+        c, t, o = self.config, self.t, self.o
         # / first, before anything is mounted, so that no mount below reaches the host; an
         # unbindable / would refuse the rootfs's own bind: that one is applied after the pivot
         first = asked if asked and not asked & m.MS_UNBINDABLE else DEFAULT_ROOT_PROPAGATION
         t.add("MOUNT", "", "/", "", "", first, NO_REG, "set the propagation of /")
         if not (first & m.MS_REC and first & (m.MS_PRIVATE | m.MS_SLAVE)):
             t.add("PARENT_PRIVATE", Slot("rootfs"), "root.path")
-        overlay = _root_overlay(c.mounts)
         here = self.regs.take()
         t.add("ROOT_OPEN", here, Slot("rootfs"), "root.path")
         if overlay is None:
@@ -386,39 +446,12 @@ class _Compiler:
                   m.mount_attributes(opts.flags)[0], NO_REG, what)
             t.add("MOVE", tree, here, what)
             self.regs.give(t, tree, here)
-        root = self.regs.take()
-        regs["root"] = root
-        t.add("ROOT_OPEN", root, Slot("rootfs"), "root.path")
-        for name in ("proc", "sys"):  # would redirect the container's procfs / sysfs
-            t.add("NOT_SYMLINK", root, name, f"root.path: the rootfs's /{name} is a symlink: "
-                                             "refused")
-        dev_reg = NO_REG
-        for i, mount in enumerate(c.mounts):
-            if i == overlay:
-                continue
-            reg = self._mount(i, mount, root, regs["binds"].get(i))
-            if reg is not None:
-                dev_reg = reg  # /dev's own tmpfs: made read-only after its nodes
-        self._dev(root)
-        if create_hooks:
-            self._joined()
-            t.add("REPORT", f.MSG_HOOKS_DUE)
-            t.add("AWAIT", f.MSG_HOOKS_DONE, BLOB_CREATE_STATE, "the runtime's hooks")
-            for i, hook in enumerate(c.hooks.create_container):
-                # before pivot_root the host's bundle path still leads to the bundle
-                t.add("HOOK", "createContainer", i, hook.path, list(hook.args) or [hook.path],
-                      list(hook.env) or _environ(), hook.timeout or 0, BLOB_CREATE_STATE,
-                      o.bundle)
-        if o.no_pivot:
-            t.add("MOVE_ROOT", Slot("rootfs"), tuple(o.hide_on_move), "root.path: move the "
-                                                                    "rootfs to /")
-        else:
-            t.add("PIVOT", Slot("rootfs"), "root.path: pivot_root into the rootfs")
-        self.regs.give(t, root)
-        if asked:
-            # asked explicitly: the new / gets it too (pivot_root refuses a shared parent)
-            t.add("MOUNT", "", "/", "", "", asked, NO_REG,
-                  f"linux.rootfsPropagation: {linux.rootfs_propagation}")
+
+    def _finish_root(self, asked: int, dev_reg: int) -> None:
+        """After the pivot: sysctl, read-only /dev, read-only and masked paths, read-only
+        root, the asked propagation."""
+        c, t = self.config, self.t
+        linux = c.linux
         from corral.oci.config import sysctl_path
 
         for key, value in linux.sysctl.items():
@@ -437,6 +470,12 @@ class _Compiler:
         if c.root_readonly:
             t.add("SETATTR", NO_REG, m.MOUNT_ATTR_RDONLY, 0, 0, 0, "/",
                   "root.readonly: remount / read-only")
+        if asked:
+            # asked explicitly: the new / gets it too (pivot_root refuses a shared parent),
+            # last, once nothing more is bound from it (an unbindable tree refuses the binds
+            # of read-only and masked paths)
+            t.add("MOUNT", "", "/", "", "", asked, NO_REG,
+                  f"linux.rootfsPropagation: {linux.rootfs_propagation}")
 
     def _fs_parameters(self, opts, relative_to: str = "") -> list[str]:
         """fsconfig's parameters: the superblock flags, then the filesystem's own (overlay
@@ -468,7 +507,11 @@ class _Compiler:
             attr_set, attr_clr = m.mount_attributes(opts.flags, opts.cleared)
             if m.needs_setattr(opts) and (attr_set or attr_clr):
                 t.add("SETATTR", tree, attr_set, attr_clr, 0, 0, "", what)
-            target = self._target(root, dest, CREATE_LIKE, tree, mount, what)
+            procfs = dest == "/proc"
+            if procfs:  # a bind of a procfs is one (runc's checkProcMount); nothing else
+                t.add("PROCFS", tree, f"mounts[{i}]: /proc can only be a proc mount (or a "
+                                      f"bind of one): {mount.source} is not a procfs")
+            target = self._target(root, dest, CREATE_LIKE, tree, mount, what, procfs)
             t.add("MOVE", tree, target, what)
             self._after_mount(i, mount, opts, tree, what)
             self.regs.give(t, target, tree)
@@ -534,11 +577,13 @@ class _Compiler:
             t.add("SETATTR", tree, opts.rec_set, opts.rec_clear, 0, 1, "",
                   f"mounts[{i}].options: {', '.join(opts.recursive)} on {mount.destination}")
 
-    def _target(self, root: int, dest: str, create: int, like: int, mount, what: str) -> int:
-        """The destination inside the rootfs, made as needed; only procfs goes on /proc, and
-        only a few files under /proc may be covered: checked here on the path, and by the
-        executor on where a path through a symlink lands."""
-        allowed = PROC_OVERRIDES + (("/proc",) if mount.type == "proc" else ())
+    def _target(self, root: int, dest: str, create: int, like: int, mount, what: str,
+                procfs: bool = False) -> int:
+        """The destination inside the rootfs, made as needed; only procfs goes on /proc (a
+        proc mount, or a bind checked to be one: ``procfs``), and only a few files under
+        /proc may be covered: checked here on the path, and by the executor on where a path
+        through a symlink lands."""
+        allowed = PROC_OVERRIDES + (("/proc",) if mount.type == "proc" or procfs else ())
         field = what.split(": ", 1)[0]
         if dest == "/proc" and dest not in allowed:
             raise ConfigError(field, f"{mount.destination} can only be a proc mount")
@@ -638,6 +683,9 @@ class _Compiler:
 
         c, t, o = self.config, self.t, self.o
         proc = c.process
+        if o.exec and c.linux.namespace("mount") is None:
+            # the container shares the runtime's mount namespace: its root is the init's
+            t.add("CHROOT", Slot("rootfs"), "chroot into the container's root")
         for rl in proc.rlimits:
             t.add("RLIMIT", spec.RLIMITS[rl.type], rl.soft, rl.hard,
                   f"process.rlimits: setrlimit {rl.type}")
@@ -682,14 +730,15 @@ class _Compiler:
         t.add("REPORT", f.MSG_WAITING)
         t.add("FIFO", regs.get("fifo", NO_REG))
         t.add("SIGNALS")
+        if seccomp is not None:
+            # before the startContainer hooks, as runc loads it: the filter applies to them
+            program, flags = seccomp
+            t.add("SECCOMP", program, flags, keep_sysadmin, regs.get("listener", NO_REG),
+                  BLOB_LISTENER_STATE)
         if start_hooks:
             for i, hook in enumerate(c.hooks.start_container):
                 t.add("HOOK", "startContainer", i, hook.path, list(hook.args) or [hook.path],
                       list(hook.env) or Slot("env"), hook.timeout or 0, BLOB_START_STATE, "")
-        if seccomp is not None:
-            program, flags = seccomp
-            t.add("SECCOMP", program, flags, keep_sysadmin, regs.get("listener", NO_REG),
-                  BLOB_LISTENER_STATE)
         t.add("EXEC", tuple(proc.args), Slot("env"))
 
     def _attributes(self) -> None:

@@ -17,14 +17,17 @@ host's view; relative to the bundle, like runc, which runs in it), so a missing 
 listener fails ``create`` cleanly; the parent sends the containerProcessState JSON with
 ``Run`` (it knows the init's pid by then); the SECCOMP step loads the filter with
 SECCOMP_FILTER_FLAG_NEW_LISTENER and sends the JSON with the notify fd (SCM_RIGHTS).
+
+A profile whose default action denies gets runc's -ENOSYS stub in front (``enosys.py``):
+syscalls newer than every one it names return ENOSYS, so a C library falls back.
 """
 
 from __future__ import annotations
 
 import os
 
-from corral import jsonlite as json
 from corral.errors import ConfigError
+from corral.plan import enosys
 
 _CDEF = """
 typedef void *scmp_filter_ctx;
@@ -35,6 +38,7 @@ int seccomp_arch_add(scmp_filter_ctx ctx, uint32_t arch_token);
 uint32_t seccomp_arch_resolve_name(const char *arch_name);
 int seccomp_attr_set(scmp_filter_ctx ctx, int attr, uint32_t value);
 int seccomp_syscall_resolve_name(const char *name);
+int seccomp_syscall_resolve_name_arch(uint32_t arch_token, const char *name);
 int seccomp_rule_add_array(scmp_filter_ctx ctx, uint32_t action, int syscall,
                            unsigned int arg_cnt, const struct scmp_arg_cmp *arg_array);
 int seccomp_export_bpf(const scmp_filter_ctx ctx, int fd);
@@ -99,6 +103,7 @@ def compile_filter(seccomp) -> tuple[bytes, int]:
     ctx = lib.seccomp_init(default)
     if ctx == ffi.NULL:
         raise ConfigError(f"{path}.defaultAction", "libseccomp refused the default action")
+    tokens = []
     try:
         _check(lib.seccomp_attr_set(ctx, _FLTATR_CTL_NNP, 0), f"{path}: set attribute")
         for i, arch in enumerate(seccomp.architectures):
@@ -106,6 +111,7 @@ def compile_filter(seccomp) -> tuple[bytes, int]:
             if token == 0:
                 raise ConfigError(f"{path}.architectures[{i}]",
                                   f"architecture {arch} unknown to libseccomp")
+            tokens.append(token)
             rc = lib.seccomp_arch_add(ctx, token)
             if rc != -17:  # EEXIST: the native one is there already
                 _check(rc, f"{path}.architectures[{i}]")
@@ -114,6 +120,12 @@ def compile_filter(seccomp) -> tuple[bytes, int]:
         program = _export(lib, ctx)
     finally:
         lib.seccomp_release(ctx)
+    if enosys.wanted(seccomp):
+        names = [name for rule in seccomp.syscalls for name in rule.names]
+        last = enosys.last_syscalls(
+            tokens, names, lambda token, name: lib.seccomp_syscall_resolve_name_arch(
+                token, name.encode()))
+        program = enosys.stub(last) + program
     if len(program) // 8 > BPF_MAXINSNS:
         raise ConfigError(path, f"the filter has {len(program) // 8} BPF instructions, more "
                                 f"than the kernel's {BPF_MAXINSNS}")

@@ -234,8 +234,13 @@ class Container:
         self._run_hooks("poststop", STOPPED, 0)
 
     def remove_supervisor_files(self, keep: bool | None = None) -> None:
-        """What a supervisor made beside the state dir (a job's work directory), named in
-        the record: gone with the container whoever deletes it."""
+        """What was made beside the state dir, named in the record (a supervisor's job work
+        directory; the mounts of a container without a mount namespace of its own): gone
+        with the container whoever deletes it, once its processes are."""
+        if self.record.get("shared_mounts"):
+            from corral.runtime import shared_mounts
+
+            shared_mounts.release(self.record["shared_mounts"], self.record["rootfs"])
         job = self.record.get("job")
         if job and job.get("workdir"):
             remove_work_dir(job["workdir"], job.get("upper"),

@@ -163,7 +163,7 @@ class CreationMachine:
     def _on_hooks_due(self, msg: p.HooksDue) -> list[Action]:
         self.state = State.AWAIT_READY
         return [RunCreateRuntimeHooks(self.init_pid),
-                Send(p.HooksDone(self.container.json("creating", self.init_pid)))]
+                Send(p.HooksDone(self.container.json("created", self.init_pid)))]
 
     def _on_ready(self, msg: p.Ready) -> list[Action]:
         self.state = State.AWAIT_WAITING

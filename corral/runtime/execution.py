@@ -226,6 +226,6 @@ def prepare_exec(args) -> PreparedExec:
     # HOME from the container's own passwd, as the host reaches it through the init
     env = process_env(config, (), f"/proc/{pid}/root/etc/passwd")
     slots = {"fifo": "", "console": socket_path or "", "keyring": f"_ses.{container.id}",
-             "rootfs": "", "env": env, "hostname": config.hostname or "",
+             "rootfs": f"/proc/{pid}/root", "env": env, "hostname": config.hostname or "",
              **{f"procs{k}": path for k, path in enumerate(procs)}}
     return PreparedExec(container, plan, slots, late_cgroup=status == PAUSED, console=console)

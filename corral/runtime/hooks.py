@@ -2,8 +2,9 @@
 killed when its timeout passes.
 
 Used by the parent (prestart, createRuntime), the container's init before pivot_root
-(createContainer), ``start`` (poststart) and ``delete`` (poststop); every one of them runs in
-the bundle directory, as runc and crun run theirs (they chdir to the bundle).  The
+(createContainer), ``start`` (poststart) and ``delete`` (poststop); they run in the bundle
+directory, as runc and crun run theirs (they chdir to the bundle), but createContainer, in
+the rootfs (runc's ``prepareRootfs`` chdirs there).  The
 startContainer hooks run in C (executor.c, the HOOK step), after the exec fifo opened, in
 the process's cwd inside the container (the bundle is out of reach after pivot_root).  No
 subprocess module: ``start`` and ``delete`` are CLI paths whose start-up cost is measured

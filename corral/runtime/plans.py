@@ -3,8 +3,7 @@
 The cache is keyed by what the compiler reads of a config: not the cgroup path, resources,
 annotations or the runtime's own hooks (the parent's business), nor the hostname (a slot), so
 containers whose configs differ only there share one plan; and a bundle directory is part of
-the key only when the plan depends on it (relative paths, createContainer hooks' working
-directory).
+the key only when the plan depends on it (relative paths).
 """
 
 from __future__ import annotations
@@ -47,8 +46,6 @@ def _needs_bundle(config, bundle: str) -> bool:
     """Whether anything in the plan is relative to the bundle directory."""
     if not bundle:
         return False
-    if config.hooks.create_container:
-        return True  # they run in it
     seccomp = config.linux.seccomp
     if seccomp is not None and seccomp.listener_path and not seccomp.listener_path.startswith("/"):
         return True
