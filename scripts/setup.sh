@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 packages=(busybox-static libseccomp2 libnftables1 procps python3 python3-venv python3-dev gcc libc6-dev util-linux)
 if [[ "${1:-}" == "--test" ]]; then
   # runc and crun to compare with (and bubblewrap, in bench/run's batches); podman (conmon,
-  # containers-common) and containerd to drive corral.
-  packages+=(runc crun bubblewrap podman containerd)
+  # containers-common) and containerd to drive corral; CNI plugins for the CRI tests' pod
+  # network.
+  packages+=(runc crun bubblewrap podman containerd containernetworking-plugins)
 fi
 missing=()
 for p in "${packages[@]}"; do

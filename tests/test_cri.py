@@ -38,7 +38,9 @@ def _find_crictl() -> str | None:
 
 
 CRICTL = _find_crictl()
+CNI_BIN = "/usr/lib/cni"  # Debian's containernetworking-plugins
 RUN_CONTAINERD = "/run/containerd"  # the shims' sockets (/run/containerd/s) are always here
+RUN_NETNS = "/run/netns"  # where the CRI plugin binds pods' network namespaces (in its mount ns)
 PAUSE_IMAGE = "localhost/corral-pause:1"
 IMAGE = "localhost/corral-bbx:1"
 MIB = 1024 * 1024
@@ -73,7 +75,7 @@ state = "{w}/state"
   disable_apparmor = true
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{w}/cni/bin"
+    bin_dir = "{cni_bin}"
     conf_dir = "{w}/cni/conf"
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
@@ -150,35 +152,44 @@ class Cri:
             json.dump(data, f)
         return path
 
-    def run_pod(self, name: str, privileged: bool = False) -> tuple[str, str, str]:
-        """A pod like a kubelet's for `hostNetwork: true, shareProcessNamespace: true`:
-        its cgroup parent made first, in every hierarchy.  Returns (pod id, pod config path,
-        cgroup parent)."""
+    def run_pod(self, name: str, privileged: bool = False,
+                host_network: bool = True) -> tuple[str, str, str]:
+        """A pod like a kubelet's for `hostNetwork: true, shareProcessNamespace: true`
+        (or, without ``host_network``, a pod network from CNI, a hostname and a pid namespace
+        per container, as by default): its cgroup parent made first, in every hierarchy.
+        Returns (pod id, pod config path, cgroup parent)."""
         self.pods += 1
         uid = f"uid{self.pods}"
         parent = f"/{CGROUP_PARENT}/cri/pod{uid}"
         for hierarchy in hierarchies():
             os.makedirs(f"/sys/fs/cgroup/{hierarchy}{parent}", exist_ok=True)
         os.makedirs(f"{self.w}/logs/{name}", exist_ok=True)
+        # 0 = POD, 1 = CONTAINER, 2 = NODE.  Host network: the host's UTS namespace too, and
+        # no hostname (the kubelet leaves it empty for host-network pods), one pid namespace
+        # for the pod, the sandbox's.
+        namespaces = ({"network": 2, "pid": 0, "ipc": 0} if host_network
+                      else {"network": 0, "pid": 1, "ipc": 0})
         config = self.write_json(f"pod-{name}.json", {
             "metadata": {"name": name, "namespace": "default", "uid": uid, "attempt": 0},
             "log_directory": f"{self.w}/logs/{name}",
-            # 0 = POD, 2 = NODE: host network (and so the host's UTS namespace, with no
-            # hostname, as the kubelet leaves it for host-network pods); one pid and ipc
-            # namespace for the pod, the sandbox's.
+            **({} if host_network else {"hostname": name}),
             "linux": {"cgroup_parent": parent,
                       "security_context": {"privileged": privileged,
-                                           "namespace_options": {"network": 2, "pid": 0,
-                                                                 "ipc": 0}}},
+                                           "namespace_options": namespaces}},
         })
         pod = self.ok("runp", "--runtime", "corral", config).strip()
         return pod, config, parent
 
     def create(self, pod: str, pod_config: str, name: str, command: list[str],
                resources: dict | None = None) -> str:
+        """A container with the pod's namespace options, as the kubelet gives each."""
+        with open(pod_config) as f:
+            namespaces = json.load(f)["linux"]["security_context"]["namespace_options"]
         config = self.write_json(f"ctr-{name}.json", {
             "metadata": {"name": name}, "image": {"image": IMAGE}, "command": command,
-            "log_path": f"{name}.log", "linux": {"resources": resources or {}},
+            "log_path": f"{name}.log",
+            "linux": {"resources": resources or {},
+                      "security_context": {"namespace_options": namespaces}},
         })
         return self.ok("create", pod, config, pod_config).strip()
 
@@ -221,10 +232,10 @@ class Cri:
 
 @pytest.fixture
 def cri(_no_leaks):
-    had_run_dir = os.path.exists(RUN_CONTAINERD)
+    had_dirs = {d: os.path.exists(d) for d in (RUN_CONTAINERD, RUN_NETNS)}
     workdir = tempfile.mkdtemp(prefix="corral-cri-")  # socket paths stay short
     with open(os.path.join(workdir, "config.toml"), "w") as f:
-        f.write(CONFIG.format(w=workdir, pause=PAUSE_IMAGE, corral=CORRAL[0]))
+        f.write(CONFIG.format(w=workdir, pause=PAUSE_IMAGE, corral=CORRAL[0], cni_bin=CNI_BIN))
     with open(os.path.join(workdir, "crictl.yaml"), "w") as f:
         f.write("debug: false\n")
     rootfs = build_rootfs(os.path.join(workdir, "rootfs"))
@@ -261,10 +272,12 @@ def cri(_no_leaks):
             wait_for_our_processes(20)  # the shims
             remove_cgroups(f"/{CGROUP_PARENT}/cri")
             shutil.rmtree(workdir, ignore_errors=True)
-            if not had_run_dir:
-                for path in (os.path.join(RUN_CONTAINERD, "s"), RUN_CONTAINERD):
+            for path, had in ((os.path.join(RUN_CONTAINERD, "s"), had_dirs[RUN_CONTAINERD]),
+                              (RUN_CONTAINERD, had_dirs[RUN_CONTAINERD]),
+                              (RUN_NETNS, had_dirs[RUN_NETNS])):
+                if not had:
                     try:
-                        os.rmdir(path)
+                        os.rmdir(path)  # only when empty: another daemon's stay
                     except OSError:
                         pass
 
@@ -443,3 +456,59 @@ def test_cri_kubelet_like_restricted_and_privileged_containers_and_terminals(cri
         assert cri.status(c)["state"] == "CONTAINER_EXITED"
     cri.ok("rmp", pod)
     assert cri.ok("ps", "--all", "--quiet") == ""
+
+
+@pytest.fixture
+def pod_network(cri):
+    """A CNI network for pods: macvlan on one end of a veth pair made for the test (no
+    bridge, route or sysctl on the host), a static address.  Returns that address."""
+    if not os.path.exists(os.path.join(CNI_BIN, "macvlan")):
+        pytest.skip("CNI plugins not installed (scripts/setup.sh --test installs them)")
+    link = f"crt{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "add", f"{link}a", "type", "veth", "peer", "name",
+                    f"{link}b"], check=True)
+    try:
+        subprocess.run(["ip", "link", "set", f"{link}a", "up"], check=True)
+        address = "192.0.2.10"  # TEST-NET-1: only ever inside the pod's namespace
+        conf = {"cniVersion": "0.4.0", "name": "corral-test", "plugins": [
+            {"type": "macvlan", "master": f"{link}a", "mode": "bridge",
+             "ipam": {"type": "static", "addresses": [{"address": f"{address}/24"}]}}]}
+        os.makedirs(f"{cri.w}/cni/conf", exist_ok=True)
+        cri.write_json("cni/conf/10-corral-test.conflist", conf)
+        deadline = time.monotonic() + 30
+        while not next(c["status"] for c in json.loads(cri.ok("info"))["status"]["conditions"]
+                       if c["type"] == "NetworkReady"):
+            assert time.monotonic() < deadline, "containerd did not load the CNI config"
+            time.sleep(0.1)
+        yield address
+        cri.cleanup()  # the pod's network is torn down before its master link goes
+    finally:
+        subprocess.run(["ip", "link", "del", f"{link}a"], check=False)
+
+
+def test_cri_pod_network_hostname_and_pid_namespace_per_container(cri, pod_network):
+    """A pod as a kubelet makes most: its own network namespace from CNI (corral joins it
+    by path), its own UTS namespace with the pod's hostname, a pid namespace per container."""
+    pod, pod_config, parent = cri.run_pod("web", host_network=False)
+    sandbox = cri.inspect("inspectp", pod)
+    assert sandbox["status"]["network"]["ip"] == pod_network
+    sandbox_pid = sandbox["info"]["pid"]
+    cid = cri.create(pod, pod_config, "app", ["/bin/sh", "-c", "echo up; exec sleep 300"])
+    cri.ok("start", cid)
+    cri.wait_log(cid, "up")
+    pid = cri.inspect("inspect", cid)["info"]["pid"]
+    for kind in ("net", "uts", "ipc"):
+        assert ns_link(pid, kind) == ns_link(sandbox_pid, kind) != ns_link(os.getpid(), kind)
+    assert len({ns_link(p, "pid") for p in (os.getpid(), sandbox_pid, pid)}) == 3
+    out = cri.ok("exec", "--sync", cid, "sh", "-c",
+                 "hostname; cat /etc/hostname; ip -o -4 addr show eth0")
+    lines = out.split("\n")
+    assert lines[:2] == ["web", "web"], out
+    assert f"inet {pod_network}/24" in lines[2], out
+    # the container's init is pid 1 of its own pid namespace
+    assert cri.ok("exec", "--sync", cid, "cat", "/proc/1/cmdline") == "sleep\x00300\x00\n\n"
+    cri.ok("stop", "--timeout", "1", cid)
+    cri.ok("rm", cid)
+    cri.ok("stopp", pod)
+    cri.ok("rmp", pod)
+    assert cri.mounts_under_workdir() == []
