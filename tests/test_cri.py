@@ -214,10 +214,13 @@ class Cri:
             assert time.monotonic() < deadline, f"no {text!r} in the logs of {cid}: {out!r}"
             time.sleep(0.1)
 
-    def mounts_under_workdir(self) -> list[str]:
+    def private_mounts(self) -> list[str]:
+        """containerd's own mounts (in its mount namespace): under the workdir (rootfs
+        overlays, shm, the bundles' binds) and the pods' network namespaces."""
         with open(f"/proc/{self.daemon.pid}/mountinfo") as f:
             points = [line.split()[4] for line in f]
-        return [p for p in points if p == self.w or p.startswith(self.w + "/")]
+        return [p for p in points
+                if any(p == d or p.startswith(d + "/") for d in (self.w, RUN_NETNS))]
 
     def cleanup(self) -> None:
         """What is left after a failed test: every pod (and so its containers), then any
@@ -225,7 +228,7 @@ class Cri:
         if self.daemon.poll() is not None:
             return
         self("rmp", "--force", "--all")
-        for point in reversed(self.mounts_under_workdir()):
+        for point in reversed(self.private_mounts()):
             subprocess.run(["nsenter", f"--mount=/proc/{self.daemon.pid}/ns/mnt", "--",
                             "umount", "-l", point], check=False)
 
@@ -259,8 +262,8 @@ def cri(_no_leaks):
     finally:
         try:
             c.cleanup()
-            assert not c.mounts_under_workdir() or daemon.poll() is not None, \
-                f"mounts left in containerd's namespace: {c.mounts_under_workdir()}"
+            assert daemon.poll() is not None or not c.private_mounts(), \
+                f"mounts left in containerd's namespace: {c.private_mounts()}"
         finally:
             daemon.terminate()  # our own child, by its pid
             try:
@@ -373,7 +376,7 @@ def test_cri_pod_lifecycle_exec_logs_stats_update_and_shared_namespaces(cri):
     cri.ok("rmp", pod)
     assert cri.ok("pods", "--quiet") == ""
     assert os.listdir(f"{cri.w}/runc/k8s.io") == []
-    assert cri.mounts_under_workdir() == []
+    assert cri.private_mounts() == []
     # the pod's own cgroup (the kubelet's) is left, empty
     for hierarchy in hierarchies():
         assert [d for d in os.listdir(f"/sys/fs/cgroup/{hierarchy}{parent}")
@@ -511,4 +514,4 @@ def test_cri_pod_network_hostname_and_pid_namespace_per_container(cri, pod_netwo
     cri.ok("rm", cid)
     cri.ok("stopp", pod)
     cri.ok("rmp", pod)
-    assert cri.mounts_under_workdir() == []
+    assert cri.private_mounts() == []
