@@ -392,11 +392,15 @@ def test_cri_pod_lifecycle_exec_logs_stats_update_and_shared_namespaces(cri):
 
 def test_cri_memory_limit_oom_kills(cri):
     pod, pod_config, parent = cri.run_pod("p2")
-    # dd's 64 MiB buffer, filled from /dev/zero, is over the 16 MiB limit.
-    hog = "echo start; exec dd if=/dev/zero of=/dev/null bs=64M count=1"
+    # dd's 64 MiB buffer, filled from /dev/zero, is over the 16 MiB limit.  It waits for the
+    # go: the shim watches the cgroup's OOM events from the end of its Start (so for runc
+    # too), and an OOM kill before that is reported as a plain "Error".
+    hog = ("echo start; until [ -e /tmp/go ]; do sleep 0.05; done;"
+           " exec dd if=/dev/zero of=/dev/null bs=64M count=1")
     cid = cri.create(pod, pod_config, "hog", ["/bin/sh", "-c", hog],
                      {"memory_limit_in_bytes": 16 * MIB})
     cri.ok("start", cid)
+    cri.ok("exec", "--sync", cid, "touch", "/tmp/go")
     status = cri.wait_state(cid, "CONTAINER_EXITED")
     assert (status["exitCode"], status["reason"]) == (137, "OOMKilled"), status
     assert cri.ok("logs", cid) == "start\n"
