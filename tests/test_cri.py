@@ -527,3 +527,36 @@ def test_cri_pod_network_hostname_and_pid_namespace_per_container(cri, pod_netwo
     cri.ok("stopp", pod)
     cri.ok("rmp", pod)
     assert cri.private_mounts() == []
+
+
+def test_cri_volumes_and_termination_log(cri):
+    """The kubelet's volumes are bind mounts of host paths (an emptyDir read-write, a
+    configMap read-only, the termination-message file)."""
+    pod, pod_config, parent = cri.run_pod("p5")
+    vol = os.path.join(cri.w, "volumes")
+    os.makedirs(f"{vol}/data")
+    os.makedirs(f"{vol}/config")
+    with open(f"{vol}/config/key", "w") as f:
+        f.write("value\n")
+    open(f"{vol}/termination-log", "w").close()
+    script = ("echo written > /data/out; cat /config/key; touch /config/x 2>/dev/null || echo ro;"
+              " echo last words > /dev/termination-log; exit 2")
+    config = cri.write_json("ctr-vol.json", {
+        "metadata": {"name": "vol"}, "image": {"image": IMAGE},
+        "command": ["/bin/sh", "-c", script], "log_path": "vol.log",
+        "mounts": [{"container_path": "/data", "host_path": f"{vol}/data"},
+                   {"container_path": "/config", "host_path": f"{vol}/config", "readonly": True},
+                   {"container_path": "/dev/termination-log",
+                    "host_path": f"{vol}/termination-log"}],
+    })
+    cid = cri.ok("create", pod, config, pod_config).strip()
+    cri.ok("start", cid)
+    status = cri.wait_state(cid, "CONTAINER_EXITED")
+    assert (status["exitCode"], status["reason"]) == (2, "Error"), status
+    assert cri.ok("logs", cid) == "value\nro\n"
+    assert read(f"{vol}/data/out") == "written"
+    assert read(f"{vol}/termination-log") == "last words"
+    assert os.listdir(f"{vol}/config") == ["key"]
+    cri.ok("rm", cid)
+    cri.ok("stopp", pod)
+    cri.ok("rmp", pod)
