@@ -25,8 +25,8 @@ import time
 import pytest
 
 from corral.images import build_rootfs
-from tests.conftest import (CGROUP_PARENT, CORRAL, remove_cgroups, run_capturing,
-                            wait_for_our_processes)
+from tests.conftest import (CGROUP_PARENT, CORRAL, remove_cgroups, remove_empty_dirs,
+                            run_capturing, stop_daemon)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -267,24 +267,12 @@ def cri(_no_leaks):
             assert daemon.poll() is not None or not c.private_mounts(), \
                 f"mounts left in containerd's namespace: {c.private_mounts()}"
         finally:
-            daemon.terminate()  # our own child, by its pid
-            try:
-                daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_daemon(daemon)  # and the shims
             log.close()
-            wait_for_our_processes(20)  # the shims
             remove_cgroups(f"/{CGROUP_PARENT}/cri")
             shutil.rmtree(workdir, ignore_errors=True)
-            for path, had in ((os.path.join(RUN_CONTAINERD, "s"), had_dirs[RUN_CONTAINERD]),
-                              (RUN_CONTAINERD, had_dirs[RUN_CONTAINERD]),
-                              (RUN_NETNS, had_dirs[RUN_NETNS])):
-                if not had:
-                    try:
-                        os.rmdir(path)  # only when empty: another daemon's stay
-                    except OSError:
-                        pass
+            made = [] if had_dirs[RUN_CONTAINERD] else [f"{RUN_CONTAINERD}/s", RUN_CONTAINERD]
+            remove_empty_dirs(made + ([] if had_dirs[RUN_NETNS] else [RUN_NETNS]))
 
 
 def read(path: str) -> str:
