@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.."
 packages=(busybox-static libseccomp2 libnftables1 procps python3 python3-venv python3-dev gcc libc6-dev util-linux)
 if [[ "${1:-}" == "--test" ]]; then
   # runc and crun to compare with (and bubblewrap, in bench/run's batches); podman (conmon,
-  # containers-common) and containerd to drive corral; systemd and dbus, booted in a
-  # container for the systemd cgroup driver's test.
-  packages+=(runc crun bubblewrap podman containerd systemd dbus)
+  # containers-common) and containerd to drive corral; CNI plugins for the CRI tests' pod
+  # network; systemd and dbus, booted in a container for the systemd cgroup driver's test.
+  packages+=(runc crun bubblewrap podman containerd containernetworking-plugins systemd dbus)
 fi
 missing=()
 for p in "${packages[@]}"; do

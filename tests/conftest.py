@@ -94,6 +94,28 @@ def wait_for_our_processes(timeout: float) -> None:
         time.sleep(0.05)
 
 
+def stop_daemon(daemon: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM to an engine's daemon that we started (by its pid), SIGKILL if it lingers;
+    then wait for the helpers it daemonized (reparented to us)."""
+    daemon.terminate()
+    try:
+        daemon.wait(timeout)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+    wait_for_our_processes(20)
+
+
+def remove_empty_dirs(paths: list[str]) -> None:
+    """rmdir each path (give the deepest first) when it is empty: what an engine made in
+    /run, where another daemon's files may be by now."""
+    for path in paths:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
 def unmount_under(path: str) -> None:
     """Lazily unmount every mount at or below ``path`` (an engine's private storage)."""
     with open("/proc/self/mountinfo") as f:

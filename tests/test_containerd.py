@@ -15,8 +15,8 @@ import time
 import pytest
 
 from corral.images import build_rootfs
-from tests.conftest import (CGROUP_PARENT, CORRAL, remove_cgroups, run_capturing, unmount_under,
-                            wait_for_our_processes)
+from tests.conftest import (CGROUP_PARENT, CORRAL, remove_cgroups, remove_empty_dirs,
+                            run_capturing, stop_daemon, unmount_under)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("containerd") is None or shutil.which("ctr") is None
@@ -94,23 +94,13 @@ def ctr(_no_leaks):
         try:
             c.cleanup()
         finally:
-            daemon.terminate()  # our own child, by its pid
-            try:
-                daemon.wait(10)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_daemon(daemon)  # and the shims
             log.close()
-            wait_for_our_processes(20)  # the shims
             unmount_under(workdir)
             remove_cgroups(c.cgroup_parent)
             shutil.rmtree(workdir, ignore_errors=True)
             if not had_run_dir:
-                for path in (os.path.join(RUN_CONTAINERD, "s"), RUN_CONTAINERD):
-                    try:
-                        os.rmdir(path)
-                    except OSError:
-                        pass
+                remove_empty_dirs([os.path.join(RUN_CONTAINERD, "s"), RUN_CONTAINERD])
 
 
 def test_containerd_run_rm_output_and_exit_code(ctr):

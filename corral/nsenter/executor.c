@@ -370,6 +370,12 @@ static int reg_index(struct args *a, int64_t v)
 
 /* ---- paths inside the rootfs ---------------------------------------------------------- */
 
+/* openat2 confined to the root.  With RESOLVE_IN_ROOT the kernel fails a walk that took a
+ * ".." step while any rename or mount happened on the system (EAGAIN: it cannot tell that
+ * the step stayed inside); a busy host (a Kubernetes node mounting volumes) makes that
+ * happen, so retry, as runc's securejoin does. */
+#define OPENAT2_TRIES 128
+
 static int open_in_root_flags(int root, const char *path, uint64_t flags, uint64_t resolve)
 {
     struct open_how how;
@@ -378,7 +384,13 @@ static int open_in_root_flags(int root, const char *path, uint64_t flags, uint64
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | resolve;
     while (*path == '/')
         path++;
-    return (int)syscall(SYS_openat2, root, *path ? path : ".", &how, sizeof(how));
+    int fd = -1;
+    for (int i = 0; i < OPENAT2_TRIES; i++) {
+        fd = (int)syscall(SYS_openat2, root, *path ? path : ".", &how, sizeof(how));
+        if (fd >= 0 || errno != EAGAIN)
+            break;
+    }
+    return fd;
 }
 
 static int open_in_root(int root, const char *path, uint64_t flags)
