@@ -12,8 +12,9 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from corral.errors import ConfigError, ContainerStateError
+from corral.errors import ConfigError, ContainerStateError, TooSlow
 from corral.supervisor.engine import Engine
+from corral.supervisor.event_bus import EVENT_BUFFER
 
 API_VERSION = 1
 Emit = Callable[[Any], Awaitable[None]]
@@ -181,7 +182,9 @@ async def m_events(engine: Engine, params: dict, emit: Emit) -> dict:
     async with engine.subscribe() as events:
         async for event in events:
             await emit(event)
-    return {"dropped": "the client fell too far behind the event stream"}
+    # the bus closed the channel: the client fell behind (what it had queued went out first)
+    raise TooSlow(f"events: the client fell more than {EVENT_BUFFER} events behind; dropped "
+                  f"(subscribe again, and read the state of what it missed)")
 
 
 METHODS: dict[str, Callable[[Engine, dict, Emit], Awaitable[Any]]] = {

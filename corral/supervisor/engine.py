@@ -542,7 +542,7 @@ class Engine:
                 raise ConfigError("stream", f"{stream!r}: use stdout or stderr")
         tracked = self.tracked.get(cid)
         state_dir = tracked.state_dir if tracked is not None else self._load(cid).state_dir.path
-        readers = [LogReader(state_dir, s) for s in streams]
+        readers = [LogReader(state_dir, s, follow) for s in streams]
         try:
             while True:
                 ended = not follow or tracked is None or tracked.exited.is_set()
