@@ -175,6 +175,50 @@ def test_stuck_log_followers_are_dropped_and_the_daemon_stays_small(
         shutdown(d)
 
 
+
+async def test_an_event_subscriber_that_falls_behind_is_told_so():
+    """The bus behind the events method: an emit never waits for a subscriber; one more than
+    EVENT_BUFFER behind gets what it had queued, then TooSlow; a reading one gets all."""
+    import trio
+
+    from corral.errors import TooSlow
+    from corral.supervisor import api
+    from corral.supervisor.event_bus import EVENT_BUFFER, EventBus
+
+    bus = EventBus()  # what m_events uses of the engine: subscribe()
+    release = trio.Event()
+    slow_got, fast_got, outcome = [], [], {}
+
+    async def stuck_emit(item) -> None:
+        await release.wait()  # a client reading nothing, for now
+        slow_got.append(item["id"])
+
+    async def slow() -> None:
+        with pytest.raises(TooSlow) as caught:
+            await api.m_events(bus, {}, stuck_emit)
+        outcome["error"] = str(caught.value)
+
+    async def fast() -> None:
+        async with bus.subscribe() as events:
+            async for event in events:
+                fast_got.append(event["id"])
+                if len(fast_got) == EVENT_BUFFER + 100:
+                    return
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow)
+        nursery.start_soon(fast)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(EVENT_BUFFER + 100):
+            bus.emit("created", f"c{i}")
+            await trio.sleep(0)  # the fast subscriber reads meanwhile
+        release.set()
+    everything = [f"c{i}" for i in range(EVENT_BUFFER + 100)]
+    assert fast_got == everything
+    assert slow_got == everything[:EVENT_BUFFER + 1]  # one in its emit, a full buffer
+    assert f"fell more than {EVENT_BUFFER} events behind" in outcome["error"]
+
+
 # ---- containers that flood, fork and ignore SIGTERM ----
 
 GIB = 1 << 30
@@ -243,3 +287,371 @@ def test_an_exit_is_reported_while_a_leftover_child_floods_the_pipe(
         c.close()
     finally:
         shutdown(d)
+
+
+def cgroup_procs(cid: str) -> list[int]:
+    """The processes in the container's cgroup (its pids hierarchy; [] once removed)."""
+    pids = []
+    for path in cgroup_dirs():
+        if path.endswith(f"/{CGROUP_PARENT}/{cid}"):
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    pids += [int(p) for p in f.read().split()]
+            except FileNotFoundError:
+                pass
+    return sorted(set(pids))
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.update(int(p) for p in f.read().split())
+        except FileNotFoundError:
+            pass
+    return found
+
+
+def without_pid_namespace(config: dict) -> dict:
+    config["linux"]["namespaces"] = [n for n in config["linux"]["namespaces"]
+                                     if n["type"] != "pid"]
+    return config
+
+
+FORKS = 2000
+
+
+@pytest.mark.parametrize("pid_ns", [True, False], ids=["own-pid-ns", "host-pid-ns"])
+def test_thousands_of_children_and_an_exit(tmp_path, rootfs_template, _no_leaks, pid_ns):
+    """The init forks thousands of children and exits.  In its own pid namespace they die
+    with it; in the host's they are reparented to the keeper (a subreaper), and delete kills
+    and the keeper reaps every one."""
+    d = start(tmp_path, rootfs_template)
+    try:
+        keeper = d.keeper_pid()
+        c = d.client()
+        script = (f"i=0; while [ $i -lt {FORKS} ]; do sleep 600 & i=$((i+1)); done; "
+                  f"echo forked; exit 7")
+        config = d.config(d.rootfs, ["sh", "-c", script], "forker")
+        if not pid_ns:
+            without_pid_namespace(config)
+        c.call("run", id="forker", config=config)
+        assert c.call("wait", id="forker")["exitStatus"] == 7
+        state = c.call("state", id="forker")
+        assert (state["status"], state["exitStatus"]) == ("stopped", 7)
+        assert "".join(i["data"] for i in logs(c, "forker")) == "forked\n"
+        left = cgroup_procs("forker")
+        if pid_ns:
+            assert left == []  # the kernel killed the namespace with its init
+        else:
+            assert len(left) == FORKS  # alive, the keeper's children now
+            assert set(left) <= children_of(keeper)
+        c.call("delete", id="forker")
+        assert cgroup_procs("forker") == []
+        # every one reaped: the keeper has no child but its spawner, and no zombie
+        eventually(lambda: len(children_of(keeper)) <= 1, 60, "the keeper reaped them all")
+        run(c, d, "after", ["sh", "-c", "exit 2"])  # and it goes on keeping statuses
+        assert c.call("wait", id="after")["exitStatus"] == 2
+        c.call("delete", id="after")
+        c.close()
+    finally:
+        shutdown(d)
+
+
+STUBBORN = ("trap '' TERM; for i in 1 2 3; do sh -c \"trap '' TERM; while :; do sleep 1; done\" & "
+            "done; echo ready; while :; do sleep 1; done")
+
+
+def wait_for_log(client: Client, cid: str, text: str) -> None:
+    eventually(lambda: text in "".join(i["data"] for i in logs(client, cid)), 30,
+               f"{text!r} in the logs of {cid}")
+
+
+@pytest.mark.parametrize("pid_ns", [True, False], ids=["own-pid-ns", "host-pid-ns"])
+def test_stop_escalates_to_sigkill_after_the_grace(tmp_path, rootfs_template, _no_leaks, pid_ns):
+    """An init and its children that ignore SIGTERM: SIGKILL to every one of them after the
+    grace, not before; the others are served meanwhile."""
+    d = start(tmp_path, rootfs_template)
+    try:
+        c = d.client()
+        config = d.config(d.rootfs, ["sh", "-c", STUBBORN], "stubborn")
+        if not pid_ns:
+            without_pid_namespace(config)
+        c.call("run", id="stubborn", config=config)
+        wait_for_log(c, "stubborn", "ready")
+        assert len(cgroup_procs("stubborn")) >= 4
+        other = d.client()
+        began = time.monotonic()
+        rid = c.send("stop", id="stubborn", grace=2)
+        slowest = max(timed_version(other) for _ in range(5))
+        assert c.reply(rid) == {"exitStatus": 137}
+        took = time.monotonic() - began
+        assert took >= 2, took
+        assert slowest < 1.5, f"a version call took {slowest:.1f} s during the grace"
+        assert cgroup_procs("stubborn") == []
+        c.call("delete", id="stubborn")
+        other.close()
+        c.close()
+    finally:
+        shutdown(d)
+
+
+def test_stop_of_a_command_line_container_waits_the_grace(tmp_path, rootfs_template,
+                                                          make_bundle, _no_leaks):
+    """A container the command line made (the daemon does not watch its pidfd): the grace
+    is waited for all the same before the SIGKILL."""
+    d = start(tmp_path, rootfs_template)
+    try:
+        b = make_bundle(["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"])
+        cli = Corral(d.root)
+        cli("run", "-d", "-b", b.path, b.id)
+        pid = cli.state(b.id)["pid"]
+        c = d.client()
+        began = time.monotonic()
+        assert c.call("stop", id=b.id, grace=1.5) == {"exitStatus": None}  # nobody knows it
+        assert time.monotonic() - began >= 1.5
+        os.waitpid(pid, 0)  # ours: the command line's containers are the test's children
+        assert c.call("state", id=b.id)["status"] == "stopped"
+        c.call("delete", id=b.id)
+        c.close()
+    finally:
+        shutdown(d)
+
+
+def test_a_job_past_its_time_limit_that_ignores_sigterm(tmp_path, rootfs_template, _no_leaks):
+    """The time limit's stop: SIGTERM, then SIGKILL after the engine's stop grace (2 s)."""
+    d = start(tmp_path, rootfs_template)
+    try:
+        c = d.client()
+        began = time.monotonic()
+        c.call("run", id="late", job={"args": ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+                                      "limits": {"time": 1}})
+        result = c.call("wait", id="late")
+        took = time.monotonic() - began
+        assert (result["exitStatus"], result["timedOut"]) == (137, True), result
+        assert took >= 3, took
+        c.call("delete", id="late")
+        c.close()
+    finally:
+        shutdown(d)
+
+
+# ---- malformed API input ----
+
+from hypothesis import HealthCheck, event, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from corral.supervisor.api import METHODS  # noqa: E402
+from corral.supervisor.server import MAX_IN_FLIGHT, MAX_MESSAGE  # noqa: E402
+
+# What a bad request may be answered with (docs/api.md, "Errors"); never InternalError.
+ERRORS = {"ParseError", "BadRequest", "UnknownMethod", "ConfigError", "ContainerNotFound",
+          "ContainerStateError", "ContainerExists", "NotSupportedError", "OSError"}
+# Every method but the two that could make something (create and run: their fuzzing is
+# the config parser's, tests/test_oci_config.py) and the one that never ends (events).
+FUZZED = sorted(set(METHODS) - {"create", "run", "events"})
+PARAMS = ("id", "signal", "all", "grace", "force", "timeout", "stream", "follow", "args",
+          "process", "env", "cwd", "user", "request", "bundle", "config", "job", "logs")
+VICTIM = "fuzz-victim-3f9c1d"  # an id no example can hit
+
+scalars = (st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70)
+           | st.floats(allow_nan=False) | st.text(max_size=12))
+values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=10)
+TARGET = "fuzz-target"  # a stopped container the examples may aim at (and delete)
+params = st.builds(lambda aimed, other: {**other, **aimed},
+                   st.fixed_dictionaries({}, optional={"id": st.just(TARGET) | values}),
+                   st.dictionaries(st.sampled_from(PARAMS) | st.text(max_size=6), values,
+                                   max_size=5))
+methods = st.sampled_from(FUZZED)
+requests = st.fixed_dictionaries(
+    {"method": st.one_of(methods, methods, methods, st.text(max_size=12), values)},
+    optional={"id": values, "params": params | params | values})
+FUZZ = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@pytest.fixture(scope="module")
+def fuzzed(tmp_path_factory, rootfs_template):
+    """One daemon for every example, with one container running throughout: it must still
+    be running, and the daemon never have logged an internal error, when they are done."""
+    d = Daemon(str(tmp_path_factory.mktemp("fuzz") / "state")).start()
+    d.rootfs = rootfs_template
+    c = d.client()
+    pid = run(c, d, VICTIM, ["sleep", "1000"])["pid"]
+    d.conn = c
+    try:
+        yield d
+        assert d.proc.poll() is None, "the daemon died"
+        state = c.call("state", id=VICTIM)
+        assert (state["status"], state["pid"]) == ("running", pid)
+        assert not log_lines(d, "internal error")
+    finally:
+        c.close()
+        shutdown(d)
+        assert not cgroup_dirs()
+
+
+class Answers:
+    """A connection that sends one line, then a sentinel request, and collects what comes
+    back until the sentinel is answered and the line's own answer (if due) has come."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+        self.client = d.client()
+        self.count = 0
+
+    def ask(self, line: bytes) -> list[dict]:
+        """The line's answers (streamed items aside: a ``logs`` of the target has some)."""
+        self.count += 1
+        sentinel = f"sentinel-{self.count}"
+        self.client.file.write(line + b"\n" + json.dumps(
+            {"id": sentinel, "method": "version"}).encode() + b"\n")
+        self.client.file.flush()
+        due = 1 if line.strip() else 0
+        got, answered = [], False
+        while not answered or len(got) < due:
+            msg = self.client.message()
+            if msg.get("id") == sentinel:
+                answered = "result" in msg
+                assert answered, msg
+            elif "stream" not in msg:
+                got.append(msg)
+        assert len(got) == due, (line[:200], got)
+        return got
+
+
+@pytest.fixture(scope="module")
+def answers(fuzzed):
+    a = Answers(fuzzed)
+    yield a
+    a.client.close()
+
+
+def ensure_target(d: Daemon) -> None:
+    """The stopped container examples aim at, made again when one deleted it."""
+    try:
+        d.conn.call("state", id=TARGET)
+    except ApiError:
+        run(d.conn, d, TARGET, ["sh", "-c", "echo done; exit 3"])
+        d.conn.call("wait", id=TARGET)
+
+
+def check_error(msg: dict, kinds: set[str] = ERRORS) -> None:
+    error = msg["error"]
+    assert error["type"] in kinds, msg
+    assert error["message"] and "\n" not in error["message"], msg
+
+
+@FUZZ
+@given(request=requests)
+def test_fuzz_requests_each_get_one_answer(answers, request):
+    """Wrong types, unknown methods, unknown and ill-typed parameters."""
+    ensure_target(answers.d)
+    [msg] = answers.ask(json.dumps(request).encode())
+    params = request.get("params")
+    event(f"{request.get('method')!s:.12} on the target: {msg.get('error', {}).get('type', 'result')}"
+          if isinstance(params, dict) and params.get("id") == TARGET else "elsewhere")
+    rid = request.get("id")
+    assert msg["id"] == (rid if isinstance(rid, (str, int, float, type(None))) else None), msg
+    if "error" in msg:
+        check_error(msg)
+    else:  # an ill-typed parameter a method does not read is no error (as with JSON APIs)
+        assert request.get("method") in METHODS and "result" in msg, msg
+
+
+@FUZZ
+@given(line=st.binary(max_size=300).map(lambda b: b.replace(b"\n", b"")))
+@example(line=b"[" * 100_000)  # nested too deep for the parser's recursion
+@example(line=b'{"id": 1, "method": "version", "params": ' + b"[" * 50_000 + b"]" * 50_000 + b"}")
+@example(line=b"\xff\xfe{}")
+@example(line=b'{"id": 1e999, "method": "state", "params": {"id": NaN}}')
+def test_fuzz_bytes_each_get_one_error(answers, line):
+    for msg in answers.ask(line):
+        check_error(msg)
+
+
+@FUZZ
+@given(data=st.data(), request=requests)
+def test_fuzz_truncated_requests_are_parse_errors(answers, data, request):
+    raw = json.dumps(request).encode()
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    for msg in answers.ask(raw[:cut]):
+        assert msg["id"] is None
+        check_error(msg, {"ParseError"})
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.integers(MAX_MESSAGE - 4096, MAX_MESSAGE + 4096),
+       filler=st.sampled_from([b"a", b"\\u00e9", b"\xff", b" "]))
+def test_fuzz_huge_lines(fuzzed, size, filler):
+    """A line up to the 1 MiB limit is read and answered; a longer one is refused (TooLarge)
+    and its connection closed; the daemon serves the next connection either way."""
+    head = b'{"id": 1, "method": "version", "params": {"x": "'
+    tail = b'"}}\n'
+    body = filler * max(0, (size - len(head) - len(tail)) // len(filler))
+    line = head + body + tail
+    c = fuzzed.client()
+    try:
+        try:
+            c.sock.sendall(line)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon stopped reading at the limit
+        msg = c.message()
+        if len(line) <= MAX_MESSAGE:
+            if filler == b"\xff":
+                check_error(msg, {"ParseError"})
+            else:
+                assert msg == {"id": 1, "result": msg["result"]} and msg["result"]["api"] == 1
+        else:
+            check_error(msg, {"TooLarge"})
+            with pytest.raises((EOFError, ConnectionResetError)):
+                c.message()
+    finally:
+        c.close()
+    assert fuzzed.conn.call("version")["api"] == 1
+
+
+def test_thousands_of_requests_on_one_connection(fuzzed):
+    """5000 requests pipelined on one connection, good and bad mixed, written while the
+    answers are read: each is answered once, as it should be, and none is refused Busy."""
+    c = fuzzed.client()
+    lines, want = [], {}
+    for i in range(5000):
+        # first 3000 answered by their own tasks only (quick ones: a client pipelining
+        # them is slowed, not refused), then every kind mixed
+        kind = (0, 1, 3)[i % 3] if i < 3000 else i % 5
+        if kind == 0:
+            lines.append({"id": i, "method": "version"})
+            want[i] = "result"
+        elif kind == 1:
+            lines.append({"id": i, "method": "state", "params": {"id": f"nope{i}"}})
+            want[i] = "ContainerNotFound"
+        elif kind == 2:
+            lines.append({"id": i, "method": f"no-such-{i}"})
+            want[i] = "UnknownMethod"
+        elif kind == 3:
+            lines.append({"id": i, "method": "wait", "params": {"id": VICTIM, "timeout": 0}})
+            want[i] = "ContainerStateError"  # still running after 0 s
+        else:
+            lines.append(None)  # not JSON: answered with a null id
+    payload = b"".join((json.dumps(m).encode() if m is not None else b"{oops") + b"\n"
+                       for m in lines)
+    writer = threading.Thread(target=c.sock.sendall, args=(payload,))
+    writer.start()
+    got, nulls = {}, 0
+    try:
+        while len(got) < len(want) or nulls < 400:
+            msg = c.message()
+            if msg["id"] is None:
+                check_error(msg, {"ParseError"})
+                nulls += 1
+                continue
+            assert msg["id"] not in got, msg
+            got[msg["id"]] = "result" if "result" in msg else msg["error"]["type"]
+    finally:
+        writer.join()
+        c.close()
+    assert got == want
+    assert nulls == 400

@@ -166,13 +166,13 @@ class Connection:
             start = 0
             while True:
                 end = buffer.find(b"\n", max(start, searched))
-                if end < 0:
+                if end < 0 or end - start >= MAX_MESSAGE:
                     break
                 line, start = buffer[start:end], end + 1
                 if line.strip():
                     await self._dispatch(line, requests)
             buffer = buffer[start:]
-            if len(buffer) >= MAX_MESSAGE:
+            if len(buffer) >= MAX_MESSAGE:  # a line too long, ended or not
                 await self._error(None, "TooLarge", f"a request longer than {MAX_MESSAGE} "
                                                     f"bytes; closing")
                 requests.cancel_scope.cancel()
