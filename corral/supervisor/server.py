@@ -122,6 +122,8 @@ class Connection:
         self._requests: trio.Nursery | None = None
         # Once the client is found stuck: the rest of the message it stopped reading in
         self._unsent: bytes | None = None
+        self._sending: trio.CancelScope | None = None  # the message being sent
+        self._abandoned = False  # the connection is ending: a message begun may stay cut
 
     async def run(self) -> None:
         """Never raises: whatever happens to one client ends that connection only."""
@@ -137,7 +139,11 @@ class Connection:
                 await self._send({"hello": {"api": API_VERSION, "server": "corral supervise"}})
                 async with trio.open_nursery() as requests:
                     self._requests = requests
-                    await self._read(requests)
+                    try:
+                        await self._read(requests)
+                    except BaseException:  # cancelled (the daemon stops, the client went)
+                        self._abandon()
+                        raise
             except* _GONE:
                 pass  # the client went away; its requests were cancelled with it
             except* _Stuck:
@@ -178,6 +184,13 @@ class Connection:
                 requests.cancel_scope.cancel()
                 await self._linger()
                 return
+
+    def _abandon(self) -> None:
+        """The connection ends: the message being sent (shielded from its request's
+        cancellation) need not be finished, nor hold up the daemon's stop."""
+        self._abandoned = True
+        if self._sending is not None:
+            self._sending.cancel()
 
     async def _linger(self, timeout: float = 2.0) -> None:
         """Closing a Unix socket with unread input resets it, and the client would never
@@ -302,11 +315,17 @@ class Connection:
             if self._unsent is not None:
                 raise _Stuck
             with trio.move_on_after(self.send_timeout) as waited:
-                while data:
-                    data = data[await self.sock.send(data):]
-                    waited.deadline = trio.current_time() + self.send_timeout
-                    waited.shield = True
+                self._sending = waited
+                try:
+                    while data:
+                        data = data[await self.sock.send(data):]
+                        waited.deadline = trio.current_time() + self.send_timeout
+                        waited.shield = True
+                finally:
+                    self._sending = None
             if data:
+                if self._abandoned:
+                    raise trio.ClosedResourceError("the connection is ending")
                 self._unsent = bytes(data)
                 if self._requests is not None:
                     self._requests.cancel_scope.cancel()
