@@ -134,13 +134,14 @@ def test_a_stuck_event_client_is_dropped_with_a_reason_and_slows_nobody(
 
 def test_stuck_log_followers_are_dropped_and_the_daemon_stays_small(
         tmp_path, rootfs_template, _no_leaks):
-    d = start(tmp_path, rootfs_template, "--send-timeout", "3", "--log-max-size", "1M")
+    d = start(tmp_path, rootfs_template, "--send-timeout", "8", "--log-max-size", "1M")
     try:
         daemon_pid = d.proc.pid
         c = d.client()
-        # ~4 MB/s of text for as long as it runs
-        run(c, d, "chatty", ["sh", "-c", "while :; do head -c 100000 /dev/zero | tr '\\0' a; "
-                                         "echo; sleep 0.02; done"])
+        # ~4 MB/s of text for as long as it runs, and a mark when asked (SIGUSR1)
+        run(c, d, "chatty", ["sh", "-c", "trap 'echo MARK' USR1; while :; do "
+                                         "head -c 100000 /dev/zero | tr '\\0' a; echo; "
+                                         "sleep 0.02; done"])
         time.sleep(0.5)
         baseline_fds = open_sockets(daemon_pid)
         rss_before = status_kib(daemon_pid, "VmRSS")
@@ -151,16 +152,22 @@ def test_stuck_log_followers_are_dropped_and_the_daemon_stays_small(
             stuck.append(s)
         healthy = d.client()
         hid = healthy.send("logs", id="chatty", follow=True)
-        got, slowest, peak = 0, 0.0, 0
-        end = time.monotonic() + 2.5  # within the send timeout: none dropped yet
+        peak, tail = 0, ""
+        end = time.monotonic() + 1.5  # the stuck ones' sockets are full by then
         while time.monotonic() < end:
             msg = healthy.message()
             assert msg["id"] == hid and "stream" in msg, msg
-            got += len(msg["stream"]["data"])
+            peak = max(peak, status_kib(daemon_pid, "VmRSS"))
+        # What the container writes now reaches the healthy follower, beside the stuck.
+        c.call("kill", id="chatty", signal="USR1")
+        marked = time.monotonic() + 60
+        while "MARK" not in tail:
+            assert time.monotonic() < marked, "the mark never reached the healthy follower"
+            tail = tail[-4:] + healthy.message()["stream"]["data"]
             peak = max(peak, status_kib(daemon_pid, "VmRSS"))
         slowest = max(timed_version(c) for _ in range(3))
-        assert got > 1_000_000, f"the healthy follower got only {got} bytes beside stuck ones"
-        assert slowest < 10, f"a version call took {slowest:.1f} s beside stuck clients"
+        assert not log_lines(d, "dropped"), "a stuck follower dropped before the mark came"
+        assert slowest < 5, f"a version call took {slowest:.1f} s beside stuck clients"
         # each stuck follower holds at most a message or two: no growth with their backlog
         assert peak - rss_before < 32 * 1024, (rss_before, peak)
         eventually(lambda: len(log_lines(d, "dropped: the client read nothing")) == 10, 60,
@@ -173,7 +180,6 @@ def test_stuck_log_followers_are_dropped_and_the_daemon_stays_small(
         c.close()
     finally:
         shutdown(d)
-
 
 
 async def test_an_event_subscriber_that_falls_behind_is_told_so():
@@ -225,7 +231,8 @@ GIB = 1 << 30
 
 
 def test_a_gibibyte_of_stdout_keeps_the_log_cap_and_memory(tmp_path, rootfs_template, _no_leaks):
-    d = start(tmp_path, rootfs_template, "--log-max-size", "4M", "--log-max-files", "2")
+    """The documented cap, the default one: files of 8 MiB, one rotation kept."""
+    d = start(tmp_path, rootfs_template)
     try:
         keeper = d.keeper_pid()
         c = d.client()
@@ -238,13 +245,13 @@ def test_a_gibibyte_of_stdout_keeps_the_log_cap_and_memory(tmp_path, rootfs_temp
         assert "".join(i["data"] for i in logs(other, "quiet")) == "hi\n"
         # A log read while it floods ends, with at most the cap (and what came meanwhile).
         during = sum(len(i["data"]) for i in logs(other, "flood"))
-        assert during <= 3 * (4 << 20) + (8 << 20), during
+        assert during <= 2 * (8 << 20) + (8 << 20), during
         assert c.call("wait", id="flood")["exitStatus"] == 3
         directory = os.path.join(d.root, "flood")
         files = sorted(f for f in os.listdir(directory) if f.startswith("stdout.log"))
-        assert files == ["stdout.log", "stdout.log.1", "stdout.log.2"], files
+        assert files == ["stdout.log", "stdout.log.1"], files
         sizes = [os.path.getsize(os.path.join(directory, f)) for f in files]
-        assert all(0 < size <= 4 << 20 for size in sizes), sizes
+        assert all(0 < size <= 8 << 20 for size in sizes), sizes
         kept = logs(c, "flood", stream="stdout")
         text = "".join(i["data"] for i in kept)
         assert len(text) == sum(sizes) and text.endswith("\0" * 100 + "end\n")
@@ -368,19 +375,22 @@ def wait_for_log(client: Client, cid: str, text: str) -> None:
                f"{text!r} in the logs of {cid}")
 
 
-@pytest.mark.parametrize("pid_ns", [True, False], ids=["own-pid-ns", "host-pid-ns"])
-def test_stop_escalates_to_sigkill_after_the_grace(tmp_path, rootfs_template, _no_leaks, pid_ns):
-    """An init and its children that ignore SIGTERM: SIGKILL to every one of them after the
-    grace, not before; the others are served meanwhile."""
+@pytest.mark.parametrize("case", ["own-pid-ns", "host-pid-ns", "paused"])
+def test_stop_escalates_to_sigkill_after_the_grace(tmp_path, rootfs_template, _no_leaks, case):
+    """An init and its children that ignore SIGTERM (in a paused container too): SIGKILL to
+    every one of them after the grace, not before; the others are served meanwhile."""
     d = start(tmp_path, rootfs_template)
     try:
         c = d.client()
         config = d.config(d.rootfs, ["sh", "-c", STUBBORN], "stubborn")
-        if not pid_ns:
+        if case == "host-pid-ns":
             without_pid_namespace(config)
         c.call("run", id="stubborn", config=config)
         wait_for_log(c, "stubborn", "ready")
         assert len(cgroup_procs("stubborn")) >= 4
+        if case == "paused":
+            Corral(d.root)("pause", "stubborn")
+            assert c.call("state", id="stubborn")["status"] == "paused"
         other = d.client()
         began = time.monotonic()
         rid = c.send("stop", id="stubborn", grace=2)
