@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 
+from corral.supervisor.api import METHODS
+from corral.supervisor.server import MAX_MESSAGE
 from tests.conftest import CGROUP_PARENT, Corral, cgroup_dirs
 from tests.supervisor_fixture import ApiError, Client, Daemon
 from tests.test_supervise import shutdown
@@ -223,6 +225,58 @@ async def test_an_event_subscriber_that_falls_behind_is_told_so():
     assert fast_got == everything
     assert slow_got == everything[:EVENT_BUFFER + 1]  # one in its emit, a full buffer
     assert f"fell more than {EVENT_BUFFER} events behind" in outcome["error"]
+
+
+def test_a_cancelled_stream_never_garbles_the_connection(tmp_path, rootfs_template, _no_leaks):
+    """A stream cancelled while one of its messages is half-sent (the client reads slowly):
+    the message is finished, every line stays whole, and the connection goes on."""
+    d = start(tmp_path, rootfs_template)
+    try:
+        c = d.client()
+        run(c, d, "lines", ["sh", "-c", "head -c 8000000 /dev/zero | tr '\\0' a; echo; "
+                                        "sleep 1000"])
+        log = os.path.join(d.root, "lines", "stdout.log")
+        eventually(lambda: os.path.exists(log) and os.path.getsize(log) >= 8_000_000, 60,
+                   "the log written")
+        for _ in range(5):
+            rid = c.send("logs", id="lines", follow=True)
+            first = c.message()  # one 64 KiB chunk; more follow, into a full socket
+            assert first["id"] == rid and "stream" in first
+            time.sleep(0.2)
+            cancel = c.send("cancel", request=rid)
+            answers = {}
+            while len(answers) < 2:
+                msg = c.message()  # json.loads of each line: a garbled one fails here
+                if "stream" not in msg:
+                    answers[msg["id"]] = msg
+            assert answers[cancel]["result"] == {"cancelled": True}
+            assert answers[rid]["error"]["type"] == "RequestCancelled"
+        assert c.call("version")["api"] == 1
+        c.call("delete", id="lines", force=True)
+        c.close()
+    finally:
+        shutdown(d)
+
+
+def test_a_stuck_client_does_not_hold_up_the_daemons_stop(tmp_path, rootfs_template, _no_leaks):
+    """The daemon stops at once beside a client stuck in the middle of a message (the send
+    timeout is for the client, not for the daemon's stop)."""
+    d = start(tmp_path, rootfs_template)  # the default send timeout: 30 s
+    try:
+        c = d.client()
+        run(c, d, "big", ["sh", "-c", "head -c 4000000 /dev/zero | tr '\\0' a; exit 0"])
+        c.call("wait", id="big")
+        stuck = d.client()
+        stuck.send("logs", id="big")  # 4 MB it never reads
+        time.sleep(0.5)
+        began = time.monotonic()
+        assert d.stop() == 0
+        assert time.monotonic() - began < 15
+        stuck.close()
+        d.start()  # again, for the clean-up
+        c.close()
+    finally:
+        shutdown(d)
 
 
 # ---- containers that flood, fork and ignore SIGTERM ----
@@ -447,13 +501,8 @@ def test_a_job_past_its_time_limit_that_ignores_sigterm(tmp_path, rootfs_templat
         shutdown(d)
 
 
-# ---- malformed API input ----
+# ---- malformed API input (last: one daemon for the module, torn down at its end) ----
 
-from hypothesis import HealthCheck, event, example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from corral.supervisor.api import METHODS  # noqa: E402
-from corral.supervisor.server import MAX_IN_FLIGHT, MAX_MESSAGE  # noqa: E402
 
 # What a bad request may be answered with (docs/api.md, "Errors"); never InternalError.
 ERRORS = {"ParseError", "BadRequest", "UnknownMethod", "ConfigError", "ContainerNotFound",
@@ -666,54 +715,3 @@ def test_thousands_of_requests_on_one_connection(fuzzed):
     assert got == want
     assert nulls == 400
 
-
-def test_a_cancelled_stream_never_garbles_the_connection(tmp_path, rootfs_template, _no_leaks):
-    """A stream cancelled while one of its messages is half-sent (the client reads slowly):
-    the message is finished, every line stays whole, and the connection goes on."""
-    d = start(tmp_path, rootfs_template)
-    try:
-        c = d.client()
-        run(c, d, "lines", ["sh", "-c", "head -c 8000000 /dev/zero | tr '\\0' a; echo; "
-                                        "sleep 1000"])
-        log = os.path.join(d.root, "lines", "stdout.log")
-        eventually(lambda: os.path.exists(log) and os.path.getsize(log) >= 8_000_000, 60,
-                   "the log written")
-        for round in range(5):
-            rid = c.send("logs", id="lines", follow=True)
-            first = c.message()  # one 64 KiB chunk; more follow, into a full socket
-            assert first["id"] == rid and "stream" in first
-            time.sleep(0.2)
-            cancel = c.send("cancel", request=rid)
-            answers = {}
-            while len(answers) < 2:
-                msg = c.message()  # json.loads of each line: a garbled one fails here
-                if "stream" not in msg:
-                    answers[msg["id"]] = msg
-            assert answers[cancel]["result"] == {"cancelled": True}
-            assert answers[rid]["error"]["type"] == "RequestCancelled"
-        assert c.call("version")["api"] == 1
-        c.call("delete", id="lines", force=True)
-        c.close()
-    finally:
-        shutdown(d)
-
-
-def test_a_stuck_client_does_not_hold_up_the_daemons_stop(tmp_path, rootfs_template, _no_leaks):
-    """The daemon stops at once beside a client stuck in the middle of a message (the send
-    timeout is for the client, not for the daemon's stop)."""
-    d = start(tmp_path, rootfs_template)  # the default send timeout: 30 s
-    try:
-        c = d.client()
-        run(c, d, "big", ["sh", "-c", "head -c 4000000 /dev/zero | tr '\\0' a; exit 0"])
-        c.call("wait", id="big")
-        stuck = d.client()
-        stuck.send("logs", id="big")  # 4 MB it never reads
-        time.sleep(0.5)
-        began = time.monotonic()
-        assert d.stop() == 0
-        assert time.monotonic() - began < 15
-        stuck.close()
-        d.start()  # again, for the clean-up
-        c.close()
-    finally:
-        shutdown(d)
