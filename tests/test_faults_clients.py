@@ -184,6 +184,35 @@ def test_stuck_log_followers_are_dropped_and_the_daemon_stays_small(
         shutdown(d)
 
 
+def test_a_slow_reader_is_not_a_stuck_one(tmp_path, rootfs_template, _no_leaks):
+    """The send timeout counts time without progress: a client taking a little now and
+    then of one long message (64 KiB of NULs: 384 KiB of JSON), over several timeouts,
+    gets all of it."""
+    d = start(tmp_path, rootfs_template, "--send-timeout", "2")
+    try:
+        c = d.client()
+        run(c, d, "big", ["head", "-c", "65536", "/dev/zero"])
+        c.call("wait", id="big")
+        slow = d.client()
+        rid = slow.send("logs", id="big")
+        data, began = b"", time.monotonic()
+        end = json.dumps({"id": rid, "result": {}}, separators=(",", ":")).encode() + b"\n"
+        while not data.endswith(end):
+            time.sleep(0.3)  # ~50 KB/s: the daemon waits on a full socket between reads
+            chunk = slow.file.read1(16 * 1024)
+            assert chunk, "the daemon closed the connection"
+            data += chunk
+        assert time.monotonic() - began > 4  # longer than two send timeouts
+        items = [json.loads(line) for line in data.splitlines()]
+        assert "".join(m["stream"]["data"] for m in items[:-1]) == "\0" * 65536
+        assert not log_lines(d, "dropped")
+        slow.close()
+        c.call("delete", id="big")
+        c.close()
+    finally:
+        shutdown(d)
+
+
 async def test_an_event_subscriber_that_falls_behind_is_told_so():
     """The bus behind the events method: an emit never waits for a subscriber; one more than
     EVENT_BUFFER behind gets what it had queued, then TooSlow; a reading one gets all."""

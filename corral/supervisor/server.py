@@ -7,6 +7,7 @@ client only ever affects itself.  Framing, limits and the wire format are in doc
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import math
 import os
@@ -25,6 +26,7 @@ PARTIAL_TIMEOUT = 30.0  # a request begun and not finished within this is droppe
 SEND_TIMEOUT = 30.0  # a client that reads nothing of an answer for this long is dropped
 MAX_IN_FLIGHT = 64  # concurrent requests of one connection
 BUSY_WAIT = 1.0  # how long a request past MAX_IN_FLIGHT waits for a slot before "Busy"
+SIOCOUTQ = 0x5411  # linux/sockios.h (TIOCOUTQ)
 
 Logger = Callable[[str, str], None]  # (level, message)
 # A client that went away, seen on its socket.
@@ -308,28 +310,46 @@ class Connection:
 
     async def _send(self, obj) -> None:
         """One message, whole: once begun it is finished whatever cancels the sender (a
-        line cut short would garble every later one); ``_Stuck`` when the client reads none
-        of it for ``send_timeout`` (the clock restarts with every byte it takes)."""
+        line cut short would garble every later one); ``_Stuck`` when the client reads
+        nothing of what it was sent for ``send_timeout`` (a slow reader is waited for)."""
         data = memoryview(_encode(obj))
         async with self._send_lock:
             if self._unsent is not None:
                 raise _Stuck
-            with trio.move_on_after(self.send_timeout) as waited:
-                self._sending = waited
-                try:
-                    while data:
+            unread = _unread(self.sock)
+            begun = False
+            while data:
+                with trio.CancelScope(shield=begun) as waited:
+                    waited.deadline = trio.current_time() + self.send_timeout
+                    self._sending = waited
+                    try:
                         data = data[await self.sock.send(data):]
-                        waited.deadline = trio.current_time() + self.send_timeout
-                        waited.shield = True
-                finally:
-                    self._sending = None
-            if data:
+                    finally:
+                        self._sending = None
+                if not waited.cancelled_caught:  # sent some
+                    begun = True
+                    if data:
+                        unread = _unread(self.sock)
+                    continue
                 if self._abandoned:
                     raise trio.ClosedResourceError("the connection is ending")
+                now = _unread(self.sock)
+                if now < unread:  # it took some: slow, not stuck
+                    unread = now
+                    continue
                 self._unsent = bytes(data)
                 if self._requests is not None:
                     self._requests.cancel_scope.cancel()
                 raise _Stuck
+
+
+def _unread(sock) -> int:
+    """What the peer has not read yet of what was sent on ``sock`` (SIOCOUTQ: bytes, with
+    the kernel's overhead); 0 if it cannot say."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return 0
 
 
 def _encode(obj) -> bytes:
