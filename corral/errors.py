@@ -58,5 +58,9 @@ class CgroupError(CorralError):
     """A cgroup operation failed."""
 
 
+class TooSlow(CorralError):
+    """A client of the daemon that fell too far behind what it asked for: dropped."""
+
+
 class RequestCancelled(CorralError):
     """A request to the daemon that its client cancelled (the API's ``cancel``)."""

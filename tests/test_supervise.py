@@ -96,7 +96,8 @@ def test_bad_flags_are_one_line_errors(tmp_path):
     for flags, field in ((["--max-concurrent-creates", "0"], "--max-concurrent-creates"),
                          (["--log-max-size", "12Q"], "--log-max-size"),
                          (["--group", "no-such-group-xyz"], "--group"),
-                         (["--request-timeout", "soon"], "--request-timeout")):
+                         (["--request-timeout", "soon"], "--request-timeout"),
+                         (["--send-timeout", "0"], "--send-timeout")):
         proc = subprocess.run([*CORRAL, "--root", str(tmp_path / "s"), "supervise", *flags],
                               capture_output=True, text=True, timeout=30)
         assert proc.returncode != 0 and field in proc.stderr, (flags, proc.stderr)

@@ -36,7 +36,8 @@ class RemoteError(CorralError):
 
 _KNOWN = {name: getattr(errors, name) for name in (
     "ConfigError", "ContainerNotFound", "ContainerExists", "ContainerStateError",
-    "NotSupportedError", "ChildError", "CgroupError", "ProtocolError", "RequestCancelled")}
+    "NotSupportedError", "ChildError", "CgroupError", "ProtocolError", "RequestCancelled",
+    "TooSlow")}
 
 
 def _error(error: dict) -> CorralError:

@@ -179,6 +179,8 @@ COMMANDS = {c.name: c for c in [
                                       "corral0 is 10.91.0.0/16 unless given)"),
         Opt("--request-timeout", "str", "30",
             help="seconds a client may take to finish a request line"),
+        Opt("--send-timeout", "str", "30",
+            help="seconds a client may read nothing of its answers before it is dropped"),
         Opt("-h|--help")]),
     Command("batch", "run the jobs of a TOML or JSON-lines jobs file (docs/api.md, "
                      "\"corral batch\"); exit status 0: every job succeeded, 3: a job failed "

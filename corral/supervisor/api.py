@@ -177,11 +177,11 @@ async def m_logs(engine: Engine, params: dict, emit: Emit) -> dict:
     return {}
 
 
-async def m_events(engine: Engine, params: dict, emit: Emit) -> dict:
+async def m_events(engine: Engine, params: dict, emit: Emit) -> None:
+    """Never returns: a client that falls behind gets TooSlow (event_bus.py)."""
     async with engine.subscribe() as events:
         async for event in events:
             await emit(event)
-    return {"dropped": "the client fell too far behind the event stream"}
 
 
 METHODS: dict[str, Callable[[Engine, dict, Emit], Awaitable[Any]]] = {

@@ -80,20 +80,25 @@ def main(args) -> int:
     if args.log_max_files < 0:
         raise ConfigError("--log-max-files", "must not be negative")
     options["networks"] = _networks(args.network)
-    try:
-        request_timeout = float(args.request_timeout)
-    except ValueError:
-        request_timeout = -1.0
-    if not request_timeout > 0:
-        raise ConfigError("--request-timeout", f"{args.request_timeout!r} is not a positive "
-                                               f"number of seconds")
+    timeouts = (_seconds(args.request_timeout, "--request-timeout"),
+                _seconds(args.send_timeout, "--send-timeout"))
     root = os.path.abspath(args.root)
     socket_path = os.path.abspath(args.socket or os.path.join(root, "supervise.sock"))
     from corral.procfs import raise_fd_limit
 
     raise_fd_limit()
-    trio.run(_serve, root, socket_path, group, request_timeout, options, log)
+    trio.run(_serve, root, socket_path, group, timeouts, options, log)
     return 0
+
+
+def _seconds(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(flag, f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def _networks(flags: list[str]) -> dict:
@@ -114,8 +119,9 @@ def _networks(flags: list[str]) -> dict:
     return networks
 
 
-async def _serve(root: str, socket_path: str, group: int | None, request_timeout: float,
-                 options: dict, log) -> None:
+async def _serve(root: str, socket_path: str, group: int | None,
+                 timeouts: tuple[float, float], options: dict, log) -> None:
+    """``timeouts``: the request and the send timeout (server.py)."""
     from corral import nsenter
     from corral.supervisor.engine import open_engine
     from corral.supervisor.server import bind_socket, serve
@@ -128,7 +134,7 @@ async def _serve(root: str, socket_path: str, group: int | None, request_timeout
             listener = bind_socket(socket_path, group)
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(serve, engine, listener, log, group, request_timeout)
+                    nursery.start_soon(serve, engine, listener, log, group, *timeouts)
                     nursery.start_soon(_reap_orphans, engine, log)
                     log("info", f"keeper pid {engine.keeper.pid}; adopted {counts['running']} "
                                 f"running and {counts['exited']} exited containers, undid "

@@ -109,7 +109,7 @@ class Engine:
     # ---- events ----
 
     def subscribe(self):
-        """Events from now on (an async context manager giving a channel): see
+        """Events from now on (an async context manager giving an async iterator): see
         ``EventBus``."""
         return self.events.subscribe()
 
@@ -378,9 +378,11 @@ class Engine:
                     container.resume()
             except ContainerStateError:
                 pass  # exited meanwhile
-            if tracked is not None:
-                with trio.move_on_after(grace):
+            with trio.move_on_after(grace):
+                if tracked is not None:
                     await tracked.exited.wait()
+                else:  # the command line's, made while this engine ran: not watched
+                    await _exited(container.pid, container.record.get("pid_start"))
             if container.status() != STOPPED:
                 _kill_quietly(container, _signal.SIGKILL)
         if tracked is None:
@@ -558,7 +560,7 @@ class Engine:
                 raise ConfigError("stream", f"{stream!r}: use stdout or stderr")
         tracked = self.tracked.get(cid)
         state_dir = tracked.state_dir if tracked is not None else self._load(cid).state_dir.path
-        readers = [LogReader(state_dir, s) for s in streams]
+        readers = [LogReader(state_dir, s, follow) for s in streams]
         try:
             while True:
                 ended = not follow or tracked is None or tracked.exited.is_set()
@@ -857,6 +859,19 @@ class CreationJournal:
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
     await event.wait()
     scope.cancel()
+
+
+async def _exited(pid: int, pid_start: int | None) -> None:
+    """Returns once the process ``pid`` (started at ``pid_start``) has exited."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (ProcessLookupError, ValueError):
+        return
+    try:
+        if is_alive(pid, pid_start):  # the pidfd names it, not a process that reused pid
+            await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
 
 
 async def _read_fifo(fd: int) -> None:

@@ -50,6 +50,7 @@ SPAWNER_ADD = 0xFFFFFFFF  # a request to the spawner: serve this connection too
 _PENDING_MAX = 1024  # statuses of pids not (yet) tracked: kept briefly for a late "track"
 _PENDING_TTL = 10.0  # seconds: a reused pid never gets an old status
 PR_SET_CHILD_SUBREAPER = 36
+_DRAIN_READS = 16  # 16 reads of 64 KiB: a pipe at the kernel's default pipe-max-size
 
 
 class Keeper:
@@ -262,11 +263,12 @@ class Keeper:
 
     def _drain_logs(self, state_dir: str) -> None:
         """Relays what a container's pipes already hold (the reap may come before poll saw
-        them readable): a caller told of the exit then reads the complete logs."""
+        them readable): a caller told of the exit then reads the complete logs.  At most a
+        full pipe's worth: a process the init left behind may write on without end."""
         for fd in [fd for fd, log in self.logs.items() if log.state_dir == state_dir]:
             os.set_blocking(fd, False)
             try:
-                while True:
+                for _ in range(_DRAIN_READS):
                     data = os.read(fd, 65536)
                     if not data:
                         break

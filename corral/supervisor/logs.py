@@ -73,13 +73,16 @@ class LogFile:
 
 
 class LogReader:
-    """Reads one stream from the oldest kept generation on, then follows the current file:
-    when the keeper rotates, the open file (now ``.1``) is read to its end before the new
-    one is opened, so nothing is skipped or read twice."""
+    """Reads one stream from the oldest kept generation on, then the current file.  With
+    ``follow``, across rotations: when the keeper rotates, the open file (now ``.1``) is
+    read to its end before the new one is opened, so nothing is skipped or read twice.
+    Without, the current file's end is the end: what a container writes faster than it is
+    read cannot keep a reader going (it gets at most the cap's worth)."""
 
-    def __init__(self, state_dir: str, stream: str) -> None:
+    def __init__(self, state_dir: str, stream: str, follow: bool = True) -> None:
         self.state_dir = state_dir
         self.stream = stream
+        self.follow = follow
         try:
             names = os.listdir(state_dir)
         except FileNotFoundError:
@@ -89,23 +92,25 @@ class LogReader:
                                 if n.startswith(prefix) and n[len(prefix):].isdigit()),
                                reverse=True)
         self.fd = -1
+        self._current = False  # the open file was opened as the current one (not a .N)
 
     def read(self, size: int = 65536) -> bytes:
         """What is there now; b"" when nothing new (yet)."""
         while True:
             if self.fd < 0:
-                path = log_path(self.state_dir, self.stream,
-                                self._pending.pop(0) if self._pending else 0)
+                generation = self._pending.pop(0) if self._pending else 0
                 try:
-                    self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    self.fd = os.open(log_path(self.state_dir, self.stream, generation),
+                                      os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
                     if self._pending:
                         continue
                     return b""
+                self._current = generation == 0
             data = os.read(self.fd, size)
             if data:
                 return data
-            if self._pending or self._rotated():
+            if not self._current or (self.follow and self._rotated()):
                 os.close(self.fd)
                 self.fd = -1
                 continue

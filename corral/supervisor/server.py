@@ -7,6 +7,7 @@ client only ever affects itself.  Framing, limits and the wire format are in doc
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import math
 import os
@@ -16,13 +17,16 @@ from typing import Callable
 
 import trio
 
-from corral.errors import CorralError, RequestCancelled
+from corral.errors import CorralError, RequestCancelled, TooSlow
 from corral.supervisor.api import API_VERSION, METHODS
 from corral.supervisor.engine import Engine
 
 MAX_MESSAGE = 1024 * 1024  # one request line, newline included
 PARTIAL_TIMEOUT = 30.0  # a request begun and not finished within this is dropped
+SEND_TIMEOUT = 30.0  # a client that reads nothing of an answer for this long is dropped
 MAX_IN_FLIGHT = 64  # concurrent requests of one connection
+BUSY_WAIT = 1.0  # how long a request past MAX_IN_FLIGHT waits for a slot before "Busy"
+SIOCOUTQ = 0x5411  # linux/sockios.h (TIOCOUTQ)
 
 Logger = Callable[[str, str], None]  # (level, message)
 # A client that went away, seen on its socket.
@@ -81,7 +85,8 @@ def bind_socket(path: str, group: int | None) -> _socket.socket:
 
 
 async def serve(engine: Engine, listener: _socket.socket, log: Logger,
-                group: int | None = None, request_timeout: float = PARTIAL_TIMEOUT) -> None:
+                group: int | None = None, request_timeout: float = PARTIAL_TIMEOUT,
+                send_timeout: float = SEND_TIMEOUT) -> None:
     sock = trio.socket.from_stdlib_socket(listener)
     async with trio.open_nursery() as nursery:
         while True:
@@ -93,26 +98,40 @@ async def serve(engine: Engine, listener: _socket.socket, log: Logger,
                     await trio.sleep(0.1)
                     continue
                 raise
-            nursery.start_soon(Connection(engine, conn, log, group, request_timeout).run)
+            connection = Connection(engine, conn, log, group, request_timeout, send_timeout)
+            nursery.start_soon(connection.run)
+
+
+class _Stuck(Exception):
+    """The client read nothing of an answer for ``send_timeout``: raised in the task that
+    found it so (every other task of the connection is cancelled)."""
 
 
 class Connection:
     def __init__(self, engine: Engine, sock, log: Logger, group: int | None,
-                 request_timeout: float) -> None:
+                 request_timeout: float, send_timeout: float = SEND_TIMEOUT) -> None:
         self.engine = engine
         self.request_timeout = request_timeout
+        self.send_timeout = send_timeout
         self.sock = sock
         self.log = log
         self.group = group
+        self.peer: Peer | None = None
         self._send_lock = trio.Lock()
         self._in_flight = 0
+        self._slot_freed = trio.Event()  # set (and replaced) when a request ends
         self._scopes: dict = {}  # request id -> its cancel scope (for "cancel")
+        self._requests: trio.Nursery | None = None
+        # Once the client is found stuck: the rest of the message it stopped reading in
+        self._unsent: bytes | None = None
+        self._sending: trio.CancelScope | None = None  # the message being sent
+        self._abandoned = False  # the connection is ending: a message begun may stay cut
 
     async def run(self) -> None:
         """Never raises: whatever happens to one client ends that connection only."""
         with self.sock:
             try:
-                peer = Peer(self.sock)
+                self.peer = peer = Peer(self.sock)
                 if not peer.allowed(self.group):
                     await self._send({"id": None, "error": {
                         "type": "PermissionDenied",
@@ -122,11 +141,19 @@ class Connection:
                 await self._send({"hello": {"api": API_VERSION, "server": "corral supervise"}})
                 async with trio.open_nursery() as requests:
                     self._requests = requests
-                    await self._read(requests)
+                    try:
+                        await self._read(requests)
+                    except BaseException:  # cancelled (the daemon stops, the client went)
+                        self._abandon()
+                        raise
             except* _GONE:
                 pass  # the client went away; its requests were cancelled with it
+            except* _Stuck:
+                pass  # its requests are cancelled: dropped below
             except* Exception as group:
                 self.log("error", f"connection: internal error: {group.exceptions!r}")
+            if self._unsent is not None:
+                await self._drop_stuck()
 
     async def _read(self, requests: trio.Nursery) -> None:
         buffer = b""
@@ -142,33 +169,64 @@ class Connection:
                 return
             if not data:
                 return  # half-closed: the answers to what was asked still go out
+            searched = len(buffer)  # no newline before: search the new data only
             buffer += data
+            start = 0
             while True:
-                end = buffer.find(b"\n")
-                if end < 0:
+                end = buffer.find(b"\n", max(start, searched))
+                if end < 0 or end - start >= MAX_MESSAGE:
                     break
-                line, buffer = buffer[:end], buffer[end + 1:]
+                line, start = buffer[start:end], end + 1
                 if line.strip():
                     await self._dispatch(line, requests)
-            if len(buffer) >= MAX_MESSAGE:
+            buffer = buffer[start:]
+            if len(buffer) >= MAX_MESSAGE:  # a line too long, ended or not
                 await self._error(None, "TooLarge", f"a request longer than {MAX_MESSAGE} "
                                                     f"bytes; closing")
                 requests.cancel_scope.cancel()
                 await self._linger()
                 return
 
-    async def _linger(self) -> None:
+    def _abandon(self) -> None:
+        """The connection ends: the message being sent (shielded from its request's
+        cancellation) need not be finished, nor hold up the daemon's stop."""
+        self._abandoned = True
+        if self._sending is not None:
+            self._sending.cancel()
+
+    async def _linger(self, timeout: float = 2.0) -> None:
         """Closing a Unix socket with unread input resets it, and the client would never
         read our last error: say we are done writing, then discard its input a while."""
         self.sock.shutdown(_socket.SHUT_WR)
-        with trio.move_on_after(2):
+        with trio.move_on_after(timeout):
             while await self.sock.recv(65536):
                 pass
+
+    async def _drop_stuck(self) -> None:
+        """A client that read nothing for ``send_timeout``: its requests are cancelled (the
+        streams it held are gone), the daemon logs why, and the client is told so after the
+        message it stopped reading in, if it reads within another ``send_timeout``."""
+        peer = self.peer
+        who = f"pid {peer.pid}, uid {peer.uid}" if peer is not None else "unknown peer"
+        reason = f"the client read nothing for {self.send_timeout:g} s; its requests are " \
+                 f"cancelled and the connection closed"
+        self.log("warning", f"client ({who}) dropped: {reason}")
+        data = memoryview(self._unsent + _encode({"id": None, "error": {
+            "type": TooSlow.__name__, "message": reason}}))
+        self._unsent = b""
+        try:
+            with trio.move_on_after(self.send_timeout) as waited:
+                while data:
+                    data = data[await self.sock.send(data):]
+            if not waited.cancelled_caught:
+                await self._linger()
+        except (*_GONE, OSError):
+            pass  # gone meanwhile: nobody to tell
 
     async def _dispatch(self, line: bytes, requests: trio.Nursery) -> None:
         try:
             msg = json.loads(line)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
             await self._error(None, "ParseError", f"not JSON: {exc}")
             return
         if not isinstance(msg, dict):
@@ -198,12 +256,20 @@ class Connection:
         if not isinstance(params, dict):
             await self._error(rid, "BadRequest", "params: must be an object")
             return
-        if self._in_flight >= MAX_IN_FLIGHT:
+        if not await self._slot():
             await self._error(rid, "Busy", f"more than {MAX_IN_FLIGHT} requests in flight on "
                                            f"this connection")
             return
         self._in_flight += 1
         requests.start_soon(self._call, rid, method, fn, params)
+
+    async def _slot(self) -> bool:
+        """Room for one more request in flight: waits a moment for one to end, so that a
+        client pipelining quick requests is slowed (its socket fills), not refused."""
+        with trio.move_on_after(BUSY_WAIT):
+            while self._in_flight >= MAX_IN_FLIGHT:
+                await self._slot_freed.wait()
+        return self._in_flight < MAX_IN_FLIGHT
 
     async def _call(self, rid, method: str, fn, params: dict) -> None:
         async def emit(item) -> None:
@@ -218,7 +284,7 @@ class Connection:
                     result = await fn(self.engine, params, emit)
                 if scope.cancelled_caught:
                     raise RequestCancelled(f"{method}: cancelled by the client")
-            except _GONE:
+            except (*_GONE, _Stuck):
                 raise
             except CorralError as exc:
                 await self._error(rid, type(exc).__name__, str(exc))
@@ -230,10 +296,12 @@ class Connection:
                 await self._error(rid, "InternalError", f"{method}: {exc!r}")
             else:
                 await self._send({"id": rid, "result": result})
-        except _GONE:
+        except (*_GONE, _Stuck):
             self._requests.cancel_scope.cancel()  # the client is gone: so is all it asked
         finally:
             self._in_flight -= 1
+            self._slot_freed.set()
+            self._slot_freed = trio.Event()
             if self._scopes.get(rid) is scope:
                 del self._scopes[rid]
 
@@ -241,7 +309,48 @@ class Connection:
         await self._send({"id": rid, "error": {"type": kind, "message": message}})
 
     async def _send(self, obj) -> None:
-        data = memoryview((json.dumps(obj, separators=(",", ":")) + "\n").encode())
+        """One message, whole: once begun it is finished whatever cancels the sender (a
+        line cut short would garble every later one); ``_Stuck`` when the client reads
+        nothing of what it was sent for ``send_timeout`` (a slow reader is waited for)."""
+        data = memoryview(_encode(obj))
         async with self._send_lock:
+            if self._unsent is not None:
+                raise _Stuck
+            unread = _unread(self.sock)
+            begun = False
             while data:
-                data = data[await self.sock.send(data):]
+                with trio.CancelScope(shield=begun) as waited:
+                    waited.deadline = trio.current_time() + self.send_timeout
+                    self._sending = waited
+                    try:
+                        data = data[await self.sock.send(data):]
+                    finally:
+                        self._sending = None
+                if not waited.cancelled_caught:  # sent some
+                    begun = True
+                    if data:
+                        unread = _unread(self.sock)
+                    continue
+                if self._abandoned:
+                    raise trio.ClosedResourceError("the connection is ending")
+                now = _unread(self.sock)
+                if now < unread:  # it took some: slow, not stuck
+                    unread = now
+                    continue
+                self._unsent = bytes(data)
+                if self._requests is not None:
+                    self._requests.cancel_scope.cancel()
+                raise _Stuck
+
+
+def _unread(sock) -> int:
+    """What the peer has not read yet of what was sent on ``sock`` (SIOCOUTQ: bytes, with
+    the kernel's overhead); 0 if it cannot say."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), SIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        return 0
+
+
+def _encode(obj) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
