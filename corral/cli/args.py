@@ -191,6 +191,9 @@ COMMANDS = {c.name: c for c in [
                                     "an embedded engine)"),
         Opt("--cgroup-parent", "str", help="cgroup parent of the embedded engine's jobs "
                                            "(default corral)"),
+        Opt("--dask", "str", help="a Dask scheduler (tcp://HOST:8786): the jobs run on its "
+                                  "workers' nodes, each through its corral supervise "
+                                  "(pip install 'corral[dask]'; docs/api.md)"),
         Opt("-q|--quiet", help="no progress and no summary: the failed jobs' lines only"),
         Opt("-h|--help")], [("file", True, None)]),
 ]}

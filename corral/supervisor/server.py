@@ -107,6 +107,9 @@ class Connection:
         self._send_lock = trio.Lock()
         self._in_flight = 0
         self._scopes: dict = {}  # request id -> its cancel scope (for "cancel")
+        # Containers run with "delete_on_close": deleted once the client's side closes
+        # (a Dask worker that died mid-job leaves nothing running on its node).
+        self._owned: set[str] = set()
 
     async def run(self) -> None:
         """Never raises: whatever happens to one client ends that connection only."""
@@ -141,6 +144,7 @@ class Connection:
                 await self._linger()
                 return
             if not data:
+                await self._delete_owned()
                 return  # half-closed: the answers to what was asked still go out
             buffer += data
             while True:
@@ -229,6 +233,7 @@ class Connection:
                 self.log("error", f"{method}: internal error: {exc!r}")
                 await self._error(rid, "InternalError", f"{method}: {exc!r}")
             else:
+                self._own(method, params)
                 await self._send({"id": rid, "result": result})
         except _GONE:
             self._requests.cancel_scope.cancel()  # the client is gone: so is all it asked
@@ -236,6 +241,30 @@ class Connection:
             self._in_flight -= 1
             if self._scopes.get(rid) is scope:
                 del self._scopes[rid]
+
+    def _own(self, method: str, params: dict) -> None:
+        """Remembers a container of this connection's to delete when it closes (or
+        forgets one the client deleted itself)."""
+        cid = params.get("id")
+        if method == "run" and params.get("delete_on_close") is True:
+            self._owned.add(cid)
+        elif method == "delete":
+            self._owned.discard(cid)
+
+    async def _delete_owned(self) -> None:
+        """The client is gone: its delete_on_close containers go too, shielded (the
+        daemon's own shutdown cancels connections, and then leaves containers alone)."""
+        owned, self._owned = self._owned, set()
+        with trio.CancelScope(shield=True):
+            for cid in sorted(owned):
+                try:
+                    await self.engine.delete(cid, True)
+                except CorralError:
+                    pass  # gone already
+                except OSError as exc:
+                    self.log("error", f"delete {cid} (its client closed): {exc}")
+                else:
+                    self.log("info", f"deleted {cid}: the client that ran it closed")
 
     async def _error(self, rid, kind: str, message: str) -> None:
         await self._send({"id": rid, "error": {"type": kind, "message": message}})
