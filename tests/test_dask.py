@@ -274,7 +274,8 @@ def test_worker_killed_mid_batch(cluster, tmp_path, retries):
 
 def test_ctrl_c_cancels_every_task_and_nodes_delete_theirs(cluster, tmp_path):
     """SIGINT while both nodes run jobs: exit 130, and by then every node has deleted the
-    containers it started (the submitter waits for each node to say so)."""
+    containers it started (the submitter waits for each node to say so).  SIGKILL of the
+    submitter: the nodes delete theirs all the same."""
     jobs = [{"name": f"long-{i}", "args": ["sleep", "60"]} for i in range(3 * SLOTS)]
     results = tmp_path / "results"
     out = tmp_path / "out"
@@ -299,6 +300,22 @@ def test_ctrl_c_cancels_every_task_and_nodes_delete_theirs(cluster, tmp_path):
     got = summary(results)
     assert got["interrupted"] == "SIGINT"
     assert got["counts"]["stopped"] == 2 * SLOTS and got["counts"]["succeeded"] == 0
+    # A submitter killed outright: the scheduler drops its tasks, the nodes stop them.
+    proc = subprocess.Popen([*CORRAL, "--root", str(tmp_path / "submitter"), "batch", "-q",
+                             "--dask", cluster.address, str(tmp_path / "jobs.jsonl")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(len(n.containers()) for n in cluster.nodes) < 2 * SLOTS:
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 30
+    while any(n.containers() for n in cluster.nodes):
+        assert time.monotonic() < deadline, [n.containers() for n in cluster.nodes]
+        time.sleep(0.1)
     # The cluster took no harm: a job runs there afterwards.
     assert corral.dask.submit(Job(["true"]), client=cluster.client).result(60).ok
 

@@ -8,8 +8,8 @@ line, dask-jobqueue on Slurm/PBS, Kubernetes) can run corral jobs::
         --preload corral.dask.node
 
 (``CORRAL_SOCKET`` defaults to /run/corral/supervise.sock; a ``Worker`` made in Python can
-pass ``preload_argv=["--corral-socket=PATH"]`` instead: the ``dask worker`` command line
-drops a preload's options under click 8.2 and later.)
+pass ``preload_argv=["--corral-socket=PATH"]`` instead: the ``dask worker`` command line,
+with click 8.5, does not pass a preload the options given after it.)
 
 At start-up it greets the daemon (a worker whose daemon does not answer declares no slots,
 logs why, and so is never given a job) and declares ``corral-slots`` as a Dask worker
