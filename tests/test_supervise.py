@@ -407,7 +407,8 @@ def test_a_client_leaving_mid_stream_disturbs_nobody(daemon):
 
 def test_delete_on_close_containers_go_with_their_client(daemon):
     """A job run with delete_on_close is deleted once its client's connection closes (a
-    Dask worker that died); one the client deleted itself, or one run without the flag,
+    Dask worker that died), also one whose run was still in flight then; one the client
+    deleted itself, or one run without the flag,
     is not touched; a wrong type is a ConfigError naming the param."""
     owner = daemon.client()
     job = {"args": ["sleep", "60"]}
@@ -420,10 +421,11 @@ def test_delete_on_close_containers_go_with_their_client(daemon):
         owner.call("run", id="bad", job=job, delete_on_close="yes")
     assert err.value.type == "ConfigError" and "delete_on_close" in str(err.value)
     pid = owner.call("state", id="owned")["pid"]
+    owner.send("run", id="in-flight", job=job, delete_on_close=True)  # closed before its answer
     owner.close()
     c = daemon.client()
     deadline = time.monotonic() + 30
-    while "owned" in [s["id"] for s in c.call("list")]:
+    while {"owned", "in-flight"} & {s["id"] for s in c.call("list")}:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"

@@ -13,10 +13,12 @@ close) go through ``trio.to_thread``.
 
 A lost worker: Dask reruns a task whose worker died on another worker by itself, which
 would hide the loss and spend no try.  Each attempt therefore says on the submitter's
-events topic when it starts on a node; a second start of the same attempt means the first
-node was lost mid-job: the rerun is cancelled and the attempt fails with
-``WorkerLost`` (retried, as engine errors are, within the job's tries).  When Dask gives up
-first (``KilledWorker``, past its ``allowed-failures``), that is a ``WorkerLost`` too.
+events topic when it starts on a node, and the submitter follows the scheduler's events
+about each such worker: its removal, naming the tasks it was processing, or else a second
+start of the same attempt, means the job was lost mid-way: the rerun is cancelled and the
+attempt fails with ``WorkerLost`` (retried, as engine errors are, within the job's tries).
+When Dask gives up first (``KilledWorker``, past its ``allowed-failures``), that is a
+``WorkerLost`` too.
 
 Cancelled (Ctrl-C): the futures are cancelled; each node's task sees that and deletes its
 container; leaving the session waits (bounded) for every started attempt to say it ended.
@@ -66,6 +68,7 @@ class DaskCluster:
         self._attempts: dict[str, _Attempt] = {}
         self._starts: dict[str, list[str]] = {}  # key -> the nodes it started on
         self._running: dict[str, str] = {}  # key -> node: started, not yet ended
+        self._watched: set[str] = set()  # the workers whose events we follow
         self._changed = trio.Event()  # _running changed
 
     async def __aenter__(self) -> DaskCluster:
@@ -177,13 +180,33 @@ class DaskCluster:
     def _on_event(self, msg: dict) -> None:
         key, node = msg.get("key"), msg.get("node")
         if msg.get("event") == "started":
+            if node not in self._watched:
+                # The scheduler's events about that worker: its removal names the tasks
+                # it was processing.
+                self._watched.add(node)
+                self._client.subscribe_topic(
+                    node, lambda event, node=node: self._soon(self._on_worker_event, node,
+                                                              event[1]))
             self._running[key] = node
             starts = self._starts.setdefault(key, [])
             starts.append(node)
-            attempt = self._attempts.get(key)
-            if len(starts) > 1 and attempt is not None and attempt.lost is None:
-                attempt.lost = starts[-2]
-                attempt.done.set()
+            if len(starts) > 1:
+                self._lost(key, starts[-2])
         elif msg.get("event") == "ended":
             self._running.pop(key, None)
         self._changed.set()
+
+    def _on_worker_event(self, node: str, msg: dict) -> None:
+        if msg.get("action") != "remove-worker":
+            return
+        for key in msg.get("processing-tasks", ()):
+            if self._running.get(key) == node:  # started there: lost mid-job
+                self._lost(key, node)
+                del self._running[key]  # nobody is left there to say it ended
+        self._changed.set()
+
+    def _lost(self, key: str, node: str) -> None:
+        attempt = self._attempts.get(key)
+        if attempt is not None and attempt.lost is None:
+            attempt.lost = node
+            attempt.done.set()

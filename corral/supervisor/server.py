@@ -110,6 +110,7 @@ class Connection:
         # Containers run with "delete_on_close": deleted once the client's side closes
         # (a Dask worker that died mid-job leaves nothing running on its node).
         self._owned: set[str] = set()
+        self._client_closed = False  # its side: EOF read
 
     async def run(self) -> None:
         """Never raises: whatever happens to one client ends that connection only."""
@@ -144,6 +145,7 @@ class Connection:
                 await self._linger()
                 return
             if not data:
+                self._client_closed = True
                 await self._delete_owned()
                 return  # half-closed: the answers to what was asked still go out
             buffer += data
@@ -234,6 +236,8 @@ class Connection:
                 await self._error(rid, "InternalError", f"{method}: {exc!r}")
             else:
                 self._own(method, params)
+                if self._client_closed and self._owned:
+                    await self._delete_owned()  # a run that was still in flight at EOF
                 await self._send({"id": rid, "result": result})
         except _GONE:
             self._requests.cancel_scope.cancel()  # the client is gone: so is all it asked
