@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 import click
 
-from corral.api.client import Client
+from corral.api.client import Client, Connection
 from corral.api.session import JobResult
 from corral.errors import CorralError, only_error
 from corral.jobs.job import Job
@@ -71,8 +71,6 @@ async def dask_setup(worker, corral_socket: str | None) -> None:
             # A worker runs at most --nthreads tasks at once, async ones too.
             raise ValueError(f"{SLOTS}={slots:g} is more than the worker's --nthreads "
                              f"{worker.state.nthreads}: give --nthreads {slots:g} or more")
-        from corral.api.client import Connection
-
         conn = await Connection.open(socket)  # raises, naming the socket, if nobody answers
         await conn.aclose()
     except BaseException:
@@ -103,7 +101,8 @@ async def run_attempt(job: Job, name: str, key: str, topic: str | None) -> dict[
     """The task behind each attempt of ``corral batch --dask``: the result as plain data
     (``{"result": ...}``, or ``{"error": {"type", "message"}}`` keeping the error's kind for
     the batch's retry decision).  ``topic``: where to say it started and ended, so that the
-    submitter can tell a second start (its first worker was lost) from a slow job."""
+    submitter knows which node runs it (to tell a lost worker from a slow job) and when a
+    cancelled one is gone."""
     import distributed
 
     worker = distributed.get_worker()
