@@ -407,7 +407,8 @@ def test_a_client_leaving_mid_stream_disturbs_nobody(daemon):
 
 def test_delete_on_close_containers_go_with_their_client(daemon):
     """A job run with delete_on_close is deleted once its client's connection closes (a
-    Dask worker that died), also one whose run was still in flight then; one the client
+    Dask worker that died), also one whose run was still in flight then, and also when the
+    client died with answers unread (a reset, not an end of file); one the client
     deleted itself, or one run without the flag,
     is not touched; a wrong type is a ConfigError naming the param."""
     owner = daemon.client()
@@ -423,9 +424,15 @@ def test_delete_on_close_containers_go_with_their_client(daemon):
     pid = owner.call("state", id="owned")["pid"]
     owner.send("run", id="in-flight", job=job, delete_on_close=True)  # closed before its answer
     owner.close()
+    # A client that dies with an answer unread: the daemon's side is reset, not closed.
+    resetter = daemon.client()
+    resetter.call("run", id="reset", job=job, delete_on_close=True)
+    resetter.send("state", id="reset")
+    time.sleep(0.3)  # the answer waits, unread
+    resetter.close()
     c = daemon.client()
     deadline = time.monotonic() + 30
-    while {"owned", "in-flight"} & {s["id"] for s in c.call("list")}:
+    while {"owned", "in-flight", "reset"} & {s["id"] for s in c.call("list")}:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"

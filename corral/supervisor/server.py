@@ -137,7 +137,15 @@ class Connection:
         while True:
             timeout = self.request_timeout if buffer else math.inf
             with trio.move_on_after(timeout) as scope:
-                data = await self.sock.recv(65536)
+                try:
+                    data = await self.sock.recv(65536)
+                except ConnectionResetError:
+                    # It died with answers unread (Linux resets a Unix socket then): its
+                    # requests are cancelled, as any gone client's, its own containers
+                    # deleted first.
+                    self._client_closed = True
+                    await self._delete_owned()
+                    raise
             if scope.cancelled_caught:
                 await self._error(None, "Timeout", f"an unfinished request waited more than "
                                                    f"{self.request_timeout:g} s; closing")
