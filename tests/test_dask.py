@@ -327,8 +327,8 @@ def _free_port() -> int:
 
 
 def test_bad_input(tmp_path, _no_leaks):
-    """An unreachable scheduler, a cluster without corral nodes and clashing flags: one
-    clear error line each, exit 1."""
+    """An unreachable scheduler, a cluster whose worker cannot reach its daemon (so it has
+    no slots) and clashing flags: one clear error line each, exit 1."""
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"args": ["true"]}])
     root = str(tmp_path / "submitter")
     address = f"tcp://127.0.0.1:{_free_port()}"
@@ -343,17 +343,34 @@ def test_bad_input(tmp_path, _no_leaks):
                               jobs])
         assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1, proc.stderr
         assert field in proc.stderr
-    bare = Cluster(tmp_path)  # a scheduler with no corral node
+    # A scheduler whose one worker's daemon does not answer: the worker declares no slots.
+    bare = Cluster(tmp_path)
+    worker = None
     try:
         deadline = time.monotonic() + 60
         while not os.path.exists(bare.scheduler_file):
             assert time.monotonic() < deadline
             time.sleep(0.1)
         address = json.loads(open(bare.scheduler_file).read())["address"]
+        log = open(tmp_path / "worker.log", "wb")
+        worker = subprocess.Popen(
+            [DASK, "worker", address, "--nthreads", "2", "--no-nanny", "--no-dashboard",
+             "--local-directory", str(tmp_path / "dask"), "--preload", "corral.dask.node"],
+            stdout=log, stderr=log, cwd=tmp_path,
+            env={**os.environ, "CORRAL_SOCKET": str(tmp_path / "nobody.sock")})
+        log.close()
+        bare.client = distributed.Client(address, timeout=60)
+        bare.client.wait_for_workers(1, timeout=60)
+        assert list(bare.slots().values()) == [0]  # one worker, no slots
+        assert f"cannot reach corral supervise at {tmp_path / 'nobody.sock'}" in (
+            tmp_path / "worker.log").read_text()
         proc = run_capturing([*CORRAL, "--root", root, "batch", "--dask", address, jobs])
         assert proc.returncode == 1
         assert proc.stderr.splitlines() == [
             f"corral: no worker of the Dask cluster at {address} has corral job slots "
             "(start workers with `dask worker ADDRESS --preload corral.dask.node`)"]
     finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(30)
         bare.close()
