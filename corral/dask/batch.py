@@ -52,7 +52,7 @@ class _Attempt:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.lost: str | None = None  # the node of the first start, once a second came
+        self.lost: str | None = None  # the worker it was lost with (removed, or a rerun began)
 
 
 class DaskCluster:
