@@ -8,7 +8,7 @@ two ways, interleaved per round in one run:
 
 Both on this one machine: the cluster's cost here is its scheduling, its messages and the
 daemons' API, never a network.  ``python -m bench.dask [N] [--parallel P] [--rounds R]``;
-prints each contender's wall time and jobs/s and the overhead per job,
+prints each contender's wall time, jobs/s and CPU per job, the overhead per job,
 (dask - local) / N, and what that is in each slot, times P.  Not part of ``bench/run`` (it needs ``corral[dask]``).
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import time
 
 from bench.errors import BenchError
 from bench.runtimes import CORRAL
-from bench.supervisor import Daemon
+from bench.supervisor import Daemon, _spawner_of, _ticks
 from bench.workspace import Workspace
 
 DASK = os.path.join(os.path.dirname(sys.executable), "dask")
@@ -76,6 +77,14 @@ class Cluster:
                 raise BenchError(f"bench.dask: no {what} (logs in {self.ws.dir}/dask)")
             time.sleep(0.1)
 
+    def cpu_ticks(self) -> int:
+        """CPU so far of the scheduler, the workers, the daemons, their keepers and
+        spawners, and what those reaped (the keepers reap the jobs' processes)."""
+        pids = [p.pid for p in self.procs] + [d.proc.pid for d in self.daemons]
+        for d in self.daemons:
+            pids += [d.keeper] + [s for s in [_spawner_of(d.keeper)] if s]
+        return sum(sum(_ticks(pid)) for pid in pids)
+
     def close(self) -> list[str]:
         for proc in reversed(self.procs):  # workers first, the scheduler last
             if proc.poll() is None:
@@ -89,17 +98,25 @@ class Cluster:
 
 
 def batch(ws: Workspace, jobs: str, parallel: int, round_: int,
-          dask: str | None = None) -> float:
-    root = os.path.join(ws.state, f"batch-{round_}-{'dask' if dask else 'local'}")
-    where = ["--dask", dask] if dask else ["--cgroup-parent", f"{ws.parent}/local"]
+          cluster: Cluster | None = None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: the batch process and what it reaped, plus the
+    cluster's processes when it runs there)."""
+    root = os.path.join(ws.state, f"batch-{round_}-{'dask' if cluster else 'local'}")
+    where = ["--dask", cluster.address] if cluster else ["--cgroup-parent", f"{ws.parent}/local"]
+    cluster_before = cluster.cpu_ticks() if cluster else 0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     proc = subprocess.run([CORRAL, "--root", root, "batch", "-q", "--parallel", str(parallel),
                            *where, jobs], capture_output=True, text=True)
     wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    if cluster:
+        cpu += (cluster.cpu_ticks() - cluster_before) / os.sysconf("SC_CLK_TCK")
     if proc.returncode != 0:
         raise BenchError(f"corral batch {' '.join(where)} exited {proc.returncode}: "
                          f"{proc.stderr.strip()}")
-    return wall
+    return wall, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,24 +137,27 @@ def main(argv: list[str] | None = None) -> int:
             f.write("".join(json.dumps({"name": f"b{i}", "args": ["/bin/true"]}) + "\n"
                             for i in range(args.jobs)))
         cluster = Cluster(ws, args.parallel // 2)
-        runs: dict[str, list[float]] = {"local": [], "dask": []}
+        runs: dict[str, list[tuple[float, float]]] = {"local": [], "dask": []}
         for r in range(args.rounds):
             order = ["local", "dask"] if r % 2 == 0 else ["dask", "local"]
             for name in order:
                 runs[name].append(batch(ws, jobs, args.parallel, r,
-                                        cluster.address if name == "dask" else None))
+                                        cluster if name == "dask" else None))
     finally:
         if cluster is not None:
             left = cluster.close()
         ws.remove_cgroups()
         ws.close()
-    local, dask = (statistics.median(runs[k]) for k in ("local", "dask"))
+    local, dask = (statistics.median(w for w, _ in runs[k]) for k in ("local", "dask"))
+    cpu = {k: statistics.median(c for _, c in runs[k]) * 1000 / args.jobs for k in runs}
     n = args.jobs
     print(f"{n} /bin/true jobs, {args.parallel} at a time, {args.rounds} round(s), "
-          f"median wall time")
-    print(f"  corral batch (local, embedded engine): {local:7.2f} s  {n / local:7.1f} jobs/s")
+          f"medians")
+    print(f"  corral batch (local, embedded engine): {local:7.2f} s  {n / local:7.1f} jobs/s  "
+          f"CPU {cpu['local']:.1f} ms/job")
     print(f"  corral batch --dask (2 workers x {args.parallel // 2} slots): {dask:7.2f} s  "
-          f"{n / dask:7.1f} jobs/s")
+          f"{n / dask:7.1f} jobs/s  CPU {cpu['dask']:.1f} ms/job (submitter, scheduler, "
+          f"workers, daemons, keepers, jobs)")
     print(f"  overhead per job: {(dask - local) / n * 1000:+.2f} ms of the batch's wall time "
           f"({dask / local:.2f}x the local batch); each job holds its slot "
           f"{(dask - local) / n * args.parallel * 1000:+.1f} ms longer")
