@@ -374,3 +374,20 @@ def test_bad_input(tmp_path, _no_leaks):
             worker.terminate()
             worker.wait(30)
         bare.close()
+
+
+def test_bench_dask_runs_and_leaves_nothing(_no_leaks):
+    """bench/dask.py (docs/performance.md) on a few jobs: both batches run, the overhead
+    line is printed, and its workspace, cgroups and processes are gone."""
+    import glob
+
+    before = set(glob.glob("/tmp/corral-bench-*"))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.dask", "6", "--parallel", "2"],
+                            cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "corral batch (local, embedded engine)" in out and "overhead per job" in out, out
+    assert "--dask (2 workers x 1 slots)" in out, out
+    assert not glob.glob(f"/sys/fs/cgroup/*/corral-bench-{proc.pid}")
+    assert set(glob.glob("/tmp/corral-bench-*")) <= before
