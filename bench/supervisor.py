@@ -59,15 +59,15 @@ class Memory:
 class Daemon:
     """A `corral supervise` of the workspace: its process, its keeper's pid, its socket."""
 
-    def __init__(self, ws: Workspace) -> None:
-        self.root = os.path.join(ws.state, "supervisor")
+    def __init__(self, ws: Workspace, name: str = "supervisor", extra: tuple = ()) -> None:
+        self.root = os.path.join(ws.state, name)
         self.socket = os.path.join(self.root, "supervise.sock")
-        self.log = os.path.join(ws.dir, "supervisor.log")
+        self.log = os.path.join(ws.dir, f"{name}.log")
         with open(self.log, "w") as log:
             # Its own session: Ctrl-C reaches only the suite, which stops it in order.
             self.proc = subprocess.Popen(
                 [CORRAL, "--root", self.root, "supervise", "--socket", self.socket,
-                 "--max-concurrent-creates", "64"],
+                 "--max-concurrent-creates", "64", *extra],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
                 start_new_session=True)
         try:

@@ -64,3 +64,11 @@ class TooSlow(CorralError):
 
 class RequestCancelled(CorralError):
     """A request to the daemon that its client cancelled (the API's ``cancel``)."""
+
+
+def only_error(group: BaseException) -> BaseException:
+    """The one error inside nested task-group wrappers, so that it is reported (and its
+    kind judged) as itself; a group of several stays a group."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]
+    return group

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs corral and everything it needs on Debian 12, as root, into ./.venv.
 #   scripts/setup.sh          what running containers needs
-#   scripts/setup.sh --test   also what the test suite needs
+#   scripts/setup.sh --test   also what the test suite needs (the [test] extra, which
+#                             includes corral[dask]: Dask's distributed, for tests/test_dask.py)
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -73,8 +73,10 @@ class Daemon:
     """``netns``: a network namespace path (``/proc/<pid>/fd/<n>``) to run the daemon in,
     so that its bridges live there and never in the host's namespace."""
 
-    def __init__(self, root: str, *extra: str, netns: str | None = None) -> None:
+    def __init__(self, root: str, *extra: str, netns: str | None = None,
+                 cgroup_parent: str = CGROUP_PARENT) -> None:
         self.root = root
+        self.cgroup_parent = cgroup_parent
         self.socket = os.path.join(root, "supervise.sock")
         self.extra = extra
         self.netns = netns
@@ -85,7 +87,7 @@ class Daemon:
         prefix = ["nsenter", f"--net={self.netns}", "--"] if self.netns else []
         self.proc = subprocess.Popen(
             [*prefix, *CORRAL, "--root", self.root, "--log", self.log, "supervise", "--cgroup-parent",
-             CGROUP_PARENT, *self.extra],
+             self.cgroup_parent, *self.extra],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = read_line(self.proc.stdout, time.monotonic() + 30)
         assert b"ready on" in line, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")

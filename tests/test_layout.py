@@ -13,7 +13,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Highest first: a part may import the parts after it, never one before it.  "face" is the
 # package itself, "base" its top-level helper modules.
-ORDER = ["face", "cli", "api", "supervisor", "jobs", "net", "runtime", "plan", "cgroups", "oci",
+ORDER = ["face", "cli", "dask", "api", "supervisor", "jobs", "net", "runtime", "plan", "cgroups", "oci",
          "nsenter", "base"]
 BASE = {"errors", "record", "jsonlite", "procfs", "images", "logformat", "version"}
 

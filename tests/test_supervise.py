@@ -406,6 +406,43 @@ def test_a_client_leaving_mid_stream_disturbs_nobody(daemon):
     c.call("delete", id="talker", force=True)
 
 
+def test_delete_on_close_containers_go_with_their_client(daemon):
+    """A job run with delete_on_close is deleted once its client's connection closes (a
+    Dask worker that died), also one whose run was still in flight then, and also when the
+    client died with answers unread (a reset, not an end of file); one the client
+    deleted itself, or one run without the flag,
+    is not touched; a wrong type is a ConfigError naming the param."""
+    owner = daemon.client()
+    job = {"args": ["sleep", "60"]}
+    owner.call("run", id="owned", job=job, delete_on_close=True)
+    owner.call("run", id="kept", job=job)
+    owner.call("run", id="done", job=job, delete_on_close=True)
+    owner.call("delete", id="done", force=True)
+    owner.call("run", id="done", job=job)  # the same id again, not owned this time
+    with pytest.raises(ApiError) as err:
+        owner.call("run", id="bad", job=job, delete_on_close="yes")
+    assert err.value.type == "ConfigError" and "delete_on_close" in str(err.value)
+    pid = owner.call("state", id="owned")["pid"]
+    owner.send("run", id="in-flight", job=job, delete_on_close=True)  # closed before its answer
+    owner.close()
+    # A client that dies with an answer unread: the daemon's side is reset, not closed.
+    resetter = daemon.client()
+    resetter.call("run", id="reset", job=job, delete_on_close=True)
+    resetter.send("state", id="reset")
+    time.sleep(0.3)  # the answer waits, unread
+    resetter.close()
+    c = daemon.client()
+    deadline = time.monotonic() + 30
+    while {"owned", "in-flight", "reset"} & {s["id"] for s in c.call("list")}:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert sorted(s["id"] for s in c.call("list")) == ["done", "kept"]
+    assert c.call("state", id="kept")["status"] == "running"
+    for cid in ("done", "kept"):
+        c.call("delete", id=cid, force=True)
+
+
 def test_events_stream(daemon):
     watcher = daemon.client()
     rid = watcher.send("events")

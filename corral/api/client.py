@@ -40,7 +40,8 @@ _KNOWN = {name: getattr(errors, name) for name in (
     "TooSlow")}
 
 
-def _error(error: dict) -> CorralError:
+def error_from_wire(error: dict) -> CorralError:
+    """The daemon's {"type", "message"} as the exception of that name (its text as sent)."""
     kind, message = error.get("type", "Error"), error.get("message", "")
     cls = _KNOWN.get(kind)
     if cls is None:
@@ -94,7 +95,7 @@ class Connection:
             raise
         if "error" in hello:
             await stream.aclose()
-            raise _error(hello["error"])
+            raise error_from_wire(hello["error"])
         return cls(stream, hello.get("hello", {}), reader)
 
     async def aclose(self) -> None:
@@ -180,17 +181,20 @@ class Connection:
         if pending.reply is None:
             raise CorralError("the connection to corral supervise closed before it answered")
         if "error" in pending.reply:
-            raise _error(pending.reply["error"])
+            raise error_from_wire(pending.reply["error"])
         return pending.reply.get("result")
 
 
 class RemoteBackend:
     """The session's calls as API requests."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, delete_on_close: bool = False) -> None:
         self.conn = conn
+        self.delete_on_close = delete_on_close
 
     async def run_job(self, cid: str, job: Job) -> dict:
+        if self.delete_on_close:
+            return await self.conn.call("run", id=cid, job=job.to_dict(), delete_on_close=True)
         return await self.conn.call("run", id=cid, job=job.to_dict())
 
     async def wait(self, cid: str) -> dict:
@@ -227,11 +231,15 @@ class RemoteBackend:
 
 class Client(Session):
     """``async with corral.Client() as client: c = await client.run(job)`` — under asyncio
-    or trio.  ``socket``: the daemon's (default ``/run/corral/supervise.sock``)."""
+    or trio.  ``socket``: the daemon's (default ``/run/corral/supervise.sock``).
+    ``delete_on_close``: the daemon deletes this client's jobs' containers if its connection
+    closes first -- for a client that may die mid-job (a Dask worker), whose containers
+    must not outlive it; leaving the session deletes them anyway."""
 
-    def __init__(self, socket: str | None = None) -> None:
+    def __init__(self, socket: str | None = None, *, delete_on_close: bool = False) -> None:
         super().__init__()
         self.socket = socket
+        self.delete_on_close = delete_on_close
         self.connection: Connection | None = None
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> Backend:
@@ -249,4 +257,4 @@ class Client(Session):
         group.start_soon(read)
         stack.callback(reader.cancel)
         self.connection = conn
-        return RemoteBackend(conn)
+        return RemoteBackend(conn, self.delete_on_close)

@@ -53,10 +53,12 @@ class ExecResult:
 
 class JobResult:
     """One finished job.  ``error`` is set (and ``exit_status`` None) when it could not even
-    be created (a command that does not exist, a limit the kernel refuses)."""
+    be created (a command that does not exist, a limit the kernel refuses).  ``node``: where
+    it ran when that was not here (the Dask worker's address, under ``corral.dask``)."""
 
     __slots__ = ("name", "id", "job", "exit_status", "timed_out", "stdout", "stderr",
-                 "started_at", "exited_at", "duration", "peak_memory", "error", "attempts")
+                 "started_at", "exited_at", "duration", "peak_memory", "error", "attempts",
+                 "node")
 
     def __init__(self, name: str, cid: str, job: Job, **fields: Any) -> None:
         self.name, self.id, self.job = name, cid, job
@@ -70,6 +72,7 @@ class JobResult:
         self.peak_memory: int | None = fields.get("peak_memory")
         self.error: str | None = fields.get("error")
         self.attempts: int = fields.get("attempts", 1)
+        self.node: str | None = fields.get("node")
 
     @property
     def ok(self) -> bool:
@@ -206,7 +209,7 @@ class Session:
         if self._group is None:
             raise CorralError("map: use the session in an `async with` first")
         send, receive = anyio.create_memory_object_stream(math.inf)
-        pending = iter(_named(jobs))
+        pending = iter(named_jobs(jobs))
         scope = anyio.CancelScope()
 
         async def worker() -> None:
@@ -279,7 +282,8 @@ class Session:
         self._started.pop(cid, None)
 
 
-def _named(jobs: Iterable[Job | tuple[str, Job]]):
+def named_jobs(jobs: Iterable[Job | tuple[str, Job]]):
+    """(name, job) pairs: a bare job is named job-N (N from 1)."""
     for index, item in enumerate(jobs, 1):
         if isinstance(item, Job):
             yield f"job-{index}", item

@@ -185,7 +185,8 @@ COMMANDS = {c.name: c for c in [
     Command("batch", "run the jobs of a TOML or JSON-lines jobs file (docs/api.md, "
                      "\"corral batch\"); exit status 0: every job succeeded, 3: a job failed "
                      "(after its retries), 1: bad input (one error line), 130: interrupted", [
-        Opt("--parallel", "int", help="jobs at once (default: the number of CPUs)"),
+        Opt("--parallel", "int", help="jobs at once (default: the number of CPUs; with "
+                                      "--dask, the cluster's job slots)"),
         Opt("--timeout", "str", help="wall-time limit of jobs that set none (30s, 5m, 1h)"),
         Opt("--retries", "int", 0, help="runs of a failed job beyond the first, for jobs "
                                         "that set none (exit status, timeout, engine error)"),
@@ -196,6 +197,9 @@ COMMANDS = {c.name: c for c in [
                                     "an embedded engine)"),
         Opt("--cgroup-parent", "str", help="cgroup parent of the embedded engine's jobs "
                                            "(default corral)"),
+        Opt("--dask", "str", help="a Dask scheduler (tcp://HOST:8786): the jobs run on its "
+                                  "workers' nodes, each through its corral supervise "
+                                  "(pip install 'corral[dask]'; docs/api.md)"),
         Opt("-q|--quiet", help="no progress and no summary: the failed jobs' lines only"),
         Opt("-h|--help")], [("file", True, None)]),
 ]}

@@ -2,9 +2,10 @@
 disk, progress on the terminal and a summary at the end.
 
 It runs on a ``Session``: ``corral.Client`` when a ``corral supervise`` listens (``--socket``,
-or ``<root>/supervise.sock``), otherwise an embedded ``corral.Supervisor``; the same loop
-drives both.  Its own worker loop rather than ``Session.map``: a retry decision needs the
-kind of each failure, which ``map`` flattens into text.
+or ``<root>/supervise.sock``), otherwise an embedded ``corral.Supervisor``, or with ``--dask``
+a Dask cluster's nodes (``corral.dask.batch``); the same loop drives all three.  Its own
+worker loop rather than ``Session.map``: a retry decision needs the kind of each failure,
+which ``map`` flattens into text.
 
 Which failures are retried: a non-zero exit status, a timeout, and creation errors the job
 is not to blame for (a cgroup, the protocol, the connection to the daemon).  Not retried:
@@ -27,7 +28,8 @@ import sys
 import time
 from typing import TYPE_CHECKING, Iterator
 
-from corral.errors import ChildError, ConfigError, CorralError, NotSupportedError
+from corral.errors import (ChildError, ConfigError, CorralError, NotSupportedError,
+                           only_error)
 from corral.jobs.job import Job, parse_duration
 from corral.jobs.jobsfile import load_jobs
 
@@ -50,6 +52,7 @@ class Options:
             raise ConfigError("--retries", f"{args.retries} must be 0 or more")
         self.file: str = args.file
         self.parallel: int = parallel
+        self.parallel_given = args.parallel is not None
         self.timeout = None if args.timeout is None else parse_duration(args.timeout,
                                                                         "--timeout")
         self.retries: int = args.retries
@@ -62,6 +65,15 @@ class Options:
         if args.socket is not None and args.cgroup_parent is not None:
             raise ConfigError("--cgroup-parent", "is for the embedded engine: the daemon of "
                                                  "--socket places jobs under its own")
+        self.dask: str | None = args.dask
+        if args.dask is not None:
+            if args.socket is not None:
+                raise ConfigError("--dask", "give --dask or --socket, not both")
+            if args.cgroup_parent is not None:
+                raise ConfigError("--cgroup-parent", "is for the embedded engine: the "
+                                                     "nodes' daemons place jobs under their own")
+            if not args.dask.strip():
+                raise ConfigError("--dask", "an empty address (give tcp://HOST:PORT)")
 
 
 class Planned:
@@ -111,7 +123,7 @@ class Finished:
         return {"name": r.name, "status": "failed" if self.reason else "succeeded",
                 "reason": self.reason, "exit_status": r.exit_status, "timed_out": r.timed_out,
                 "error": r.error, "attempts": r.attempts, "duration": round(r.duration, 6),
-                "peak_memory": r.peak_memory}
+                "peak_memory": r.peak_memory, "node": r.node}
 
 
 async def run_one(session: Session, planned: Planned, view) -> Finished:
@@ -124,7 +136,8 @@ async def run_one(session: Session, planned: Planned, view) -> Finished:
         if result.ok or not retryable or attempt == planned.tries:
             return Finished(planned, result, earlier)
         earlier.append({"exit_status": result.exit_status, "timed_out": result.timed_out,
-                        "error": result.error, "duration": round(result.duration, 6)})
+                        "error": result.error, "duration": round(result.duration, 6),
+                        "node": result.node})
         view.retrying(result, planned)
     raise AssertionError("unreachable: the last attempt returns")
 
@@ -210,6 +223,8 @@ async def run_batch(options: Options, planned: list[Planned], engine: tuple[str,
         async with trio.open_nursery() as helpers:
             helpers.start_soon(on_signal, signals, workers_scope)
             async with _open_session(options, engine) as session:
+                if engine[0] == "dask" and not options.parallel_given:
+                    options.parallel = session.slots  # as many at once as it has slots
                 view.start(tally)
                 async with trio.open_nursery() as ticking:
                     ticking.start_soon(view.ticker, tally)
@@ -225,6 +240,10 @@ async def run_batch(options: Options, planned: list[Planned], engine: tuple[str,
 
 def _open_session(options: Options, engine: tuple[str, str | None]):
     kind, socket = engine
+    if kind == "dask":
+        from corral.dask.batch import DaskCluster
+
+        return DaskCluster(socket)
     if kind == "daemon":
         from corral.api.client import Client
 
@@ -235,8 +254,14 @@ def _open_session(options: Options, engine: tuple[str, str | None]):
 
 
 def choose_engine(options: Options) -> tuple[str, str | None]:
-    """("daemon", socket) when ``--socket`` is given or a daemon listens on the root's
-    socket; ("embedded", None) otherwise."""
+    """("dask", address) with ``--dask``; ("daemon", socket) when ``--socket`` is given or
+    a daemon listens on the root's socket; ("embedded", None) otherwise."""
+    if options.dask is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("distributed") is None:
+            raise CorralError("--dask needs Dask's distributed: pip install 'corral[dask]'")
+        return "dask", options.dask
     if options.socket is not None:
         return "daemon", os.path.abspath(options.socket)
     path = os.path.join(options.root, "supervise.sock")
@@ -307,9 +332,10 @@ def summarize(options: Options, planned: list[Planned], tally: Tally,
             jobs.append({"name": p.name, "status": "stopped" if p.index in stopped
                          else "not_run"})
     reasons = [f.reason for f in tally.finished.values()]
+    where = {"scheduler": engine[1]} if engine[0] == "dask" else {"socket": engine[1]}
     return {
         "file": os.path.abspath(options.file),
-        "engine": engine[0], "socket": engine[1], "parallel": options.parallel,
+        "engine": engine[0], **where, "parallel": options.parallel,
         "duration": round(tally.elapsed(), 3), "interrupted": tally.interrupted,
         "counts": {
             "total": tally.total, "succeeded": reasons.count(None),
@@ -345,7 +371,7 @@ def main(args, log) -> int:
     try:
         tally = trio.run(run_batch, options, planned, engine, view, results)
     except BaseExceptionGroup as group:
-        raise _only_error(group) from None
+        raise only_error(group) from None
     summary = summarize(options, planned, tally, engine)
     if results is not None:
         results.write_summary(summary)
@@ -356,11 +382,3 @@ def main(args, log) -> int:
         return 128 + signal.Signals[tally.interrupted].value
     return EXIT_JOB_FAILED if tally.failed else 0
 
-
-def _only_error(group: BaseExceptionGroup) -> BaseException:
-    """The one error inside nested task-group wrappers (a daemon that cannot be reached,
-    a results directory that became unwritable), so that the command line reports it as
-    one line; a group of several stays a group."""
-    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-        group = group.exceptions[0]
-    return group

@@ -480,6 +480,11 @@ class Job:
     def __hash__(self) -> int:
         return hash(json.dumps(self.to_dict(), sort_keys=True))
 
+    def __reduce__(self):
+        """Pickled as its JSON form (a frozen object cannot be rebuilt by setattr): how a
+        job travels to a Dask worker, validated again there."""
+        return Job.from_dict, (self.to_dict(),)
+
     def __repr__(self) -> str:
         return "Job(" + ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items()) + ")"
 

@@ -116,6 +116,7 @@ async def m_start(engine: Engine, params: dict, emit: Emit) -> dict:
 
 async def m_run(engine: Engine, params: dict, emit: Emit) -> dict:
     cid = _param(params, "id", str)
+    _param(params, "delete_on_close", bool, False)  # the connection's (server.py)
     job = _job(params)
     if job is not None:
         return await engine.run_job(cid, job, logs=_param(params, "logs", bool, True))

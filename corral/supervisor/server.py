@@ -126,6 +126,10 @@ class Connection:
         self._unsent: bytes | None = None
         self._sending: trio.CancelScope | None = None  # the message being sent
         self._abandoned = False  # the connection is ending: a message begun may stay cut
+        # Containers run with "delete_on_close": deleted once the client's side closes
+        # (a Dask worker that died mid-job leaves nothing running on its node).
+        self._owned: set[str] = set()
+        self._client_closed = False  # its side: EOF read
 
     async def run(self) -> None:
         """Never raises: whatever happens to one client ends that connection only."""
@@ -154,13 +158,24 @@ class Connection:
                 self.log("error", f"connection: internal error: {group.exceptions!r}")
             if self._unsent is not None:
                 await self._drop_stuck()
+            # Ended by either side (not by the daemon's stop, which cancels and skips this):
+            # a dropped, timed-out or oversized client's delete_on_close containers go too.
+            await self._delete_owned()
 
     async def _read(self, requests: trio.Nursery) -> None:
         buffer = b""
         while True:
             timeout = self.request_timeout if buffer else math.inf
             with trio.move_on_after(timeout) as scope:
-                data = await self.sock.recv(65536)
+                try:
+                    data = await self.sock.recv(65536)
+                except ConnectionResetError:
+                    # It died with answers unread (Linux resets a Unix socket then): its
+                    # requests are cancelled, as any gone client's, its own containers
+                    # deleted first.
+                    self._client_closed = True
+                    await self._delete_owned()
+                    raise
             if scope.cancelled_caught:
                 await self._error(None, "Timeout", f"an unfinished request waited more than "
                                                    f"{self.request_timeout:g} s; closing")
@@ -168,6 +183,8 @@ class Connection:
                 await self._linger()
                 return
             if not data:
+                self._client_closed = True
+                await self._delete_owned()
                 return  # half-closed: the answers to what was asked still go out
             searched = len(buffer)  # no newline before: search the new data only
             buffer += data
@@ -295,6 +312,9 @@ class Connection:
                 self.log("error", f"{method}: internal error: {exc!r}")
                 await self._error(rid, "InternalError", f"{method}: {exc!r}")
             else:
+                self._own(method, params)
+                if self._client_closed and self._owned:
+                    await self._delete_owned()  # a run that was still in flight at EOF
                 await self._send({"id": rid, "result": result})
         except (*_GONE, _Stuck):
             self._requests.cancel_scope.cancel()  # the client is gone: so is all it asked
@@ -304,6 +324,30 @@ class Connection:
             self._slot_freed = trio.Event()
             if self._scopes.get(rid) is scope:
                 del self._scopes[rid]
+
+    def _own(self, method: str, params: dict) -> None:
+        """Remembers a container of this connection's to delete when it closes (or
+        forgets one the client deleted itself)."""
+        cid = params.get("id")
+        if method == "run" and params.get("delete_on_close") is True:
+            self._owned.add(cid)
+        elif method == "delete":
+            self._owned.discard(cid)
+
+    async def _delete_owned(self) -> None:
+        """The client is gone: its delete_on_close containers go too, shielded (the
+        daemon's own shutdown cancels connections, and then leaves containers alone)."""
+        owned, self._owned = self._owned, set()
+        with trio.CancelScope(shield=True):
+            for cid in sorted(owned):
+                try:
+                    await self.engine.delete(cid, True)
+                except CorralError:
+                    pass  # gone already
+                except OSError as exc:
+                    self.log("error", f"delete {cid} (its client closed): {exc}")
+                else:
+                    self.log("info", f"deleted {cid}: the client that ran it closed")
 
     async def _error(self, rid, kind: str, message: str) -> None:
         await self._send({"id": rid, "error": {"type": kind, "message": message}})
