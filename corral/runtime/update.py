@@ -133,9 +133,8 @@ def _number(text: str, flag: str, unsigned: bool) -> int:
     return value
 
 
-def check_fields(data: object, where: str = R, schema=None) -> None:
+def check_fields(data: object, where: str = R, schema=_SCHEMA) -> None:
     """Refuse keys the spec does not define, naming them (Go's decoder drops them)."""
-    schema = _SCHEMA if schema is None else schema
     if isinstance(schema, list):
         if isinstance(data, list):
             for i, item in enumerate(data):
