@@ -34,9 +34,10 @@ class PreparedExec:
 
     ``cgroup_dirs``: the cgroup directories the process joins (the container's, or its
     ``--cgroup`` sub-cgroups).  ``late_cgroup`` (exec --ignore-paused into a frozen cgroup):
-    the process joins them only in ``release``, after its last message and before it execs, so that its setup
-    completes and it freezes before its first instruction.  ``console``: our own console
-    socket for a foreground terminal; ``release`` takes the master from it."""
+    the process joins them only in ``release``, after its last message and before it execs,
+    so that its setup completes and it freezes before its first instruction.  ``console``:
+    our own console socket for a foreground terminal; ``release`` takes the master from
+    it."""
 
     def __init__(self, container: Container, plan, slots: dict, cgroup_dirs: list[str],
                  late_cgroup: bool = False, console: ConsoleReceiver | None = None) -> None:
