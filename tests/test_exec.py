@@ -157,7 +157,7 @@ def test_errors(corral, running, make_bundle):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     gone = corral("exec", stopped.id, "true", check=False)
-    assert gone.returncode == 255 and "container not running" in gone.stderr
+    assert gone.returncode == 255 and "cannot exec in a stopped container" in gone.stderr
     corral("delete", stopped.id)
 
 

@@ -179,10 +179,11 @@ def build_process(args, base: dict) -> dict:
 def prepare_exec(args) -> PreparedExec:
     container = Container.load(args.root, args.id)
     status = container.status()
-    if status == PAUSED and not args.ignore_paused:
-        raise ContainerStateError("cannot exec in a paused container")
+    if status == PAUSED and not args.ignore_paused:  # runc's messages
+        raise ContainerStateError("cannot exec in a paused container (use --ignore-paused to "
+                                  "override)")
     if status not in (CREATED, RUNNING, PAUSED):
-        raise ContainerStateError("container not running")
+        raise ContainerStateError("cannot exec in a stopped container")
     if args.preserve_fds < 0:
         raise ConfigError("--preserve-fds", "must not be negative")
     bundle = container.record["bundle"]
