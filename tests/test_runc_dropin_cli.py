@@ -485,24 +485,28 @@ def test_kernel_memory_limits_are_ignored_with_a_warning(corral, make_bundle, ru
 # ---- Terminals -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("devpts_gid", ["gid=5", None])
-def test_pty_slave_is_chowned_to_the_uid_only(corral, make_bundle, tmp_path, devpts_gid):
+@pytest.mark.parametrize("devpts", ["gid=5", "no gid", "ro"])
+def test_pty_slave_is_chowned_to_the_uid_only(corral, make_bundle, tmp_path, devpts):
     """run and exec: the slave's owner is the process's uid; its group stays what devpts
-    gave it (its gid= option, 5 in runc's spec; else the opener's, root)."""
+    gave it (its gid= option, 5 in runc's spec; else the opener's, root).  On a read-only
+    devpts the owner stays root and the process runs, as with runc (EROFS is let go)."""
     b = make_bundle(["sh", "-c", "stat -c '%u:%g' $(tty); echo do''ne; sleep 300"])
     b.config["process"]["terminal"] = True
     b.config["process"]["user"] = {"uid": 1000, "gid": 1000}
     for mount in b.config["mounts"]:
-        if mount["destination"] == "/dev/pts" and devpts_gid is None:
+        if mount["destination"] == "/dev/pts" and devpts == "no gid":
             mount["options"] = [o for o in mount["options"] if not o.startswith("gid=")]
+        elif mount["destination"] == "/dev/pts" and devpts == "ro":
+            mount["options"].append("ro")
     b.write()
-    group = "5" if devpts_gid else "0"
+    group = "0" if devpts == "no gid" else "5"
+    owner = {"run": "1000", "exec": "1001"} if devpts != "ro" else {"run": "0", "exec": "0"}
     listener = ConsoleListener(str(tmp_path / "run.sock"))
     try:
         corral("create", "--console-socket", listener.path, "-b", b.path, b.id)
         corral("start", b.id)
         out = talk(listener.wait(), b"", b"done")
-        assert f"1000:{group}".encode() in out, out
+        assert f"{owner['run']}:{group}".encode() in out, out
     finally:
         listener.close()
     listener = ConsoleListener(str(tmp_path / "exec.sock"))
@@ -513,7 +517,7 @@ def test_pty_slave_is_chowned_to_the_uid_only(corral, make_bundle, tmp_path, dev
                str(pid_file), "-u", "1001:1002", b.id,
                "sh", "-c", "stat -c '%u:%g' $(tty); echo do''ne; sleep 300")
         out = talk(listener.wait(), b"", b"done")
-        assert f"1001:{group}".encode() in out, out
+        assert f"{owner['exec']}:{group}".encode() in out, out
     finally:
         listener.close()
         corral("delete", "--force", b.id)
