@@ -99,9 +99,10 @@ def _not_serializable(obj):
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def _encode(obj, out: list, indent, item_sep: str, key_sep: str, level: int) -> None:
+def _encode(obj, out: list, indent, item_sep: str, key_sep: str, level: int,
+            string=_json.encode_basestring_ascii) -> None:
     if isinstance(obj, str):
-        out.append(_json.encode_basestring_ascii(obj))
+        out.append(string(obj))
     elif obj is None:
         out.append("null")
     elif obj is True:
@@ -113,14 +114,16 @@ def _encode(obj, out: list, indent, item_sep: str, key_sep: str, level: int) -> 
     elif isinstance(obj, float):
         out.append(float.__repr__(obj))
     elif isinstance(obj, dict):
-        _container(list(obj.items()), "{", "}", out, indent, item_sep, key_sep, level, True)
+        _container(list(obj.items()), "{", "}", out, indent, item_sep, key_sep, level, True,
+                   string)
     elif isinstance(obj, (list, tuple)):
-        _container(obj, "[", "]", out, indent, item_sep, key_sep, level, False)
+        _container(obj, "[", "]", out, indent, item_sep, key_sep, level, False, string)
     else:
         raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def _container(items, opening, closing, out, indent, item_sep, key_sep, level, is_dict):
+def _container(items, opening, closing, out, indent, item_sep, key_sep, level, is_dict,
+               string):
     if not items:
         out.append(opening + closing)
         return
@@ -138,14 +141,52 @@ def _container(items, opening, closing, out, indent, item_sep, key_sep, level, i
             key, value = item
             if not isinstance(key, str):
                 raise TypeError(f"keys must be str, not {type(key).__name__}")
-            out.append(_json.encode_basestring_ascii(key))
+            out.append(string(key))
             out.append(key_sep)
-            _encode(value, out, indent, item_sep, key_sep, level + 1)
+            _encode(value, out, indent, item_sep, key_sep, level + 1, string)
         else:
-            _encode(item, out, indent, item_sep, key_sep, level + 1)
+            _encode(item, out, indent, item_sep, key_sep, level + 1, string)
     if indent is not None:
         out.append("\n" + indent * level)
     out.append(closing)
+
+
+# Go's encoding/json (1.19, which runc 1.1.5 is built with) writes strings as UTF-8 and
+# escapes only '"', '\\', the control characters (\n \r \t short, the rest \u00XX), the
+# HTML characters < > & and U+2028/U+2029; text that is not UTF-8 becomes U+FFFD.
+_GO_SPECIAL = ("<", ">", "&", "\b", "\f", "\u2028", "\u2029")
+_GO_ESCAPES = {i: f"\\u{i:04x}" for i in range(0x20)}
+_GO_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+                    ord('"'): '\\"', ord("\\"): "\\\\", ord("<"): "\\u003c",
+                    ord(">"): "\\u003e", ord("&"): "\\u0026", 0x2028: "\\u2028",
+                    0x2029: "\\u2029"})
+
+
+def go_string(s: str) -> str:
+    """A JSON string as Go's encoder writes it."""
+    if not s.isascii():
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (surrogateescape'd bytes)
+            s = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in s)
+    if any(c in s for c in _GO_SPECIAL):
+        return '"' + s.translate(_GO_ESCAPES) + '"'
+    return _json.encode_basestring(s)
+
+
+_go_encoder = _json.make_encoder(None, _not_serializable, go_string, None, ":", ",", False,
+                                 False, True)
+
+
+def go_dumps(obj, indent: str | None = None) -> str:
+    """JSON as Go writes it: ``json.Marshal`` (compact: ``{"a":1,"b":2}``), or with
+    ``indent``, ``json.MarshalIndent(obj, "", indent)``.  Key order is the dicts' own: a Go
+    struct's field order, or sorted keys for a Go map, is the caller's to give."""
+    if indent is None:
+        return "".join(_go_encoder(obj, 0))
+    out: list[str] = []
+    _encode(obj, out, indent, ",", ": ", 0, go_string)
+    return "".join(out)
 
 
 def read_object(source: str, flag: str, what: str = "a JSON object") -> dict:

@@ -12,7 +12,7 @@ from corral import jsonlite as json
 def log_line(level: str, msg: str, fmt: str) -> bytes:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if fmt == "json":
-        line = json.dumps({"level": level, "msg": msg, "time": now})
+        line = json.go_dumps({"level": level, "msg": msg, "time": now})  # logrus' order
     else:
         line = f'time="{now}" level={level} msg={json.dumps(msg)}'
     return (line + "\n").encode()

@@ -68,7 +68,7 @@ def test_cap_flag_adds_a_capability(corral, running):
                    "/proc/self/status").stdout
     assert int(after.split()[1], 16) == int(before.split()[1], 16) | (1 << 21)
     bad = corral("exec", "--cap", "CAP_NOPE", running.id, "true", check=False)
-    assert bad.returncode == 1 and "--cap" in bad.stderr and "CAP_NOPE" in bad.stderr
+    assert bad.returncode == 255 and "--cap" in bad.stderr and "CAP_NOPE" in bad.stderr
 
 
 def test_process_file(corral, running, tmp_path):
@@ -80,10 +80,10 @@ def test_process_file(corral, running, tmp_path):
     assert out == ["file", "/etc", "5"]
     path.write_text(json.dumps({"args": [], "cwd": "/"}))
     bad = corral("exec", "-p", str(path), running.id, check=False)
-    assert bad.returncode == 1 and "process.args" in bad.stderr
+    assert bad.returncode == 255 and "process.args" in bad.stderr
     path.write_text("{not json")
     bad = corral("exec", "-p", str(path), running.id, check=False)
-    assert bad.returncode == 1 and "--process" in bad.stderr
+    assert bad.returncode == 255 and "--process" in bad.stderr
 
 
 def test_detach_writes_the_pid_file(corral, running, tmp_path):
@@ -132,21 +132,21 @@ def test_preserve_fds(corral, running, tmp_path):
 
 def test_errors(corral, running, make_bundle):
     missing = corral("exec", running.id, "nosuch", check=False)
-    assert missing.returncode == 1
+    assert missing.returncode == 255  # runc: every failure of exec itself is 255
     assert 'exec: "nosuch": executable file not found in $PATH' in missing.stderr
     cwd = corral("exec", "--cwd", "/nope", running.id, "true", check=False)
-    assert cwd.returncode == 1 and "/nope" in cwd.stderr and "no such file" in cwd.stderr
+    assert cwd.returncode == 255 and "/nope" in cwd.stderr and "no such file" in cwd.stderr
     user = corral("exec", "--user", "me", running.id, "true", check=False)
-    assert user.returncode == 1 and "--user" in user.stderr
+    assert user.returncode == 255 and "--user" in user.stderr
     flag = corral("exec", "--bogus", running.id, "true", check=False)
     assert flag.returncode == 1 and "--bogus" in flag.stderr
     empty = corral("exec", running.id, check=False)
-    assert empty.returncode == 1 and "command" in empty.stderr
+    assert empty.returncode == 255 and "command" in empty.stderr
     assert "does not exist" in corral("exec", "nope", "true", check=False).stderr
     corral("pause", running.id)
     try:
         paused = corral("exec", running.id, "true", check=False)
-        assert paused.returncode == 1
+        assert paused.returncode == 255
         assert "cannot exec in a paused container" in paused.stderr
     finally:
         corral("resume", running.id)
@@ -157,7 +157,7 @@ def test_errors(corral, running, make_bundle):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     gone = corral("exec", stopped.id, "true", check=False)
-    assert gone.returncode == 1 and "container not running" in gone.stderr
+    assert gone.returncode == 255 and "cannot exec in a stopped container" in gone.stderr
     corral("delete", stopped.id)
 
 
@@ -202,7 +202,7 @@ def test_ignore_paused_runs_once_resumed(corral, running, tmp_path):
         assert not os.path.exists(marker)  # frozen before its first instruction
         assert foreground.poll() is None  # waits for its process, frozen too
         refused = corral("exec", running.id, "true", check=False)
-        assert refused.returncode == 1
+        assert refused.returncode == 255
         assert "cannot exec in a paused container" in refused.stderr
     finally:
         corral("resume", running.id)

@@ -44,7 +44,8 @@ def test_parse_all_fields():
         network={"classID": 0x100001, "priorities": [{"name": "eth0", "priority": 5}]},
         unified={"io.weight": "default 100", "cgroup.max.depth": "3"})
     assert r.memory.limit == 64 << 20 and r.memory.swappiness == 10
-    assert r.memory.disable_oom_killer is True and r.memory.kernel_tcp == 1 << 20
+    assert r.memory.disable_oom_killer is True
+    assert r.warnings and "kernel memory settings" in r.warnings[0]  # kernelTCP: ignored
     assert (r.cpu.shares, r.cpu.quota, r.cpu.period, r.cpu.burst) == (512, 50000, 100000, 1000)
     assert (r.cpu.cpus, r.cpu.mems, r.cpu.idle) == ("0-1", "0", 1)
     assert r.pids_limit == 10
@@ -57,7 +58,7 @@ def test_parse_all_fields():
 
 
 @pytest.mark.parametrize("res, field", [
-    ({"memory": {"kernel": 1 << 20}}, "linux.resources.memory.kernel"),
+    ({"memory": {"kernel": "1G"}}, "linux.resources.memory.kernel"),  # ignored, but typed
     ({"memory": {"limit": -2}}, "linux.resources.memory.limit"),
     ({"memory": {"limit": 100, "swap": 50}}, "linux.resources.memory.swap"),
     ({"memory": {"swappiness": 101}}, "linux.resources.memory.swappiness"),
@@ -237,25 +238,23 @@ def test_v1_driver_on_fake_tree(tmp_path):
         f.write("")
     cg.set_resources(resources(
         memory={"limit": 1 << 26, "reservation": 1 << 25, "swappiness": 0,
-                "disableOOMKiller": True, "kernelTCP": 1 << 20},
+                "disableOOMKiller": True, "kernelTCP": 1 << 20},  # kernelTCP: ignored
         cpu={"shares": 256, "quota": 20000, "period": 100000, "realtimePeriod": 1000000,
              "realtimeRuntime": 9500},
         pids={"limit": 10},
         blockIO={"weight": 300, "weightDevice": [{"major": 8, "minor": 0, "weight": 200}],
-                 "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 4096}]},
-        unified={"cgroup.max.depth": "2"}))
+                 "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 4096}]}))
     m, c = cg.paths["memory"], cg.paths["cpu,cpuacct"]
     assert _read(m + "/memory.limit_in_bytes") == str(1 << 26)
     assert _read(m + "/memory.soft_limit_in_bytes") == str(1 << 25)
     assert _read(m + "/memory.swappiness") == "0" and _read(m + "/memory.oom_control") == "1"
-    assert _read(m + "/memory.kmem.tcp.limit_in_bytes") == str(1 << 20)
+    assert _read(m + "/memory.kmem.tcp.limit_in_bytes") == ""  # never written
     assert _read(c + "/cpu.shares") == "256" and _read(c + "/cpu.cfs_quota_us") == "20000"
     assert _read(c + "/cpu.rt_runtime_us") == "9500"
     assert _read(cg.paths["pids"] + "/pids.max") == "10"
     b = cg.paths["blkio"]
     assert _read(b + "/blkio.weight") == "300" and _read(b + "/blkio.weight_device") == "8:0 200"
     assert _read(b + "/blkio.throttle.read_bps_device") == "8:0 4096"
-    assert _read(cg.paths[UNIFIED] + "/cgroup.max.depth") == "2"
 
 
 @pytest.mark.parametrize("res, message", [
@@ -268,19 +267,20 @@ def test_v1_driver_on_fake_tree(tmp_path):
      r"^linux.resources.hugepageLimits\[0\]: this host mounts no hugetlb"),
     ({"network": {"classID": 1}}, r"^linux.resources.network.classID: this host mounts no "),
     ({"blockIO": {"leafWeight": 100}}, r"^linux.resources.blockIO.leafWeight: not supported"),
-    ({"unified": {"memory.max": "1"}},
-     r"^linux.resources.unified\[\"memory.max\"\]: controller 'memory' is not enabled"),
 ])
 def test_v1_refusals_name_the_field(tmp_path, res, message):
     with pytest.raises(ConfigError, match=message):
         _v1_tree(tmp_path).set_resources(resources(**res))
 
 
-def test_unified_needs_a_cgroup2_hierarchy(tmp_path):
-    with pytest.raises(ConfigError, match=r"^linux.resources.unified: this host has no cgroup "
-                                          r"v2 hierarchy"):
-        _v1_tree(tmp_path, unified=False).set_resources(
-            resources(unified={"cgroup.max.depth": "1"}))
+@pytest.mark.parametrize("unified", [True, False], ids=["hybrid", "v1"])
+def test_unified_refused_off_pure_v2(tmp_path, unified):
+    """runc's refusal, before any field is written."""
+    cg = _v1_tree(tmp_path, unified=unified)
+    with pytest.raises(ConfigError, match=r"^linux.resources.unified: cannot use unified on "
+                                          r"cgroup v1$"):
+        cg.set_resources(resources(pids={"limit": 5}, unified={"cgroup.max.depth": "1"}))
+    assert _read(cg.paths["pids"] + "/pids.max") == ""
 
 
 def test_v1_kernel_refusal_names_the_field(tmp_path):
@@ -338,14 +338,13 @@ def test_real_pids_limit_enforced(corral, make_bundle):
 
 @pytest.mark.parametrize("res, field", [
     ({"cpu": {"quota": 50000, "period": 1000000, "burst": 1 << 40}}, "linux.resources.cpu.burst"),
-    ({"unified": {"memory.max": "64M"}}, 'linux.resources.unified["memory.max"]'),
+    ({"unified": {"memory.max": "64M"}}, "linux.resources.unified"),
     ({"memory": {"limit": 64 << 20, "swap": -2}}, "linux.resources.memory.swap"),
 ])
 @needs_v1
 def test_real_refusals_name_the_field_and_leave_nothing(corral, make_bundle, res, field):
-    if "unified" in res and (REAL.unified is None or _read(
-            f"{REAL.unified}/cgroup.subtree_control").strip()):
-        pytest.skip("needs a cgroup2 hierarchy without controllers (hybrid host)")
+    if "unified" in res and REAL.mode == "v2":
+        pytest.skip("unified is refused only on a host that is not pure cgroup v2")
     b = make_bundle(["true"])
     b.config["linux"]["resources"] = res
     b.write()

@@ -119,7 +119,7 @@ def test_terminal_rules(corral, make_bundle, tmp_path):
     assert not os.listdir(corral.root)
     corral("run", "-d", "-b", plain.path, plain.id)
     proc = corral("exec", "-d", "-t", plain.id, "sh", check=False)
-    assert proc.returncode == 1 and "cannot allocate tty" in proc.stderr
+    assert proc.returncode == 255 and "cannot allocate tty" in proc.stderr
     corral("delete", "--force", plain.id)
 
 

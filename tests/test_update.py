@@ -9,6 +9,7 @@ import pytest
 
 from corral.cli import args as cliargs
 from corral.errors import ConfigError, NotSupportedError
+from corral.oci.config import KERNEL_MEMORY_IGNORED
 from corral.runtime import update as update_mod
 
 
@@ -66,7 +67,7 @@ def test_build_flags_override_json(tmp_path):
                                            cpu_quota="-1", kernel_memory="5m"))
     assert res.memory.limit == 48 << 20 and res.memory.reservation == 1 << 24
     assert res.pids_limit == 10 and res.cpu.quota == -1
-    assert warnings and "--kernel-memory" in warnings[0]
+    assert warnings == [f"linux.resources: {KERNEL_MEMORY_IGNORED}"]
 
 
 @pytest.mark.parametrize("given, flag", [

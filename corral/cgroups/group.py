@@ -7,7 +7,7 @@ import os
 import time
 
 from ..errors import CgroupError, ConfigError, NotSupportedError
-from .files import fail, read, read_raw, write, write_each
+from .files import fail, read, read_or_none, read_raw, write, write_each
 from .hierarchy import UNIFIED, Layout, resolve, split_path
 
 TYPE_CHECKING = False
@@ -235,12 +235,35 @@ class Cgroup:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def create(self) -> None:
-        """Make the directories; on failure remove what was made so nothing leaks.
+    def refuse_reuse(self) -> None:
+        """Refuses a cgroup that already exists and holds processes (as runc 1.2 does: they
+        are not this container's, and deleting the container would kill them) or is frozen
+        (the container's process could never run: runc refuses it too).  Called before
+        anything is made; ``create`` checks for processes again, as it makes the cgroup."""
+        for key, path in self.paths.items():
+            if not os.path.isdir(path):
+                continue
+            if _populated_dir(path):
+                raise ConfigError("linux.cgroupsPath",
+                                  f"cgroup {path} already exists and is not empty")
+            if key == UNIFIED:
+                state, frozen = read_or_none(path + "/cgroup.freeze"), "1"
+            elif "freezer" in key.split(","):
+                state, frozen = read_or_none(path + "/freezer.state"), "FROZEN"
+            else:
+                continue
+            if state is not None and state.strip() in (frozen, "FREEZING"):
+                raise ConfigError("linux.cgroupsPath",
+                                  f"cgroup {path} already exists and is frozen")
 
-        A cgroup that already holds processes is refused (as runc 1.2 does): it is not this
-        container's, and deleting the container would kill and remove it.  The leaf is made
-        first, its parents only when they are missing: most containers' parents exist."""
+    def create(self) -> None:
+        """Make the directories; on failure remove those this call made (never a directory
+        that was there before: it may hold someone's processes), so nothing leaks.
+
+        A cgroup that already holds processes is refused (``refuse_reuse``).  The leaf is
+        made first, its parents only when they are missing: most containers' parents
+        exist."""
+        made_here: list[str] = []
         try:
             for key, path in self.paths.items():
                 top = self.mounts[key].rstrip("/")
@@ -256,6 +279,7 @@ class Cgroup:
                     made = _mkdirs(top, split_path(path[len(top):]))
                 except OSError as e:
                     raise fail("mkdir", path, e) from None
+                made_here += made
                 leafless = [d for d in made if d != path]
                 if leafless and self.unit is None:  # a scope's slices are systemd's
                     have = self.prune.setdefault(key, [])
@@ -267,10 +291,8 @@ class Cgroup:
                         _cpusets.clear()  # an ancestor changed since we looked: look again
                         self._fill_cpuset(top, path)
         except BaseException:
-            try:
-                self.remove_dirs()  # a scope of the same name is not this one's to stop
-            except CgroupError:
-                pass
+            for path in reversed(made_here):  # empty: just made, and not joined yet
+                _rmdir_now(path)
             raise
 
     @staticmethod

@@ -1,7 +1,8 @@
 """``linux.resources`` (all but ``devices``) written into a container's cgroup.
 
 Two drivers, chosen by the layout's mode: v1 (also on a hybrid host, whose unified hierarchy
-carries no controllers) writes each controller's own hierarchy; v2 writes the unified
+carries no controllers: ``unified`` is refused there, as runc refuses it) writes each
+controller's own hierarchy; v2 writes the unified
 directory, converting the spec's v1-shaped values as runc does (``convert_*`` below). Every
 failure is a ``ConfigError`` naming the field: a value the kernel refuses, or a field this
 host's kernel can't honour (its file is missing), never silently skipped, except where runc
@@ -156,8 +157,7 @@ class _Driver:
 
 class V1(_Driver):
     def memory(self, m, field: str) -> None:
-        wanted = [m.limit, m.reservation, m.swap, m.kernel_tcp, m.swappiness,
-                  m.disable_oom_killer]
+        wanted = [m.limit, m.reservation, m.swap, m.swappiness, m.disable_oom_killer]
         if all(v is None for v in wanted):
             return
         d = self.dir("memory", field)
@@ -178,8 +178,6 @@ class V1(_Driver):
             write(d, name, value, f)
         if m.reservation:
             write(d, "memory.soft_limit_in_bytes", str(m.reservation), field + ".reservation")
-        if m.kernel_tcp:
-            write(d, "memory.kmem.tcp.limit_in_bytes", str(m.kernel_tcp), field + ".kernelTCP")
         if m.swappiness is not None:
             write(d, "memory.swappiness", str(m.swappiness), field + ".swappiness")
         if m.disable_oom_killer:
@@ -265,8 +263,6 @@ _IO_MAX_KEYS = {"read_bps": "rbps", "write_bps": "wbps", "read_iops": "riops",
 
 class V2(_Driver):
     def memory(self, m, field: str) -> None:
-        if m.kernel_tcp:
-            raise ConfigError(field + ".kernelTCP", "not supported on cgroup v2")
         if m.swappiness is not None:
             raise ConfigError(field + ".swappiness", "not supported on cgroup v2")
         if m.disable_oom_killer:
@@ -395,8 +391,6 @@ def apply_unified(cgroup: Placement, unified: dict[str, str]) -> None:
     line per write as runc does; a key whose controller this cgroup lacks is named."""
     if not unified:
         return
-    if UNIFIED not in cgroup.paths:
-        raise ConfigError(f"{R}.unified", "this host has no cgroup v2 hierarchy")
     d = cgroup.paths[UNIFIED]
     available = _read(f"{d}/cgroup.controllers", f"{R}.unified").split()
     for key, value in unified.items():
@@ -408,10 +402,16 @@ def apply_unified(cgroup: Placement, unified: dict[str, str]) -> None:
             write(d, key, line, field)
 
 
+def check_unified(mode: str, res: Resources) -> None:
+    """runc's refusal of ``unified`` on a host that is not pure cgroup v2 (where a hybrid
+    host's unified hierarchy carries no controllers): before anything is made or written."""
+    if res.unified and mode != "v2":
+        raise ConfigError(f"{R}.unified", "cannot use unified on cgroup v1")
+
+
 def apply(cgroup: Placement, res: Resources) -> None:
     """Writes every set field of ``res`` (``linux.resources`` but devices) to ``cgroup``."""
-    if res.unified and UNIFIED not in cgroup.paths:
-        raise ConfigError(f"{R}.unified", "this host has no cgroup v2 hierarchy")
+    check_unified(cgroup.mode, res)
     if cgroup.mode == "v2":
         enable_controllers(cgroup, _needed_controllers(res))
         V2(cgroup).apply(res)

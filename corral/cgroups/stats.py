@@ -112,6 +112,25 @@ def _omit_zero(d: dict, keep: tuple = ()) -> dict:
     return {k: v for k, v in d.items() if k in keep or v not in (0, [], {}, None, "")}
 
 
+def _cpu_usage(usage: dict) -> dict:
+    """types.CpuUsage in Go's field order (total and the per-CPU lists are omitempty)."""
+    out = _omit_zero({key: usage.get(key, 0)
+                      for key in ("total", "percpu", "percpu_kernel", "percpu_user")})
+    out["kernel"] = usage.get("kernel", 0)
+    out["user"] = usage.get("user", 0)
+    return out
+
+
+def _memory(m: dict) -> dict:
+    """types.MemoryStats in Go's field order; ``raw`` is a Go map: sorted keys."""
+    out = _omit_zero({"cache": m.get("cache", 0)})
+    for key in ("usage", "swap", "kernel", "kernelTCP"):
+        out[key] = m.get(key, {"limit": 0, "failcnt": 0})
+    if m.get("raw"):
+        out["raw"] = dict(sorted(m["raw"].items()))
+    return out
+
+
 def _entry(usage: int, max_usage: int, limit: int, failcnt: int) -> dict:
     return _omit_zero({"limit": limit, "usage": usage, "max": max_usage, "failcnt": failcnt},
                       keep=("limit", "failcnt"))
@@ -160,6 +179,7 @@ def _v1(cgroup: Cgroup) -> dict:
             rows = [r.split() for r in all_rows if len(r.split()) == 3]
             usage["percpu_user"] = [int(r[1]) for r in rows]
             usage["percpu_kernel"] = [int(r[2]) for r in rows]
+        stats["cpu"]["usage"] = _cpu_usage(usage)
     cpu = _dir(cgroup, "cpu")
     if cpu:
         stat = _keyed(cpu + "/cpu.stat")
@@ -185,7 +205,7 @@ def _v1(cgroup: Cgroup) -> dict:
                             _int(memory + f"/{prefix}limit_in_bytes"),
                             _int(memory + f"/{prefix}failcnt"))
         m["raw"] = raw
-        stats["memory"] = _omit_zero(m, keep=("usage", "swap", "kernel", "kernelTCP"))
+        stats["memory"] = _memory(m)
     pids = _dir(cgroup, "pids")
     if pids:
         limit = _int(pids + "/pids.max")
@@ -237,6 +257,7 @@ def _v2(cgroup: Cgroup) -> dict:
     usage["user"] = cpu.get("user_usec", 0) * 1000
     if cpu.get("usage_usec"):
         usage["total"] = cpu["usage_usec"] * 1000
+    stats["cpu"]["usage"] = _cpu_usage(usage)
     stats["cpu"]["throttling"] = _omit_zero({
         "periods": cpu.get("nr_periods", 0), "throttled_periods": cpu.get("nr_throttled", 0),
         "throttled_time": cpu.get("throttled_usec", 0) * 1000})
@@ -259,7 +280,7 @@ def _v2(cgroup: Cgroup) -> dict:
                                _int(d + "/memory.swap.peak"), both,
                                _keyed(d + "/memory.swap.events").get("max", 0))
         m["raw"] = raw
-        stats["memory"] = _omit_zero(m, keep=("usage", "swap", "kernel", "kernelTCP"))
+        stats["memory"] = _memory(m)
     if os.path.exists(d + "/pids.current"):
         limit = _int(d + "/pids.max")
         stats["pids"] = _omit_zero({"current": _int(d + "/pids.current"),

@@ -102,7 +102,7 @@ COMMANDS = {c.name: c for c in [
         Opt("--memory-reservation", "str", help="memory soft limit"),
         Opt("--memory-swap", "str", help="memory+swap limit (-1 unlimited)"),
         Opt("--kernel-memory", "str", help="ignored (the kernel no longer enforces it)"),
-        Opt("--kernel-memory-tcp", "str", help="kernel TCP buffer limit (v1)"),
+        Opt("--kernel-memory-tcp", "str", help="ignored (the kernel no longer enforces it)"),
         Opt("--cpu-share|--cpu-shares", "str", help="CPU shares (relative weight)"),
         Opt("--cpu-quota", "str", help="CFS quota (µs per period, -1 none)"),
         Opt("--cpu-period", "str", help="CFS period (µs)"),
@@ -141,6 +141,9 @@ COMMANDS = {c.name: c for c in [
         Opt("--preserve-fds", "int", 0, help="pass fds 3..3+N-1 to the process"),
         Opt("--ignore-paused", help="exec in a paused container (the process runs "
                                     "once it is resumed)"),
+        Opt("--cgroup", "list", help="[CONTROLLER[,CONTROLLER...]:]PATH: run in this "
+                                     "existing sub-cgroup of the container's (repeatable "
+                                     "with controllers, for cgroup v1)"),
         Opt("-h|--help")], [("id", True, None)], tail="command"),
     # Not supported yet, but their --help answers (podman probes `checkpoint --help` to
     # learn whether the runtime can checkpoint): runc's flags, for the usage text only.
@@ -252,7 +255,7 @@ def _parse_flags(argv: list[str], opts: list[Opt], values: dict, where: str,
         if arg == "--":
             positionals += argv[i:]
             break
-        if not arg.startswith("-") or arg == "-":
+        if not arg.startswith("-") or arg == "-" or arg[1:].isdigit():  # "kill ID -1"
             if stop_at_positional:
                 return argv[i - 1 :]
             positionals.append(arg)

@@ -139,7 +139,23 @@ def cmd_run(args, log: Log) -> int:
     return status
 
 
+class ExecFailed(CorralError):
+    """runc's exec exits 255 on any failure of its own (fatalWithCode(..., 255)), so that
+    a caller tells it from the process's status."""
+
+    exit_code = 255
+
+
 def cmd_exec(args, log: Log) -> int:
+    try:
+        return _exec(args)
+    except CorralError as exc:
+        raise ExecFailed(f"exec failed: {exc}") from None
+    except OSError as exc:
+        raise ExecFailed(f"exec failed: {os_error_text(exc)}") from None
+
+
+def _exec(args) -> int:
     """runc's exec: foreground, the process is our child (CLONE_PARENT): signals are
     forwarded to it and its status is ours (128+N for signal N), its terminal relayed by us
     when it has one and no --console-socket; --detach returns once it runs.  The pid file is
@@ -205,7 +221,8 @@ def cmd_start(args, log: Log) -> int:
 
 
 def cmd_state(args, log: Log) -> int:
-    sys.stdout.write(json.dumps(_load(args).oci_state(), indent=2))
+    # runc: json.MarshalIndent(state, "", "  "), no newline
+    sys.stdout.write(json.go_dumps(_load(args).oci_state(), indent="  "))
     return 0
 
 
@@ -236,11 +253,15 @@ def cmd_delete(args, log: Log) -> int:
 def cmd_list(args, log: Log) -> int:
     from corral.runtime.containers import list_containers
 
-    states = [c.oci_state() for c in list_containers(args.root)]
+    states = []
+    for container in list_containers(args.root):
+        state = container.oci_state()
+        state["owner"] = _owner(container.state_dir.path)  # runc's list (not state) says
+        states.append(state)
     if args.quiet:
         sys.stdout.write("".join(s["id"] + "\n" for s in states))
     elif args.format == "json":
-        sys.stdout.write(json.dumps(states or None) + "\n")
+        sys.stdout.write(json.go_dumps(states or None) + "\n")
     else:
         rows = [("ID", "PID", "STATUS", "BUNDLE", "CREATED", "OWNER")]
         rows += [(s["id"], str(s["pid"]), s["status"], s["bundle"], s["created"], s["owner"])
@@ -249,6 +270,20 @@ def cmd_list(args, log: Log) -> int:
         for r in rows:
             sys.stdout.write("".join(v.ljust(w) for v, w in zip(r, widths)) + r[5] + "\n")
     return 0
+
+
+def _owner(path: str) -> str:
+    """The user name owning a state directory, "#UID" without one (runc's list)."""
+    import pwd
+
+    try:
+        uid = os.stat(path).st_uid
+    except OSError:
+        return ""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"#{uid}"
 
 
 def cmd_pause(args, log: Log) -> int:
@@ -346,7 +381,8 @@ def cmd_batch(args, log: Log) -> int:
 def cmd_features(args, log: Log) -> int:
     from corral.runtime.features import features
 
-    sys.stdout.write(json.dumps(features(), indent=2) + "\n")
+    # runc: an Encoder with SetIndent("", "    ")
+    sys.stdout.write(json.go_dumps(features(), indent="    ") + "\n")
     return 0
 
 
@@ -361,12 +397,14 @@ COMMANDS = {
 
 
 def parse_signal(text: str) -> int:
-    """A signal by number, or by name with or without SIG (any case), as runc takes it."""
+    """runc's parseSignal: any number (Go's Atoi: a sign, decimal digits, 64 bits) is sent
+    as it is, 0 included (the kernel judges it); else a name with or without SIG, any case."""
     import _signal  # `signal` itself imports enum: ~2 ms of every command
 
-    if text.isdigit():
+    digits = text[1:] if text[:1] in "+-" else text
+    if digits.isascii() and digits.isdigit():
         num = int(text)
-        if 0 < num < _signal.NSIG:
+        if -(1 << 63) <= num < (1 << 63):
             return num
     else:
         name = text.upper()
@@ -405,6 +443,10 @@ def _write_pid_file(path: str, pid: int) -> None:
     os.replace(tmp, path)
 
 
+def os_error_text(exc: OSError) -> str:
+    return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from corral.cli import args as cliargs
 
@@ -431,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error(str(exc))
         return exc.exit_code
     except OSError as exc:
-        log.error(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
+        log.error(os_error_text(exc))
         return 1
     except KeyboardInterrupt:
         log.error("interrupted")

@@ -1967,8 +1967,11 @@ static int do_terminal(struct run *r, struct args *a)
     slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
     if (slave < 0)
         goto out;
-    step = "chown the pty"; /* the process's user; the group stays devpts's (tty) */
-    if (fchown(slave, uid, (gid_t)-1) < 0)
+    /* the process's user only: the group stays devpts's (its gid= option, 5 by default), as
+     * runc's fixStdioPermissions leaves it, and so are its exceptions: a uid the namespace
+     * does not map (EINVAL), an owner it cannot change (EPERM), a read-only /dev (EROFS) */
+    step = "chown the pty";
+    if (fchown(slave, uid, (gid_t)-1) < 0 && errno != EINVAL && errno != EPERM && errno != EROFS)
         goto out;
     if (rows > 0 || cols > 0) {
         struct winsize ws = {(unsigned short)rows, (unsigned short)cols, 0, 0};

@@ -145,7 +145,6 @@ class MemoryResources(Record):
     limit: int | None = None
     reservation: int | None = None
     swap: int | None = None  # memory + swap, as on cgroup v1
-    kernel_tcp: int | None = None
     swappiness: int | None = None
     disable_oom_killer: bool | None = None
 
@@ -201,7 +200,8 @@ class NetworkResources(Record):
 
 
 class Resources(Record):
-    """``linux.resources`` except ``devices`` (``Linux.device_rules``)."""
+    """``linux.resources`` except ``devices`` (``Linux.device_rules``).  ``warnings``: what
+    was given and is ignored (kernel memory limits), for the caller to say."""
 
     memory: MemoryResources | None = None
     cpu: CpuResources | None = None
@@ -210,9 +210,10 @@ class Resources(Record):
     hugepage_limits: tuple[HugepageLimit, ...] = ()
     network: NetworkResources | None = None
     unified: dict[str, str] = factory(dict)
+    warnings: tuple[str, ...] = ()
 
     def empty(self) -> bool:
-        return self == Resources()
+        return self == Resources(warnings=self.warnings)
 
 
 class Hook(Record):
@@ -750,8 +751,9 @@ def _linux(obj: dict, path: str) -> Linux:
         gid_mappings=gid_mappings,
         devices=tuple(_device(d, where) for where, d in _items(obj, "devices", path)),
         device_rules=tuple(
-            _device_rule(r, where) for where, r in _items(resources, "devices", resources_path)
-        ),
+            rule for rule in (_device_rule(r, where)
+                              for where, r in _items(resources, "devices", resources_path))
+            if rule.access),
         resources=_resources(resources, resources_path),
         cgroups_path=_opt(obj, "cgroupsPath", path, str) or None,
         rootfs_propagation=propagation,
@@ -1145,8 +1147,10 @@ def _device_rule(obj: object, path: str) -> DeviceRule:
     if kind not in ("a", "c", "b"):
         raise ConfigError(f"{path}.type", f"unknown device rule type {kind!r} (want a, c or b)")
     access = _opt(obj, "access", path, str, "rwm")
-    if not access or access.strip("rwm"):
-        raise ConfigError(f"{path}.access", f"must combine r, w and m, got {access!r}")
+    if not access:
+        raise ConfigError(f"{path}.access", "must not be empty (r, w and m combined)")
+    # letters but r, w and m are ignored, as runc ignores them: a rule left with none
+    # grants or denies nothing (dropped from Linux.device_rules)
     return DeviceRule(
         allow=_req(obj, "allow", path, bool),
         type=kind,
@@ -1172,8 +1176,19 @@ def _limit(obj: dict, key: str, path: str) -> int | None:
     return _int(obj, key, path, -1, _I64_MAX)
 
 
+KERNEL_MEMORY_IGNORED = ("kernel memory settings (memory.kernel, memory.kernelTCP) are "
+                         "ignored: deprecated, and no longer enforced by the kernel")
+
+
 def _resources(obj: dict, path: str) -> Resources:
     memory = _opt(obj, "memory", path, dict)
+    warnings = ()
+    if memory is not None:
+        for key in ("kernel", "kernelTCP"):  # runc 1.1 and crun accept and ignore them
+            _limit(memory, key, f"{path}.memory")
+        if memory.get("kernel") or memory.get("kernelTCP"):
+            warnings = (f"{path}: {KERNEL_MEMORY_IGNORED}",)
+        memory = {k: v for k, v in memory.items() if k not in ("kernel", "kernelTCP")} or None
     cpu = _opt(obj, "cpu", path, dict)
     pids = _opt(obj, "pids", path, dict)
     block_io = _opt(obj, "blockIO", path, dict)
@@ -1188,13 +1203,11 @@ def _resources(obj: dict, path: str) -> Resources:
                               for where, item in _items(obj, "hugepageLimits", path)),
         network=None if network is None else _network(network, f"{path}.network"),
         unified=_unified(obj, path),
+        warnings=warnings,
     )
 
 
 def _memory(obj: dict, path: str) -> MemoryResources:
-    if obj.get("kernel"):
-        raise ConfigError(f"{path}.kernel", "kernel memory limits are deprecated (the kernel "
-                                           "no longer enforces them) and not supported")
     limit = _limit(obj, "limit", path)
     swap = _limit(obj, "swap", path)
     if limit and swap and limit > 0 and 0 < swap < limit:
@@ -1204,7 +1217,6 @@ def _memory(obj: dict, path: str) -> MemoryResources:
         limit=limit,
         reservation=_limit(obj, "reservation", path),
         swap=swap,
-        kernel_tcp=_limit(obj, "kernelTCP", path),
         swappiness=_int(obj, "swappiness", path, 0, 100),
         disable_oom_killer=_opt(obj, "disableOOMKiller", path, bool),
     )

@@ -43,8 +43,11 @@ def validate_id(container_id: str) -> str:
 
 
 def rfc3339_now() -> str:
+    """Go's time.RFC3339Nano in UTC, as runc's state shows it: trailing zeros trimmed."""
     ns = time.time_ns()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+    fraction = f"{ns % 10**9:09d}".rstrip("0")
+    return (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9))
+            + (f".{fraction}" if fraction else "") + "Z")
 
 
 class StateDir:

@@ -58,7 +58,7 @@ class Container:
             "created": self.record["created"],
         }
         if self.record.get("annotations"):
-            state["annotations"] = self.record["annotations"]
+            state["annotations"] = dict(sorted(self.record["annotations"].items()))  # a Go map
         state["owner"] = self.record.get("owner", "")
         return state
 
@@ -139,14 +139,19 @@ class Container:
     # ---- kill ----
 
     def kill(self, sig: int, all_processes: bool = False) -> None:
+        """``sig`` as given (0 checks for the init; runc refuses no number, the kernel
+        does: what it says of one out of range is said here)."""
         status = self.status()
+        live = status in (CREATED, RUNNING, PAUSED)
+        if not 0 <= sig < signal.NSIG and (all_processes or live):
+            raise CorralError("unable to signal init: invalid argument")
         if all_processes:
             if self.has_cgroup():
                 self._cgroup().kill_all(sig)
-            elif status in (CREATED, RUNNING, PAUSED):
+            elif live:
                 self._signal_without_cgroup(sig)
             return
-        if status not in (CREATED, RUNNING, PAUSED):
+        if not live:
             raise ContainerStateError("container not running")
         self._signal_init(sig)
         # A paused init gets the signal when resumed; SIGKILL thaws it so it dies now (runc).

@@ -54,7 +54,7 @@ def parse_duration(text: str, flag: str = "--interval") -> float:
 
 
 def _emit(event: dict) -> None:
-    data = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+    data = (json.go_dumps(event) + "\n").encode()
     while data:
         data = data[os.write(1, data):]
 

@@ -32,14 +32,17 @@ _PROC_NS = {"pid": "pid", "network": "net", "mount": "mnt", "ipc": "ipc", "uts":
 class PreparedExec:
     """What the blocking driver needs: the plan, the host-side actions, the undo.
 
-    ``late_cgroup`` (exec --ignore-paused into a frozen cgroup): the process joins the cgroup
-    only in ``release``, after its last message and before it execs, so that its setup
-    completes and it freezes before its first instruction.  ``console``: our own console
-    socket for a foreground terminal; ``release`` takes the master from it."""
+    ``cgroup_dirs``: the cgroup directories the process joins (the container's, or its
+    ``--cgroup`` sub-cgroups).  ``late_cgroup`` (exec --ignore-paused into a frozen cgroup):
+    the process joins them only in ``release``, after its last message and before it execs,
+    so that its setup completes and it freezes before its first instruction.  ``console``:
+    our own console socket for a foreground terminal; ``release`` takes the master from
+    it."""
 
-    def __init__(self, container: Container, plan, slots: dict, late_cgroup: bool = False,
-                 console: ConsoleReceiver | None = None) -> None:
+    def __init__(self, container: Container, plan, slots: dict, cgroup_dirs: list[str],
+                 late_cgroup: bool = False, console: ConsoleReceiver | None = None) -> None:
         self.container = container
+        self.cgroup_dirs = cgroup_dirs
         self.plan = plan
         self.slots = slots
         self.late_cgroup = late_cgroup
@@ -71,13 +74,14 @@ class PreparedExec:
             self._join_cgroup(action.pid)
 
     def _join_cgroup(self, pid: int) -> None:
-        if self.container.has_cgroup():
-            from corral.cgroups import Cgroup
+        if self.cgroup_dirs:
+            from corral.cgroups.files import write
             from corral.errors import CgroupError
             from corral.procfs import is_alive
 
             try:
-                Cgroup.from_json(self.container.record["cgroup"]).add(pid)
+                for path in self.cgroup_dirs:
+                    write(path + "/cgroup.procs", str(pid))
             except CgroupError:
                 if is_alive(pid, None):
                     raise
@@ -175,10 +179,11 @@ def build_process(args, base: dict) -> dict:
 def prepare_exec(args) -> PreparedExec:
     container = Container.load(args.root, args.id)
     status = container.status()
-    if status == PAUSED and not args.ignore_paused:
-        raise ContainerStateError("cannot exec in a paused container")
+    if status == PAUSED and not args.ignore_paused:  # runc's messages
+        raise ContainerStateError("cannot exec in a paused container (use --ignore-paused to "
+                                  "override)")
     if status not in (CREATED, RUNNING, PAUSED):
-        raise ContainerStateError("container not running")
+        raise ContainerStateError("cannot exec in a stopped container")
     if args.preserve_fds < 0:
         raise ConfigError("--preserve-fds", "must not be negative")
     bundle = container.record["bundle"]
@@ -214,12 +219,8 @@ def prepare_exec(args) -> PreparedExec:
         socket_path = console.path
     # the launcher joins the process to the container's cgroup, but into a frozen one it
     # joins late, from here (PreparedExec.release)
-    procs = []
-    if container.has_cgroup() and status != PAUSED:
-        from corral.cgroups import Cgroup
-
-        procs = [path + "/cgroup.procs"
-                 for path in Cgroup.from_json(container.record["cgroup"]).paths.values()]
+    dirs = exec_cgroup_dirs(container, args.cgroup)
+    procs = [path + "/cgroup.procs" for path in dirs] if status != PAUSED else []
     plan = compile_plan(config, PlanOptions(
         bundle=bundle, exec=True, exec_join=tuple(join), preserve_fds=args.preserve_fds,
         console=socket_path is not None, keyring=True, cgroup_procs=len(procs)))
@@ -228,4 +229,62 @@ def prepare_exec(args) -> PreparedExec:
     slots = {"fifo": "", "console": socket_path or "", "keyring": f"_ses.{container.id}",
              "rootfs": f"/proc/{pid}/root", "env": env, "hostname": config.hostname or "",
              **{f"procs{k}": path for k, path in enumerate(procs)}}
-    return PreparedExec(container, plan, slots, late_cgroup=status == PAUSED, console=console)
+    return PreparedExec(container, plan, slots, dirs, late_cgroup=status == PAUSED,
+                        console=console)
+
+
+def sub_cgroup_paths(args: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """runc 1.1's ``--cgroup`` arguments: one ``PATH`` (every hierarchy; the only form on
+    cgroup v2), or ``CONTROLLER[,CONTROLLER...]:PATH`` ones (cgroup v1).  Controller ""
+    stands for every hierarchy."""
+    paths: dict[str, str] = {}
+    for arg in args:
+        parts = arg.split(":")
+        if len(parts) > 2:
+            raise ConfigError("--cgroup", f"invalid argument {arg!r}")
+        if len(parts) == 1:
+            if len(args) != 1:
+                raise ConfigError("--cgroup", f"invalid argument {arg!r} (missing "
+                                              f"<controller>: prefix)")
+            paths[""] = arg
+            continue
+        for controller in parts[0].split(","):
+            if controller in paths:
+                raise ConfigError("--cgroup", f"controller {controller!r} given more than "
+                                              f"once")
+            paths[controller] = parts[1]
+    return paths
+
+
+def exec_cgroup_dirs(container: Container, args: tuple[str, ...] | list[str]) -> list[str]:
+    """The cgroup directories an exec'd process joins: the container's, or, with
+    ``--cgroup``, existing sub-cgroups of them (as runc, none is made)."""
+    if not container.has_cgroup():
+        if args:
+            raise ConfigError("--cgroup", "the container has no cgroup (rootless without a "
+                                          "delegated cgroup)")
+        return []
+    import posixpath
+
+    from corral.cgroups import Cgroup
+
+    dirs = dict(Cgroup.from_json(container.record["cgroup"]).paths)
+    subs = sub_cgroup_paths(args)
+    every = subs.pop("", None)
+    targets = dict.fromkeys(dirs, every) if every is not None else {}
+    for controller, sub in subs.items():
+        keys = [k for k in dirs if controller in k.split(",")]
+        if not keys:
+            raise ConfigError("--cgroup", f"unknown controller {controller!r} (the "
+                                          f"container's hierarchies: {', '.join(dirs)})")
+        for key in keys:
+            targets[key] = sub
+    for key, sub in targets.items():
+        base = dirs[key]
+        path = posixpath.normpath(f"{base}/{sub}")
+        if path != base and not path.startswith(base + "/"):
+            raise ConfigError("--cgroup", f"{sub} is not a sub cgroup path")
+        if not os.path.isdir(path):
+            raise ConfigError("--cgroup", f"{path}: no such cgroup (a sub-cgroup must exist)")
+        dirs[key] = path
+    return list(dirs.values())

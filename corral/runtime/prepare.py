@@ -271,12 +271,10 @@ _ALWAYS_ALLOWED = (
 
 
 def device_rules(config: Config) -> list[DeviceRule]:
-    """The device cgroup rules: the config's own, then the default devices, then one allow
-    rule for each device the config creates in /dev."""
-    rules = list(config.linux.device_rules) + list(_ALWAYS_ALLOWED)
-    rules += [DeviceRule(True, d.type if d.type in ("b", "c") else "c", d.major, d.minor)
-              for d in config.linux.devices if d.type != "p"]
-    return rules
+    """The device cgroup rules: the config's own, then the default devices.  The nodes of
+    ``linux.devices`` get no rule of their own (runc's): only the config's rules allow
+    them."""
+    return list(config.linux.device_rules) + list(_ALWAYS_ALLOWED)
 
 
 def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool = False,
@@ -331,6 +329,11 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
     if preserve_fds < 0:
         raise ConfigError("--preserve-fds", "must not be negative")
     layout = detect()
+    from corral.cgroups.resources import check_unified
+
+    check_unified(layout.mode, config.linux.resources)
+    for warning in config.linux.resources.warnings:  # ignored fields, as runc warns of them
+        sys.stderr.write(f"corral: warning: {warning}\n")
     cgroup = Cgroup.for_container(layout, config.linux.cgroups_path, container_id,
                                   controllers=controllers, systemd=systemd_cgroup)
     if systemd_cgroup:
@@ -341,6 +344,8 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
                          f"cgroup parent of {cgroup.path} is not writable by uid "
                          f"{os.geteuid()}: not delegated)\n")
         cgroup = None
+    if cgroup is not None:
+        cgroup.refuse_reuse()  # before anything is made, as runc checks
     cgroup_mounts = cgroup.mount_sources() if cgroup is not None else []
     extra_env = (f"LISTEN_FDS={listen_fds}",) if listen_fds else ()
     console = bool(console_socket) or (config.process.terminal and not detach)

@@ -3,10 +3,12 @@
 As runc: ``--resources FILE`` (``-`` for stdin, what containerd's shim sends) is a
 LinuxResources JSON, parsed by the same code as config.json's ``linux.resources``; each flag
 then overrides its field; memory sizes take runc's forms (``64m``, ``1g``, ``-1``). The result
-is written through ``corral.cgroups`` (``resources.apply``). Unlike Go's decoder, a field the
-spec does not define is refused by name. ``devices`` is accepted and ignored, as runc's update
-does (containerd sends the whole LinuxResources); ``--kernel-memory`` is ignored with a
-warning, as runc 1.2 does.
+is written through ``corral.cgroups`` (``resources.apply``). Keys match the spec's names as
+Go's decoder matches them (``"CPU"``, ``"Cpus"``); unlike it, a field the spec does not define
+is refused by name. ``devices`` is accepted and ignored, as runc's update
+does (containerd sends the whole LinuxResources); kernel memory limits (``--kernel-memory``,
+``--kernel-memory-tcp``, ``memory.kernel``, ``memory.kernelTCP``) are ignored with a warning,
+as runc 1.1 does.
 """
 
 from __future__ import annotations
@@ -18,29 +20,59 @@ from corral.errors import ConfigError, ContainerStateError, NotSupportedError
 
 R = "linux.resources"
 
-# Every key of the spec's LinuxResources, and of each object inside it.
-_KNOWN = {
-    "": ("devices", "memory", "cpu", "pids", "blockIO", "hugepageLimits", "network", "rdma",
-         "unified"),
-    "memory": ("limit", "reservation", "swap", "kernel", "kernelTCP", "swappiness",
-               "disableOOMKiller", "useHierarchy", "checkBeforeUpdate"),
-    "cpu": ("shares", "quota", "burst", "period", "realtimeRuntime", "realtimePeriod", "cpus",
-            "mems", "idle"),
-    "pids": ("limit",),
-    "blockIO": ("weight", "leafWeight", "weightDevice", "throttleReadBpsDevice",
-                "throttleWriteBpsDevice", "throttleReadIOPSDevice", "throttleWriteIOPSDevice"),
-    "network": ("classID", "priorities"),
+# The spec's LinuxResources, key by key: None for a value (or a map of the user's keys), a
+# dict for an object's keys, a one-item list for an array of such objects.
+_SCHEMA: dict = {
+    "devices": [dict.fromkeys(("allow", "type", "major", "minor", "access"))],
+    "memory": dict.fromkeys(("limit", "reservation", "swap", "kernel", "kernelTCP",
+                             "swappiness", "disableOOMKiller", "useHierarchy",
+                             "checkBeforeUpdate")),
+    "cpu": dict.fromkeys(("shares", "quota", "burst", "period", "realtimeRuntime",
+                          "realtimePeriod", "cpus", "mems", "idle")),
+    "pids": {"limit": None},
+    "blockIO": {
+        "weight": None, "leafWeight": None,
+        "weightDevice": [dict.fromkeys(("major", "minor", "weight", "leafWeight"))],
+        **{key: [dict.fromkeys(("major", "minor", "rate"))]
+           for key in ("throttleReadBpsDevice", "throttleWriteBpsDevice",
+                       "throttleReadIOPSDevice", "throttleWriteIOPSDevice")}},
+    "hugepageLimits": [{"pageSize": None, "limit": None}],
+    "network": {"classID": None, "priorities": [{"name": None, "priority": None}]},
+    "rdma": None,
+    "unified": None,
 }
-_KNOWN_ITEMS = {
-    "blockIO.weightDevice": ("major", "minor", "weight", "leafWeight"),
-    "blockIO.throttleReadBpsDevice": ("major", "minor", "rate"),
-    "blockIO.throttleWriteBpsDevice": ("major", "minor", "rate"),
-    "blockIO.throttleReadIOPSDevice": ("major", "minor", "rate"),
-    "blockIO.throttleWriteIOPSDevice": ("major", "minor", "rate"),
-    "hugepageLimits": ("pageSize", "limit"),
-    "network.priorities": ("name", "priority"),
-    "devices": ("allow", "type", "major", "minor", "access"),
-}
+
+
+def _fold(name: str) -> str:
+    """Go's case folding of a JSON key against a struct's (ASCII) field names: any ASCII
+    case, and the Kelvin sign and long s for k and s."""
+    return name.replace("\u017f", "s").replace("\u212a", "k").lower()
+
+
+def go_field_names(data: object, schema) -> object:
+    """``data`` with its keys spelled as the spec spells them, matched as Go's decoder
+    matches them (runc's update decodes the JSON with it): the exact name first, else the
+    first field equal to it in any case.  Two spellings of one object merge (Go decodes
+    both into the one struct); of a value, the later wins.  Unknown keys stay, for
+    ``check_fields`` to name."""
+    if isinstance(schema, list):
+        return [go_field_names(item, schema[0]) for item in data] \
+            if isinstance(data, list) else data
+    if not isinstance(schema, dict) or not isinstance(data, dict):
+        return data
+    folded = {}
+    for name in schema:
+        folded.setdefault(_fold(name), name)
+    out: dict = {}
+    for key, value in data.items():
+        name = key if key in schema else folded.get(_fold(key), key)
+        value = go_field_names(value, schema.get(name))
+        if isinstance(value, dict) and isinstance(out.get(name), dict) \
+                and isinstance(schema.get(name), dict):
+            value = {**out[name], **value}
+        out[name] = value
+    return out
+
 
 # flag → (object, key, kind); kind "size" takes runc's memory sizes, "int" a number,
 # "uint" a non-negative number, "str" text.
@@ -48,6 +80,7 @@ FLAGS = {
     "memory": ("memory", "limit", "size"),
     "memory_reservation": ("memory", "reservation", "size"),
     "memory_swap": ("memory", "swap", "size"),
+    "kernel_memory": ("memory", "kernel", "size"),
     "kernel_memory_tcp": ("memory", "kernelTCP", "size"),
     "cpu_shares": ("cpu", "shares", "uint"),
     "cpu_quota": ("cpu", "quota", "int"),
@@ -100,28 +133,20 @@ def _number(text: str, flag: str, unsigned: bool) -> int:
     return value
 
 
-def _check_known(obj: object, path: str, known: tuple, where: str) -> None:
-    if not isinstance(obj, dict):
-        return  # the parser names the wrong type
-    for key in obj:
-        if key not in known:
-            raise ConfigError(f"{where}.{key}" if where else key,
-                              "unknown field (not in the runtime spec's LinuxResources)")
-
-
-def check_fields(data: dict, where: str = R) -> None:
+def check_fields(data: object, where: str = R, schema=_SCHEMA) -> None:
     """Refuse keys the spec does not define, naming them (Go's decoder drops them)."""
-    _check_known(data, "", _KNOWN[""], where)
-    for name, known in _KNOWN.items():
-        if name and isinstance(data.get(name), dict):
-            _check_known(data[name], name, known, f"{where}.{name}")
-    for name, known in _KNOWN_ITEMS.items():
-        top, _, inner = name.partition(".")
-        holder = data.get(top) if inner else data
-        items = holder.get(inner or top) if isinstance(holder, dict) else None
-        if isinstance(items, list):
-            for i, item in enumerate(items):
-                _check_known(item, name, known, f"{where}.{name}[{i}]")
+    if isinstance(schema, list):
+        if isinstance(data, list):
+            for i, item in enumerate(data):
+                check_fields(item, f"{where}[{i}]", schema[0])
+        return
+    if not isinstance(schema, dict) or not isinstance(data, dict):
+        return  # a value, or a wrong type the parser names
+    for key, value in data.items():
+        if key not in schema:
+            raise ConfigError(f"{where}.{key}",
+                              "unknown field (not in the runtime spec's LinuxResources)")
+        check_fields(value, f"{where}.{key}", schema[key])
 
 
 def build(args) -> tuple:
@@ -132,11 +157,8 @@ def build(args) -> tuple:
         raise NotSupportedError("--l3-cache-schema / --mem-bw-schema (Intel RDT)")
     data = (read_object(args.resources, "--resources", "a JSON object (LinuxResources)")
             if args.resources else {})
+    data = go_field_names(data, _SCHEMA)
     check_fields(data)
-    warnings = []
-    if args.kernel_memory:
-        warnings.append("--kernel-memory is ignored: the kernel no longer enforces kernel "
-                        "memory limits")
     given: dict[str, str] = {}  # spec field path → flag, to name the flag in errors
     for dest, (obj, key, kind) in FLAGS.items():
         text = getattr(args, dest, None)
@@ -163,17 +185,13 @@ def build(args) -> tuple:
             for key in ("useHierarchy", "checkBeforeUpdate"):
                 if memory.get(key):
                     raise NotSupportedError(f"{R}.memory.{key}")
-            if memory.get("kernel"):
-                warnings.append(f"{R}.memory.kernel is ignored: the kernel no longer "
-                                "enforces kernel memory limits")
-                memory.pop("kernel")
         resources = config._resources(data, R)
     except ConfigError as e:
         flag = given.get(e.field)
         if flag is None:
             raise
         raise ConfigError(flag, str(e)[len(e.field) + 2:]) from None
-    return resources, warnings
+    return resources, list(resources.warnings)
 
 
 def update(container, resources) -> None:

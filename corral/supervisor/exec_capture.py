@@ -88,6 +88,7 @@ class _ExecRequest:
         self.no_new_privs = False
         self.tty = False
         self.ignore_paused = False
+        self.cgroup: tuple[str, ...] = ()
         self.preserve_fds = 0
         self.console_socket = None
         self.detach = True
