@@ -26,7 +26,7 @@ from corral import jsonlite as json
 from corral.errors import (ConfigError, ContainerExists, ContainerNotFound,
                            ContainerStateError, CorralError)
 from corral.oci.state import StateDir, list_ids, rfc3339_now, validate_id
-from corral.procfs import is_alive
+from corral.procfs import is_alive, parent_pid
 from corral.runtime.containers import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container
 from corral.runtime.exits import read_exit
 from corral.supervisor.event_bus import EventBus
@@ -404,7 +404,7 @@ class Engine:
                     if tracked is not None:
                         with trio.move_on_after(10):
                             await tracked.exited.wait()
-                if tracked is not None and tracked.managed and self.keeper.alive:
+                if tracked is not None and tracked.managed:
                     await self.keeper.close_logs(container.state_dir.path)
                 # Waiting for stragglers and cgroup rmdir retries block: not on the event
                 # loop.  (It removes the inline bundle or the job's work directory too.)
@@ -434,7 +434,7 @@ class Engine:
         self._busy.add(tracked.id)
         try:
             with trio.CancelScope(shield=True):
-                if tracked.logs and tracked.managed and self.keeper.alive:
+                if tracked.logs and tracked.managed:
                     await self.keeper.close_logs(tracked.state_dir)
                 if cgroup is not None:
                     # a cgroup whose last task just exited may say EBUSY for a moment
@@ -660,9 +660,16 @@ class Engine:
     async def _exit_status(self, tracked: Tracked, watched: bool) -> int | None:
         """From the keeper's report when this engine saw the init exit; from exit.json
         (written before any report) when it had exited already (adopted after a restart)."""
-        if watched and tracked.managed and self.keeper.alive:
-            with trio.move_on_after(2):  # the keeper reports right after it reaps
-                return await self.keeper.wait(tracked.pid)
+        if not tracked.keeper_child:  # reparented to the host's init: nobody reaps it for us
+            record = read_exit(tracked.state_dir)
+            return record["exitStatus"] if record and record.get("pid") == tracked.pid else None
+        if watched and tracked.managed and (self.keeper.alive or self.keeper.replaceable):
+            # the keeper reports right after it reaps (the daemon, a dead keeper's orphans)
+            with trio.move_on_after(2):
+                try:
+                    return await self.keeper.wait(tracked.pid)
+                except CorralError:
+                    pass  # the (embedded) keeper died: exit.json, or unknown
             self.keeper.forget(tracked.pid)
         # No keeper to ask: the status is on disk (written by a keeper before it died, or
         # by the daemon's orphan reaper, which may be a moment behind this watcher).
@@ -681,12 +688,15 @@ class Engine:
         daemon left half-made.  Returns counts for the log."""
         counts = {"running": 0, "exited": 0, "undone": 0}
         exited: list[str] = []
-        # creations a dead daemon had in flight: made before their state.json was
+        # creations a dead daemon had in flight (its client never heard they were made),
+        # with or without their state.json yet: undone, as a failed creation is
         for entry in CreationJournal.read(os.path.join(self.root, SUPERVISOR_DIR, JOURNAL)):
-            cid = entry.get("id")
-            if not isinstance(cid, str) or cid in list_ids(self.root):
-                continue  # it got its pid (and record): adopted below like any other
-            await trio.to_thread.run_sync(_undo_unrecorded, self.root, cid, entry.get("cgroup"))
+            try:
+                validate_id(entry.get("id"))
+            except (ConfigError, TypeError):
+                continue  # not a line of ours
+            cid = entry["id"]
+            await trio.to_thread.run_sync(_undo_in_flight, self.root, cid, entry.get("cgroup"))
             counts["undone"] += 1
         if self.journal is not None:
             self.journal.clear()
@@ -703,6 +713,10 @@ class Engine:
                 continue  # the command line's own creation, in progress: not ours
             tracked = self._track(cid, container.state_dir.path, record)
             alive = is_alive(tracked.pid, tracked.pid_start)
+            if alive and tracked.managed:
+                # not the keeper's child: its keeper and then its daemon died, and the
+                # init went to the host's init (or another subreaper), which has its status
+                tracked.keeper_child = parent_pid(tracked.pid) == self.keeper.pid
             counts["running" if alive else "exited"] += 1
             if not alive:
                 exited.append(cid)
@@ -874,17 +888,26 @@ def _kill_quietly(container: Container, sig: int) -> None:
         pass
 
 
-def _undo_unrecorded(root: str, cid: str, cgroup_json: dict | None) -> None:
-    """A creation that never got its state.json: its processes, cgroup and state dir."""
+def _undo_in_flight(root: str, cid: str, cgroup_json: dict | None) -> None:
+    """A creation a dead daemon had in flight: its processes, cgroup and state dir (its
+    state.json, if it got one, is this creation's: the id was busy until the creation's
+    end line)."""
     if cgroup_json:
         from corral.cgroups import Cgroup
 
         cgroup = Cgroup.from_json(cgroup_json)
         cgroup.kill_all(_signal.SIGKILL)
         cgroup.destroy()
-    if not os.path.exists(os.path.join(root, cid, "state.json")):
-        StateDir(root, cid).remove()
-        Container(StateDir(root, cid), {"id": cid}).remove_supervisor_files(keep=False)
+    try:
+        container = Container.load(root, cid)
+    except ContainerNotFound:
+        container = Container(StateDir(root, cid), {"id": cid})
+    else:
+        if container.record.get("cgroup"):  # the record's, if the journal had none yet
+            _undo_half_made(container)
+            return
+    container.state_dir.remove()
+    container.remove_supervisor_files(keep=False)
 
 
 def _undo_half_made(container: Container) -> None:
@@ -900,7 +923,8 @@ def _undo_half_made(container: Container) -> None:
 
 
 @asynccontextmanager
-async def open_engine(root: str, *, daemon: bool = False, **options) -> AsyncIterator[Engine]:
+async def open_engine(root: str, *, daemon: bool = False, log=None,
+                      **options) -> AsyncIterator[Engine]:
     """An engine on ``root``.  ``daemon``: the daemon's shape (one per root, a keeper that
     outlives this process, containers adopted at start); otherwise an embedded keeper that
     ends with the ``async with`` (its containers are the caller's to delete)."""
@@ -909,7 +933,7 @@ async def open_engine(root: str, *, daemon: bool = False, **options) -> AsyncIte
     os.makedirs(root, 0o711, exist_ok=True)
     lock = DaemonLock(root) if daemon else None
     try:
-        async with (open_keeper(root) if daemon else open_embedded_keeper()) as keeper:
+        async with (open_keeper(root, log) if daemon else open_embedded_keeper()) as keeper:
             async with trio.open_nursery() as nursery:
                 engine = Engine(root, keeper, nursery, **options)
                 if daemon:
