@@ -171,3 +171,115 @@ def test_killed_in_a_burst_of_creations_then_restarted(daemon, killed):
         c.call("delete", id=cid, force=True)
     assert c.call("list") == []
     assert not [d for d in cgroup_dirs() if os.path.basename(d).startswith("b")]
+
+
+# ---- the state root's filesystem full ----
+
+
+class TmpfsDaemon(Daemon):
+    """A daemon whose --root is a small tmpfs, mounted in a private mount namespace of its
+    own (never the host's): the test reaches the root through /proc/<daemon>/root, and the
+    API socket lives outside it.  The tmpfs goes with the last process of the namespace."""
+
+    def __init__(self, base: str, size: str) -> None:
+        super().__init__(os.path.join(base, "state"), "--socket", os.path.join(base, "api.sock"))
+        self.socket = os.path.join(base, "api.sock")
+        self.size = size
+        os.makedirs(self.root, exist_ok=True)
+
+    def start(self) -> TmpfsDaemon:
+        import subprocess
+        import shlex
+
+        from tests.conftest import CORRAL, read_line
+
+        command = " ".join(shlex.quote(a) for a in [
+            *CORRAL, "--root", self.root, "--log", self.log, "supervise", "--cgroup-parent",
+            CGROUP_PARENT, *self.extra])
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             f"mount -t tmpfs -o size={self.size},mode=0711 corral-full {shlex.quote(self.root)}"
+             f" && exec {command}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        line = read_line(self.proc.stdout, time.monotonic() + 30)
+        assert b"ready on" in line, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
+        return self
+
+    def path(self, *names: str) -> str:
+        """A path of the root as the daemon sees it."""
+        return os.path.join(f"/proc/{self.proc.pid}/root", self.root.lstrip("/"), *names)
+
+
+def _fill(path: str) -> None:
+    """Writes ``path`` until the filesystem has no room left."""
+    with open(path, "wb", buffering=0) as f:
+        chunk = b"x" * 65536
+        try:
+            while True:
+                f.write(chunk)
+        except OSError as exc:
+            assert exc.errno == 28, exc
+        try:
+            while True:
+                f.write(b"x")
+        except OSError as exc:
+            assert exc.errno == 28, exc
+
+
+def test_state_root_full(tmp_path, rootfs_template, _no_leaks):
+    """A creation fails with one error saying "no space left" and naming a path of the root,
+    and leaves nothing; running containers run on (their logs say how much was dropped);
+    an exit while full is known at once and on disk once there is room; then all works."""
+    d = TmpfsDaemon(str(tmp_path), "8m").start()
+    d.rootfs = rootfs_template
+    keeper = d.keeper_pid()
+    try:
+        c = d.client()
+        # a kilobyte a line: more than the last page of its log file holds while full
+        run(c, d, "talker", ["sh", "-c", "i=0; while :; do printf 'tick %d %01000d\\n' $i 0; "
+                                         "i=$((i+1)); sleep 0.05; done"])
+        run(c, d, "sleeper", ["sleep", "300"])
+        _wait_log(c, "talker", "tick 1")
+        _fill(d.path("filler"))
+        for cid in ("new1", "new2"):
+            with pytest.raises(ApiError) as failed:
+                run(c, d, cid, ["true"])
+            message = str(failed.value)
+            assert "No space left on device" in message and d.root in message, message
+            assert "\n" not in message
+            assert not os.path.exists(d.path(cid)) and not _cgroups_of(cid)
+        c.call("kill", id="sleeper", signal="KILL")
+        assert c.call("wait", id="sleeper")["exitStatus"] == 137  # known at once
+        assert not os.path.exists(d.path("sleeper", "exit.json"))  # no room for it (yet)
+        time.sleep(1)
+        assert c.call("state", id="talker")["status"] == "running"
+        os.unlink(d.path("filler"))
+        # the keeper writes the status it could not, and the talker's logs go on
+        _until(lambda: os.path.exists(d.path("sleeper", "exit.json")), "the exit recorded")
+        assert json.load(open(d.path("sleeper", "exit.json")))["exitStatus"] == 137
+        _until(lambda: "dropped: no space left on device]" in _log_text(c, "talker"),
+               "the talker's log says what was dropped")
+        text = _log_text(c, "talker")
+        ticks = text.count("tick")
+        _until(lambda: _log_text(c, "talker").count("tick") > ticks + 5, "the logs go on")
+        assert c.call("state", id="talker")["status"] == "running"
+        run(c, d, "after", ["sh", "-c", "echo fine"])
+        assert c.call("wait", id="after")["exitStatus"] == 0
+        assert _log_text(c, "after") == "fine\n"
+        for cid in ("talker", "sleeper", "after"):
+            c.call("delete", id=cid, force=True)
+        assert c.call("list") == []
+    finally:
+        _stop_tmpfs_daemon(d, keeper)
+
+
+def _stop_tmpfs_daemon(d: TmpfsDaemon, keeper: int) -> None:
+    from tests.supervisor_fixture import wait_gone
+
+    if d.proc.poll() is None:
+        c = d.client()
+        for state in c.call("list"):
+            c.call("delete", id=state["id"], force=True)
+        c.close()
+        assert d.stop() == 0
+    wait_gone(keeper)
+    assert os.listdir(d.root) == []  # the tmpfs went with its namespace

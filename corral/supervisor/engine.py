@@ -798,31 +798,63 @@ class CreationJournal:
         self.path = path
         self.fd = self._open()
         self._in_flight: dict[str, bytes] = {}  # id -> its begin line
+        self._unwritten = b""  # lines a full filesystem had no room for
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _reserve(fd, 2 * self.MAX_BYTES)
+        return fd
 
     def __call__(self, record: dict) -> None:
         line = (json.dumps({"id": record["id"], "cgroup": record.get("cgroup")}) + "\n").encode()
-        os.write(self.fd, line)
+        self._write(line)
         self._in_flight[record["id"]] = line
 
+    def _write(self, line: bytes, keep: bool = False) -> None:
+        """Appends ``line`` after any end line a full filesystem held back (``keep``: hold
+        this one back too if it cannot be written now)."""
+        data = self._unwritten + line
+        try:
+            written = os.write(self.fd, data)
+        except OSError as exc:
+            if keep:
+                self._unwritten = data
+            raise OSError(exc.errno, exc.strerror, self.path) from None
+        self._unwritten = data[written:]
+
     def end(self, cid: str) -> None:
-        """The creation of ``cid`` is over (a journaled one: else nothing to write)."""
+        """The creation of ``cid`` is over (a journaled one: else nothing to write).  Never
+        raises: an end line the filesystem has no room for is written with the next line
+        (meanwhile a daemon restart would undo the creation: see "Promises under
+        faults")."""
         if self._in_flight.pop(cid, None) is None:
             return
-        os.write(self.fd, (json.dumps({"id": cid, "end": True}) + "\n").encode())
-        if os.lseek(self.fd, 0, os.SEEK_END) > self.MAX_BYTES:
-            tmp = f"{self.path}.tmp"
+        try:
+            self._write((json.dumps({"id": cid, "end": True}) + "\n").encode(), keep=True)
+            if os.lseek(self.fd, 0, os.SEEK_END) > self.MAX_BYTES:
+                self._compact()
+        except OSError:
+            pass  # held back in _unwritten
+
+    def _compact(self) -> None:
+        tmp = f"{self.path}.tmp"
+        try:
             with open(tmp, "wb") as f:
                 f.write(b"".join(self._in_flight.values()))
             os.replace(tmp, self.path)
-            os.close(self.fd)
-            self.fd = self._open()
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return  # no room to compact: the journal goes on growing into its reserve
+        os.close(self.fd)
+        self.fd = self._open()
 
     def clear(self) -> None:
         """Nothing in flight (``adopt`` has undone what a dead daemon left)."""
         os.ftruncate(self.fd, 0)
+        _reserve(self.fd, 2 * self.MAX_BYTES)
         self._in_flight.clear()
 
     @staticmethod
@@ -850,6 +882,16 @@ class CreationJournal:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Disk blocks for the journal beyond its end (fallocate KEEP_SIZE), so that its lines
+    are written even on a full filesystem (where creations fail further on, and their end
+    lines must be written).  A filesystem without fallocate goes without."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(size))  # 1: FALLOC_FL_KEEP_SIZE
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import _signal as signal  # the keeper lives long: `signal`, `socket` and `json` would
 import _socket as socket  # cost it ~2 MiB (enum, re, selectors) for nothing it uses
 import array
+import errno
 import os
 import select
 import sys
@@ -50,6 +51,7 @@ SPAWNER_ADD = 0xFFFFFFFF  # a request to the spawner: serve this connection too
 _PENDING_MAX = 1024  # statuses of pids not (yet) tracked: kept briefly for a late "track"
 _PENDING_TTL = 10.0  # seconds: a reused pid never gets an old status
 PR_SET_CHILD_SUBREAPER = 36
+RETRY_MS = 1000  # writing an exit status again (a full filesystem)
 
 
 class Keeper:
@@ -63,6 +65,9 @@ class Keeper:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.spawner: socket.socket | None = None
         self.spawner_pid = 0
+        # statuses not on disk yet (a full filesystem): state dir -> (pid, status, when),
+        # written again every RETRY_MS until they are, or their state dir is gone
+        self.unrecorded: dict[str, tuple[int, int, str]] = {}
 
     # ---- the loop ----
 
@@ -80,6 +85,8 @@ class Keeper:
         while True:
             # Without a daemon, look now and then whether the keeper's work is done.
             timeout = None if self.control is not None or self.listener is None else 5000
+            if self.unrecorded:
+                timeout = RETRY_MS
             for fd, _events in self.poller.poll(timeout):
                 if fd == self.wake_r:
                     _drain(self.wake_r)
@@ -97,6 +104,8 @@ class Keeper:
                 elif fd in self.logs:
                     self._relay(fd)
             self._reap()
+            if self.unrecorded:
+                self._record_again()
             if self.listener is not None and self._idle():
                 try:  # no daemon will find a dead keeper's socket
                     os.unlink(self.listener.getsockname())
@@ -107,7 +116,7 @@ class Keeper:
 
     def _idle(self) -> bool:
         """Nobody to serve and nothing to keep: the keeper's work is done."""
-        if self.control is not None or self.logs:
+        if self.control is not None or self.logs or self.unrecorded:
             return False
         try:
             with open(f"/proc/self/task/{os.getpid()}/children") as f:
@@ -314,14 +323,23 @@ class Keeper:
                 self.pending[pid] = (status, time.monotonic())
             self._send({"op": "exited", "pid": pid, "status": status})
 
-    def _record(self, pid: int, state_dir: str, status: int) -> None:
+    def _record(self, pid: int, state_dir: str, status: int, when: str | None = None) -> None:
         from corral.oci.state import rfc3339_now
         from corral.runtime.exits import write_exit
 
+        when = when or rfc3339_now()
         try:
-            write_exit(state_dir, pid, status, rfc3339_now())
-        except OSError:
-            pass  # deleted meanwhile (delete --force): nobody will ask
+            write_exit(state_dir, pid, status, when)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM):
+                self.unrecorded[state_dir] = (pid, status, when)  # again, when there is room
+            # else deleted meanwhile (delete --force): nobody will ask
+
+    def _record_again(self) -> None:
+        for state_dir, (pid, status, when) in list(self.unrecorded.items()):
+            del self.unrecorded[state_dir]
+            if os.path.isdir(state_dir):
+                self._record(pid, state_dir, status, when)
 
 
 def keeper_main(control_fd: int, listen: bool = False) -> None:
