@@ -283,3 +283,103 @@ def _stop_tmpfs_daemon(d: TmpfsDaemon, keeper: int) -> None:
         assert d.stop() == 0
     wait_gone(keeper)
     assert os.listdir(d.root) == []  # the tmpfs went with its namespace
+
+
+# ---- no descriptors left, no pids left ----
+
+
+def _nofile(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no open-files limit")
+
+
+def _set_nofile(pid: int, soft: int, hard: int) -> None:
+    import resource
+
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def _lowest_free_fd(pid: int) -> int:
+    """A limit at this leaves the process no descriptor to open (the limit is on numbers)."""
+    held = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(held) + 1) if n not in held)
+
+
+def test_out_of_descriptors(daemon, tmp_path):
+    """With RLIMIT_NOFILE at what the daemon holds already, creations are refused with one
+    error naming the cause; the daemon neither crashes nor loses a status (an exit meanwhile
+    is known), a client that connects meanwhile is served once descriptors come back, and
+    creations work again."""
+    c = daemon.client()
+    run(c, daemon, "keep", ["sleep", "300"])
+    run(c, daemon, "victim", ["sleep", "300"])
+    victim = c.call("state", id="victim")["pid"]
+    assert victim > 0
+    pid = daemon.proc.pid
+    limits = _nofile(pid)
+    _set_nofile(pid, _lowest_free_fd(pid) + 2, limits[1])  # a creation needs more
+    try:
+        for k in range(3):
+            with pytest.raises(ApiError) as refused:
+                run(c, daemon, f"refused{k}", ["true"])
+            message = str(refused.value)
+            assert "Too many open files" in message and "descriptors" in message, message
+            assert "\n" not in message
+        os.kill(victim, signal.SIGKILL)
+        assert c.call("wait", id="victim", timeout=30)["exitStatus"] == 137
+        _set_nofile(pid, _lowest_free_fd(pid), limits[1])  # none left now
+        late: list = []
+        joiner = threading.Thread(target=lambda: late.append(daemon.client()))
+        joiner.start()
+        time.sleep(0.5)
+        assert not late  # not accepted (no descriptor for it), not refused either
+        assert c.call("version")["api"] == 1  # a connection it has is served
+    finally:
+        _set_nofile(pid, *limits)
+    joiner.join(60)
+    assert late and late[0].call("version")["api"] == 1
+    # A creation that found enough descriptors and ran out in the middle (the limit
+    # lowered while its createRuntime hook runs): undone all the same (the undo has a
+    # reserve of its own), its error naming the cause.
+    flag, go = tmp_path / "in-hook", tmp_path / "go"
+    midway = daemon.config(daemon.rootfs, ["true"], "midway")
+    midway["hooks"] = {"createRuntime": [{"path": "/bin/sh", "args": [
+        "sh", "-c", f"touch {flag}; while [ ! -e {go} ]; do sleep 0.05; done"]}]}
+    rid = c.send("create", id="midway", config=midway)
+    _until(flag.exists, "the creation's hook ran")
+    # below the descriptors the hook's run holds (its state memfd first): none free after
+    hook_fds = [int(fd) for fd in os.listdir(f"/proc/{pid}/fd")
+                if "corral-hook-state" in _readlink(f"/proc/{pid}/fd/{fd}")]
+    assert len(hook_fds) == 1
+    _set_nofile(pid, min(_lowest_free_fd(pid), hook_fds[0]), limits[1])
+    go.touch()
+    try:
+        with pytest.raises(ApiError, match="Too many open files") as failed:
+            c.reply(rid)
+        assert "\n" not in str(failed.value)
+    finally:
+        _set_nofile(pid, *limits)
+    assert not os.path.exists(os.path.join(daemon.root, "midway")) and not _cgroups_of("midway")
+    listed = {state["id"] for state in c.call("list")}
+    for k in range(3):
+        assert not os.path.exists(os.path.join(daemon.root, f"refused{k}"))
+        assert not _cgroups_of(f"refused{k}")
+    assert listed == {"keep", "victim"}
+    assert c.call("state", id="keep")["status"] == "running"
+    assert c.call("state", id="victim")["exitStatus"] == 137
+    run(c, daemon, "after", ["sh", "-c", "exit 2"])
+    assert c.call("wait", id="after")["exitStatus"] == 2
+    for cid in ("keep", "victim", "after"):
+        c.call("delete", id=cid, force=True)
+    assert daemon.proc.poll() is None

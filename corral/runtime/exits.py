@@ -25,5 +25,5 @@ def read_exit(state_dir: str) -> dict | None:
     try:
         with open(os.path.join(state_dir, EXIT_FILE), "rb") as f:
             return json.loads(f.read())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # none, or none readable now (no descriptor left)
         return None

@@ -29,6 +29,7 @@ from corral.oci.state import StateDir, list_ids, rfc3339_now, validate_id
 from corral.procfs import is_alive, parent_pid
 from corral.runtime.containers import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container
 from corral.runtime.exits import read_exit
+from corral.supervisor.descriptors import Descriptors
 from corral.supervisor.event_bus import EventBus
 from corral.supervisor.logs import DEFAULT_KEEP, DEFAULT_MAX_BYTES, STREAMS, LogReader
 from corral.supervisor.watching import MANAGED, Tracked, oom_watch, peak_memory
@@ -66,6 +67,7 @@ class Engine:
         self._background: set[trio.CancelScope] = set()
         # stdio of containers that neither log nor were given any
         self._null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        self.descriptors = Descriptors(self._null)  # a low RLIMIT_NOFILE (descriptors.py)
         self._job_templates: dict = {}  # a job template's config, parsed (_job_config)
         # cgroup parents our creations made (a job's cgroup parent): removed at the end
         # when no container is left in them
@@ -95,6 +97,7 @@ class Engine:
                 os.rmdir(path)  # EBUSY while a container is in it: it stays, as it should
             except OSError:
                 pass
+        self.descriptors.close()
         if self._null >= 0:
             os.close(self._null)
             self._null = -1
@@ -142,6 +145,7 @@ class Engine:
             if not logs and stdio is None:
                 stdio = (self._null, self._null, self._null)
             async with self._creates:
+                self.descriptors.check()  # refused now, rather than undone half-way
                 prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra,
                                    journal=self.journal or _unjournaled, config=_parsed,
                                    raw=raw, controllers=_controllers)
@@ -149,9 +153,16 @@ class Engine:
                     prepared.add_host_step(*_host_step)
                 log_spec = ({"dir": prepared.state_dir.path, "max_bytes": self.log_max_bytes,
                              "keep": self.log_keep} if logs and stdio is None else None)
-                await create_container(
-                    prepared, self.keeper, stdio=stdio, logs=log_spec, track=True,
-                    deadline=self.create_timeout if timeout is None else timeout)
+                try:
+                    await create_container(
+                        prepared, self.keeper, stdio=stdio, logs=log_spec, track=True,
+                        deadline=self.create_timeout if timeout is None else timeout)
+                except BaseException:
+                    if os.path.lexists(prepared.state_dir.path):
+                        # the undo itself ran out of descriptors: again, with the reserve
+                        with trio.CancelScope(shield=True), self.descriptors.released():
+                            await trio.to_thread.run_sync(prepared.undo_after_failure)
+                    raise
         finally:
             self._busy.discard(cid)
             if self.journal is not None:

@@ -96,6 +96,23 @@ async def serve(engine: Engine, listener: _socket.socket, log: Logger,
             nursery.start_soon(Connection(engine, conn, log, group, request_timeout).run)
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the cause: the path, and for a resource the daemon ran out of,
+    which one (the errno's text alone does not say whose limit it was)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    text = f"{where}{exc.strerror or exc}"
+    if exc.errno == errno.EMFILE:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return f"the daemon is out of file descriptors (RLIMIT_NOFILE {soft}): {text}"
+    if exc.errno == errno.ENFILE:
+        return f"the system is out of file descriptors (fs.file-max): {text}"
+    if exc.errno == errno.EAGAIN and not exc.filename:
+        return f"the daemon could not make a process or thread (a pids limit?): {text}"
+    return text
+
+
 class Connection:
     def __init__(self, engine: Engine, sock, log: Logger, group: int | None,
                  request_timeout: float) -> None:
@@ -223,8 +240,7 @@ class Connection:
             except CorralError as exc:
                 await self._error(rid, type(exc).__name__, str(exc))
             except OSError as exc:
-                where = f"{exc.filename}: " if exc.filename else ""
-                await self._error(rid, "OSError", f"{where}{exc.strerror or exc}")
+                await self._error(rid, "OSError", describe_os_error(exc))
             except Exception as exc:  # noqa: BLE001 - a bug must not take the daemon down
                 self.log("error", f"{method}: internal error: {exc!r}")
                 await self._error(rid, "InternalError", f"{method}: {exc!r}")
