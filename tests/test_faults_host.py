@@ -176,33 +176,46 @@ def test_killed_in_a_burst_of_creations_then_restarted(daemon, killed):
 # ---- the state root's filesystem full ----
 
 
-class TmpfsDaemon(Daemon):
-    """A daemon whose --root is a small tmpfs, mounted in a private mount namespace of its
-    own (never the host's): the test reaches the root through /proc/<daemon>/root, and the
-    API socket lives outside it.  The tmpfs goes with the last process of the namespace."""
+class WrappedDaemon(Daemon):
+    """A daemon started by ``sh -c "SETUP && exec corral ... supervise"`` under ``argv``
+    (e.g. unshare): what it needs done to it before it runs."""
 
-    def __init__(self, base: str, size: str) -> None:
-        super().__init__(os.path.join(base, "state"), "--socket", os.path.join(base, "api.sock"))
-        self.socket = os.path.join(base, "api.sock")
-        self.size = size
+    def __init__(self, root: str, setup: str, *extra: str, argv: tuple[str, ...] = ()) -> None:
+        super().__init__(root, *extra)
+        self.setup = setup
+        self.argv = argv
         os.makedirs(self.root, exist_ok=True)
 
-    def start(self) -> TmpfsDaemon:
-        import subprocess
+    def start(self) -> WrappedDaemon:
         import shlex
+        import subprocess
 
         from tests.conftest import CORRAL, read_line
 
         command = " ".join(shlex.quote(a) for a in [
             *CORRAL, "--root", self.root, "--log", self.log, "supervise", "--cgroup-parent",
             CGROUP_PARENT, *self.extra])
-        self.proc = subprocess.Popen(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c",
-             f"mount -t tmpfs -o size={self.size},mode=0711 corral-full {shlex.quote(self.root)}"
-             f" && exec {command}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen([*self.argv, "sh", "-c", f"{self.setup} && exec {command}"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         line = read_line(self.proc.stdout, time.monotonic() + 30)
         assert b"ready on" in line, (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
         return self
+
+
+class TmpfsDaemon(WrappedDaemon):
+    """A daemon whose --root is a small tmpfs, mounted in a private mount namespace of its
+    own (never the host's): the test reaches the root through /proc/<daemon>/root, and the
+    API socket lives outside it.  The tmpfs goes with the last process of the namespace."""
+
+    def __init__(self, base: str, size: str) -> None:
+        import shlex
+
+        root = os.path.join(base, "state")
+        super().__init__(root, f"mount -t tmpfs -o size={size},mode=0711 corral-full "
+                               f"{shlex.quote(root)}",
+                         "--socket", os.path.join(base, "api.sock"),
+                         argv=("unshare", "-m", "--propagation", "private"))
+        self.socket = os.path.join(base, "api.sock")
 
     def path(self, *names: str) -> str:
         """A path of the root as the daemon sees it."""
@@ -383,3 +396,59 @@ def test_out_of_descriptors(daemon, tmp_path):
     for cid in ("keep", "victim", "after"):
         c.call("delete", id=cid, force=True)
     assert daemon.proc.poll() is None
+
+
+def test_out_of_pids(tmp_path, rootfs_template, _no_leaks):
+    """The daemon (and so its keeper and spawner) in a pids cgroup of its own at its limit:
+    creations are refused with one error naming the pids limit, nothing is left, the
+    running containers (in cgroups of their own) and their statuses are untouched, and
+    creations work again once the limit is raised."""
+    group = os.path.join("/sys/fs/cgroup/pids", CGROUP_PARENT, "daemon-pids")
+    if not os.path.isdir(os.path.dirname(os.path.dirname(group))):
+        group = os.path.join("/sys/fs/cgroup", CGROUP_PARENT, "daemon-pids")  # unified only
+    os.makedirs(group)
+    d = WrappedDaemon(str(tmp_path / "state"), f"echo $$ > {group}/cgroup.procs")
+    try:
+        d.start()
+        d.rootfs = rootfs_template
+        c = d.client()
+        run(c, d, "keep", ["sleep", "300"])
+        run(c, d, "victim", ["sleep", "300"])
+        victim = c.call("state", id="victim")["pid"]
+        assert victim > 0
+        # trio's idle worker threads end after 10 s: then no thread is to be had either,
+        # and the undo of a refused creation runs on the event loop
+        _until(lambda: len(os.listdir(f"/proc/{d.proc.pid}/task")) == 1,
+               "the daemon's idle threads ended")
+        with open(f"{group}/pids.current") as f:
+            current = int(f.read())
+        with open(f"{group}/pids.max", "w") as f:
+            f.write(str(current))
+        try:
+            for k in range(3):
+                with pytest.raises(ApiError) as refused:
+                    run(c, d, f"refused{k}", ["true"])
+                message = str(refused.value)
+                assert "pids limit" in message and "\n" not in message, message
+                assert not os.path.exists(os.path.join(d.root, f"refused{k}"))
+                assert not _cgroups_of(f"refused{k}")
+            os.kill(victim, signal.SIGKILL)
+            assert c.call("wait", id="victim", timeout=30)["exitStatus"] == 137
+            assert c.call("state", id="keep")["status"] == "running"
+        finally:
+            with open(f"{group}/pids.max", "w") as f:
+                f.write("max")
+        run(c, d, "after", ["sh", "-c", "exit 3"])
+        assert c.call("wait", id="after")["exitStatus"] == 3
+        for cid in ("keep", "victim", "after"):
+            c.call("delete", id=cid, force=True)
+        assert c.call("list") == []
+    finally:
+        keeper = d.keeper_pid() if d.proc is not None and os.path.exists(d.log) else None
+        if d.proc is not None and d.proc.poll() is None:
+            shutdown(d)
+        elif keeper:
+            from tests.supervisor_fixture import wait_gone
+
+            wait_gone(keeper)
+        os.rmdir(group)

@@ -78,7 +78,10 @@ async def create_container(prepared: PreparedContainer, keeper: KeeperHandle, *,
                 pass
         with trio.CancelScope(shield=True):
             # Waiting for the cgroup to empty and rmdir retries block: not on the event loop.
-            await trio.to_thread.run_sync(prepared.undo_after_failure)
+            try:
+                await trio.to_thread.run_sync(prepared.undo_after_failure)
+            except RuntimeError:  # no thread to be had (a pids limit): on the loop, then
+                prepared.undo_after_failure()
         raise
     finally:
         sock.close()

@@ -160,8 +160,8 @@ class Engine:
                 except BaseException:
                     if os.path.lexists(prepared.state_dir.path):
                         # the undo itself ran out of descriptors: again, with the reserve
-                        with trio.CancelScope(shield=True), self.descriptors.released():
-                            await trio.to_thread.run_sync(prepared.undo_after_failure)
+                        with self.descriptors.released():
+                            prepared.undo_after_failure()  # rare: on the loop
                     raise
         finally:
             self._busy.discard(cid)

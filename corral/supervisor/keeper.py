@@ -22,6 +22,7 @@ Control socket (SOCK_SEQPACKET, one JSON object per packet):
                                                     the read ends of a container's pipes
                           {"op": "track", "pid": P, "dir": D}   the init of the container in D
                           {"op": "close_logs", "seq": N, "dir": D}
+                          {"op": "hello"}   a new connection to the spawner, please
     keeper -> supervisor  {"op": "hello", "pid": P, "version": V} + fd [the spawner]  (on connect)
                           {"op": "logs_closed", "seq": N} |
                           {"op": "exited", "pid": P, "status": S}
@@ -208,6 +209,10 @@ class Keeper:
             for fd in fds:
                 os.close(fd)
             self._track(int(msg["pid"]), str(msg["dir"]))
+        elif op == "hello":  # the daemon lost its spawner connection: another one
+            for fd in fds:
+                os.close(fd)
+            self._hello()
         elif op == "close_logs":
             for fd in fds:
                 os.close(fd)

@@ -25,7 +25,8 @@ SUPERVISOR_DIR = ".supervisor"  # in the state root: not a container (no state.j
 UNEXPECTED_MAX = 256
 UNEXPECTED_TTL = 10.0  # seconds: pids are not reused that fast
 REPLACE_RETRY = 1.0  # seconds between attempts to start a keeper in place of a dead one
-_FORK_HINT = " (the pids limit of the daemon's cgroup, or the system's, is reached)"
+_FORK_HINT = (" (a pids limit is reached: the pids.max of the daemon's cgroup, RLIMIT_NPROC "
+              "or kernel.pid_max)")
 
 
 class KeeperHandle:
@@ -132,6 +133,13 @@ class KeeperHandle:
             await self._read_spawner(spawner)
             if self._spawner is spawner:  # not replaced yet: wait for the next hello
                 self._spawner_ready = trio.Event()
+                if not self._dead:
+                    # the spawner hung up on us (it lives on, or the keeper says hello
+                    # with its successor): ask the keeper for another connection
+                    try:
+                        await self._control.send(json.dumps({"op": "hello"}).encode())
+                    except (OSError, trio.ClosedResourceError):
+                        pass  # the keeper is gone: its replacement says hello
 
     async def _read_spawner(self, spawner: trio.socket.SocketType) -> None:
         try:

@@ -242,8 +242,12 @@ class Connection:
             except OSError as exc:
                 await self._error(rid, "OSError", describe_os_error(exc))
             except Exception as exc:  # noqa: BLE001 - a bug must not take the daemon down
-                self.log("error", f"{method}: internal error: {exc!r}")
-                await self._error(rid, "InternalError", f"{method}: {exc!r}")
+                if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+                    await self._error(rid, "OSError", f"the daemon could not start a thread "
+                                                      f"(a pids limit is reached): {exc}")
+                else:
+                    self.log("error", f"{method}: internal error: {exc!r}")
+                    await self._error(rid, "InternalError", f"{method}: {exc!r}")
             else:
                 await self._send({"id": rid, "result": result})
         except _GONE:
