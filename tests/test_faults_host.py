@@ -452,3 +452,22 @@ def test_out_of_pids(tmp_path, rootfs_template, _no_leaks):
 
             wait_gone(keeper)
         os.rmdir(group)
+
+
+def test_keeper_sigkilled_after_a_daemon_restart(daemon):
+    """A restarted daemon is handed the log pipes of the containers it adopts, so they log
+    on through the keeper that replaces a dead one too."""
+    c = daemon.client()
+    run(c, daemon, "talker", ["sh", "-c", "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.1; done"])
+    _wait_log(c, "talker", "tick 1")
+    c.close()
+    assert daemon.stop() == 0
+    daemon.start()
+    old = daemon.keeper_pid()
+    os.kill(old, signal.SIGKILL)
+    _until(lambda: daemon.keeper_pid() != old, "a new keeper")
+    c = daemon.client()
+    ticks = _log_text(c, "talker").count("tick")
+    _until(lambda: _log_text(c, "talker").count("tick") > ticks + 5, "the talker's logs go on")
+    assert c.call("state", id="talker")["status"] == "running"
+    c.call("delete", id="talker", force=True)

@@ -18,13 +18,17 @@ logs, and a restarted daemon connects again.  It exits once it has no daemon, no
 log left.
 
 Control socket (SOCK_SEQPACKET, one JSON object per packet):
-    supervisor -> keeper  {"op": "logs", "dir", "max_bytes", "keep"} + fds [stdout, stderr]
+    supervisor -> keeper  {"op": "logs", "dir", "max_bytes", "keep"[, "streams"]}
+                                + fds [stdout, stderr] (or those of "streams")
                                                     the read ends of a container's pipes
                           {"op": "track", "pid": P, "dir": D}   the init of the container in D
                           {"op": "close_logs", "seq": N, "dir": D}
                           {"op": "hello"}   a new connection to the spawner, please
+                          {"op": "share_logs", "seq": N}   the log pipes, please
     keeper -> supervisor  {"op": "hello", "pid": P, "version": V} + fd [the spawner]  (on connect)
                           {"op": "logs_closed", "seq": N} |
+                          {"op": "log_pipes", "dir", "max_bytes", "keep", "streams"}
+                                + fds (one per stream) ... {"op": "logs_shared", "seq": N} |
                           {"op": "exited", "pid": P, "status": S}
 The spawner's own framing is executor.c's (spawn_one).
 """
@@ -45,9 +49,12 @@ from corral import jsonlite as json
 from corral.plan.format import EXECUTOR
 from corral.runtime.foreground import exit_status
 
+STREAMS = ("stdout", "stderr")  # as logs.STREAMS (not imported: the keeper loads it late)
+
 FDS_PER_SPAWN = 4
 MAX_PACKET = 65536
-KEEPER_VERSION = 2
+KEEPER_VERSION = 3  # 3: share_logs, hello on request, logs of some streams
+KEEPER_VERSIONS = (2, 3)  # what a daemon talks to (a keeper that outlived an upgrade)
 SPAWNER_ADD = 0xFFFFFFFF  # a request to the spawner: serve this connection too
 _PENDING_MAX = 1024  # statuses of pids not (yet) tracked: kept briefly for a late "track"
 _PENDING_TTL = 10.0  # seconds: a reused pid never gets an old status
@@ -209,6 +216,11 @@ class Keeper:
             for fd in fds:
                 os.close(fd)
             self._track(int(msg["pid"]), str(msg["dir"]))
+        elif op == "share_logs":
+            for fd in fds:
+                os.close(fd)
+            self._share_logs()
+            self._send({"op": "logs_shared", "seq": msg.get("seq")})
         elif op == "hello":  # the daemon lost its spawner connection: another one
             for fd in fds:
                 os.close(fd)
@@ -240,11 +252,12 @@ class Keeper:
         ``stdout.log`` and ``stderr.log`` from now on, whoever else is there."""
         from corral.supervisor.logs import LogFile
 
-        if len(fds) != 2:
+        streams = msg.get("streams", STREAMS)
+        if len(fds) != len(streams) or not set(streams) <= set(STREAMS):
             for fd in fds:
                 os.close(fd)
             return
-        for fd, stream in zip(fds, ("stdout", "stderr")):
+        for fd, stream in zip(fds, streams):
             try:
                 log = LogFile(str(msg["dir"]), stream, int(msg["max_bytes"]), int(msg["keep"]))
             except (OSError, KeyError, ValueError):
@@ -254,6 +267,18 @@ class Keeper:
             self.poller.register(fd, select.POLLIN)
 
     # ---- logs ----
+
+    def _share_logs(self) -> None:
+        """The log pipes' read ends, for a daemon that connects: it keeps them for the
+        keeper that would replace this one if it died."""
+        by_dir: dict[str, list] = {}
+        for fd, log in self.logs.items():
+            by_dir.setdefault(log.state_dir, []).append((log.stream, fd, log))
+        for state_dir, entries in by_dir.items():
+            log = entries[0][2]
+            self._send({"op": "log_pipes", "dir": state_dir, "max_bytes": log.max_bytes,
+                        "keep": log.keep, "streams": [stream for stream, _, _ in entries]},
+                       [fd for _, fd, _ in entries])
 
     def _relay(self, fd: int) -> None:
         log = self.logs[fd]

@@ -19,7 +19,7 @@ from typing import AsyncIterator
 import trio
 
 from corral.errors import CorralError
-from corral.supervisor.keeper import FDS_PER_SPAWN, KEEPER_VERSION, MAX_PACKET
+from corral.supervisor.keeper import FDS_PER_SPAWN, KEEPER_VERSION, KEEPER_VERSIONS, MAX_PACKET
 
 SUPERVISOR_DIR = ".supervisor"  # in the state root: not a container (no state.json)
 UNEXPECTED_MAX = 256
@@ -54,6 +54,7 @@ class KeeperHandle:
         # next write to stdout would kill it), and waiters of its children's statuses wait
         # on (the daemon, their new parent, reaps them: orphan_exited).
         self.replaceable = False
+        self.version = KEEPER_VERSION  # the hello's
         self._log_copies: dict[str, tuple[dict, list[int]]] = {}  # state dir -> (spec, fds)
         self._spawned: set[int] = set()  # launchers of this keeper, until forgotten
 
@@ -113,11 +114,19 @@ class KeeperHandle:
         return pid, pidfd
 
     def _keep_log_copies(self, logs: dict, out_r: int, err_r: int) -> None:
-        old = self._log_copies.pop(logs["dir"], None)
+        self._store_log_copies(dict(logs), [os.dup(out_r), os.dup(err_r)])
+
+    def _store_log_copies(self, spec: dict, fds: list[int]) -> None:
+        old = self._log_copies.pop(spec["dir"], None)
         if old is not None:
             for fd in old[1]:
                 os.close(fd)
-        self._log_copies[logs["dir"]] = (dict(logs), [os.dup(out_r), os.dup(err_r)])
+        self._log_copies[spec["dir"]] = (spec, fds)
+
+    async def share_logs(self) -> None:
+        """Copies of the log pipes the keeper reads (a daemon that connects to a running
+        keeper: the containers it adopts)."""
+        await self._request({"op": "share_logs"}, [])
 
     def spawned_by_this_keeper(self, pid: int) -> bool:
         """Whether the keeper that spawned ``pid`` is the one running now (a creation during
@@ -290,6 +299,9 @@ class KeeperHandle:
                     self._on_exit(msg["pid"], msg["status"])
                 elif msg["op"] == "hello":
                     self.take_spawner(fds)  # the keeper's spawner was replaced
+                elif msg["op"] == "log_pipes" and self.replaceable:
+                    spec = {k: msg[k] for k in ("dir", "max_bytes", "keep", "streams")}
+                    self._store_log_copies(spec, fds)
                 elif msg.get("seq") in self._replies:
                     done, slot = self._replies[msg["seq"]]
                     slot.append((msg, fds))
@@ -427,6 +439,8 @@ async def open_keeper(root: str, log=None) -> AsyncIterator[KeeperHandle]:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(readers)
             try:
+                if handle.version >= 3:
+                    await handle.share_logs()  # (none from a keeper just started)
                 yield handle
             finally:
                 reader.cancel()
@@ -484,13 +498,14 @@ async def _hello(path: str, handle: KeeperHandle | None = None) -> KeeperHandle 
             os.close(fd)
         control.close()
         return None
-    if msg.get("op") != "hello" or msg.get("version") != KEEPER_VERSION:
+    if msg.get("op") != "hello" or msg.get("version") not in KEEPER_VERSIONS:
         for fd in fds:
             os.close(fd)
         control.close()
         raise CorralError(f"the keeper on {path} answered {msg!r}, not a hello of "
                           f"version {KEEPER_VERSION}")
     handle.pid = msg["pid"]
+    handle.version = msg["version"]
     handle.take_spawner(fds)
     handle._dead = False
     return handle
