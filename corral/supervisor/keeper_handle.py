@@ -73,9 +73,7 @@ class KeeperHandle:
                 made += [out_r, out_w]
                 err_r, err_w = os.pipe2(os.O_CLOEXEC)
                 made += [err_r, err_w]
-                await self._control.sendmsg(
-                    [json.dumps({"op": "logs", **logs}).encode()],
-                    [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", [out_r, err_r]))])
+                await self._send_control({"op": "logs", **logs}, [out_r, err_r])
                 if self.replaceable:
                     self._keep_log_copies(logs, out_r, err_r)
                 if self._null < 0:
@@ -207,7 +205,7 @@ class KeeperHandle:
     async def track(self, pid: int, state_dir: str) -> None:
         """From now on the keeper records ``pid``'s exit status in ``state_dir``."""
         self._check_alive()
-        await self._control.send(json.dumps({"op": "track", "pid": pid, "dir": state_dir}).encode())
+        await self._send_control({"op": "track", "pid": pid, "dir": state_dir})
 
     async def close_logs(self, state_dir: str) -> None:
         """Returns once the keeper has stopped writing logs into ``state_dir`` (at once
@@ -221,8 +219,7 @@ class KeeperHandle:
         try:
             await self._request({"op": "close_logs", "dir": state_dir}, [])
         except CorralError:
-            if not self._dead:
-                raise  # (a keeper that died meanwhile writes nothing more)
+            pass  # it died meanwhile: it writes nothing more (nor its successor: no copy)
 
     def expects(self, pid: int) -> bool:
         """Whether someone will wait for ``pid``'s status (the orphan reaper's question)."""
@@ -269,9 +266,12 @@ class KeeperHandle:
 
     def _check_alive(self) -> None:
         if self._dead:
-            raise CorralError("the keeper process exited; no container can be created"
-                              + ("" if not self.replaceable else
-                                 " until its replacement is running (retry)"))
+            self._dead_error()
+
+    def _dead_error(self) -> None:
+        raise CorralError("the keeper process exited; no container can be created"
+                          + ("" if not self.replaceable else
+                             " until its replacement is running (retry)"))
 
     async def _request(self, msg: dict, fds: list[int]) -> tuple[dict, list[int]]:
         self._check_alive()
@@ -280,19 +280,30 @@ class KeeperHandle:
         done, slot = trio.Event(), []
         self._replies[seq] = (done, slot)
         try:
-            await self._control.sendmsg(
-                [json.dumps({**msg, "seq": seq}).encode()],
-                [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))] if fds else [])
+            await self._send_control({**msg, "seq": seq}, fds)
             await done.wait()
         finally:
             del self._replies[seq]
-        self._check_alive()
+        if not slot:  # it died meanwhile (and may be replaced already)
+            self._dead_error()
         return slot[0]
+
+    async def _send_control(self, msg: dict, fds: list[int] = ()) -> None:
+        self._check_alive()
+        try:
+            await self._control.sendmsg(
+                [json.dumps(msg).encode()],
+                [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))] if fds else [])
+        except (OSError, trio.ClosedResourceError):
+            self._dead_error()  # it died, and we have not read its end yet
 
     async def read_replies(self) -> None:
         try:
             while True:
-                msg, fds = await self._recv()
+                try:
+                    msg, fds = await self._recv()
+                except OSError:  # (ECONNRESET: it died with our packets unread)
+                    return
                 if msg is None:
                     return
                 if msg["op"] == "exited":
@@ -462,18 +473,16 @@ async def _replace(handle: KeeperHandle, path: str, log) -> None:
             if await _hello(path, handle) is not None:
                 break
             problem = "it did not answer"
-        except (OSError, CorralError) as exc:
-            problem = str(exc)
+        except (OSError, CorralError, trio.TooSlowError) as exc:
+            problem = str(exc) or "it did not say hello within 10 s"
         log("error", f"the keeper (pid {old}) died; starting another failed: {problem}; "
                      f"retrying in {REPLACE_RETRY:g} s")
         await trio.sleep(REPLACE_RETRY)
     log("warning", f"keeper pid {handle.pid}; it replaces the keeper that died (pid {old})")
     for spec, fds in list(handle._log_copies.values()):
         try:
-            await handle._control.sendmsg(
-                [json.dumps({"op": "logs", **spec}).encode()],
-                [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array.array("i", fds))])
-        except OSError:
+            await handle._send_control({"op": "logs", **spec}, fds)
+        except CorralError:
             return  # this one died too: read_replies sees it, and we come back here
 
 

@@ -108,8 +108,6 @@ def describe_os_error(exc: OSError) -> str:
         return f"the daemon is out of file descriptors (RLIMIT_NOFILE {soft}): {text}"
     if exc.errno == errno.ENFILE:
         return f"the system is out of file descriptors (fs.file-max): {text}"
-    if exc.errno == errno.EAGAIN and not exc.filename:
-        return f"the daemon could not make a process or thread (a pids limit?): {text}"
     return text
 
 
