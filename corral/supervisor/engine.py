@@ -707,7 +707,7 @@ class Engine:
             except (ConfigError, TypeError):
                 continue  # not a line of ours
             cid = entry["id"]
-            await trio.to_thread.run_sync(_undo_in_flight, self.root, cid, entry.get("cgroup"))
+            await trio.to_thread.run_sync(_undo_in_flight, self.root, cid, entry)
             counts["undone"] += 1
         if self.journal is not None:
             self.journal.clear()
@@ -817,7 +817,10 @@ class CreationJournal:
         return fd
 
     def __call__(self, record: dict) -> None:
-        line = (json.dumps({"id": record["id"], "cgroup": record.get("cgroup")}) + "\n").encode()
+        entry = {"id": record["id"], "cgroup": record.get("cgroup")}
+        if record.get("job"):  # its work directory, made before
+            entry["job"] = record["job"]
+        line = (json.dumps(entry) + "\n").encode()
         self._write(line)
         self._in_flight[record["id"]] = line
 
@@ -941,26 +944,27 @@ def _kill_quietly(container: Container, sig: int) -> None:
         pass
 
 
-def _undo_in_flight(root: str, cid: str, cgroup_json: dict | None) -> None:
-    """A creation a dead daemon had in flight: its processes, cgroup and state dir (its
-    state.json, if it got one, is this creation's: the id was busy until the creation's
-    end line)."""
-    if cgroup_json:
-        from corral.cgroups import Cgroup
-
-        cgroup = Cgroup.from_json(cgroup_json)
-        cgroup.kill_all(_signal.SIGKILL)
-        cgroup.destroy()
+def _undo_in_flight(root: str, cid: str, entry: dict) -> None:
+    """A creation a dead daemon had in flight (its journal line comes before its state dir):
+    no state dir, nothing was made; a state dir without state.json, or with a record of
+    ours, is this creation's (the id was busy until the creation's end line): its
+    processes, cgroup and state dir go.  A record not ours is the command line's container
+    (our creation found the id taken): left alone."""
+    state_dir = StateDir(root, cid)
+    journaled = {"id": cid, "cgroup": entry.get("cgroup"), "job": entry.get("job"),
+                 "managed": MANAGED}
+    if not os.path.isdir(state_dir.path):  # but a job's work directory, made before
+        Container(state_dir, journaled).remove_supervisor_files(keep=False)
+        return
     try:
         container = Container.load(root, cid)
-    except ContainerNotFound:
-        container = Container(StateDir(root, cid), {"id": cid})
-    else:
-        if container.record.get("cgroup"):  # the record's, if the journal had none yet
-            _undo_half_made(container)
-            return
-    container.state_dir.remove()
-    container.remove_supervisor_files(keep=False)
+    except ContainerNotFound:  # no state.json yet
+        container = Container(state_dir, journaled)
+    if container.record.get("managed") != MANAGED:
+        return
+    if not container.record.get("cgroup"):
+        container.record["cgroup"] = journaled["cgroup"]
+    _undo_half_made(container)
 
 
 def _undo_half_made(container: Container) -> None:
