@@ -30,6 +30,12 @@ def is_alive(pid: int, start: int | None) -> bool:
     return start is None or int(fields[19]) == start
 
 
+def parent_pid(pid: int) -> int | None:
+    """Whose child ``pid`` is now (None: gone)."""
+    fields = stat_fields(pid) if pid > 0 else None
+    return int(fields[1]) if fields is not None else None
+
+
 def raise_fd_limit() -> None:
     """A pidfd (and an OOM eventfd) per container and a socket per client: the default
     soft limit of 1024 is too low for a thousand containers."""

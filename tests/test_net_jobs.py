@@ -330,12 +330,12 @@ def test_daemon_killed_mid_create_restarts_and_frees_the_half_made_network(
     wait_gone(hook)
     daemon.start()
     c = daemon.client()
-    # the container itself is kept, stopped (its init died with the creation), for its
-    # owner to see and delete; its network is freed at once (a "pending" attachment)
-    assert [(s["id"], s["status"]) for s in c.call("list")] == [("half", "stopped")]
+    # the creation was in flight (its client never heard it was made): undone, state dir
+    # and all, and its network freed at once (a "pending" attachment)
+    assert c.call("list") == []
+    assert not os.path.exists(os.path.join(daemon.root, "half"))
     assert daemon.leases() == {} and daemon.veths() == set()
     assert daemon.published() == {} and not daemon.table_exists()
-    c.call("delete", id="half")
     # the network works again afterwards, with the freed port
     c.call("run", id="again", job=daemon.job(["true"], network="bridge", ports=["18084:80"]))
     assert finish(c, "again")[0] == 0

@@ -2504,6 +2504,9 @@ static int spawn_one(int conn, const int *conns, int nconns, int *added)
             _exit(1);
         }
         result = pid < 0 ? -errno : pid;
+        if (pid < 0)
+            pidfd = -1; /* a failed clone3 may have written one it then closed (a pids
+                         * limit is checked after the pidfd is made) */
     }
     for (int i = 0; i < nfds; i++)
         close(fds[i]);

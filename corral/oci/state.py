@@ -42,6 +42,29 @@ def validate_id(container_id: str) -> str:
     return container_id
 
 
+def write_atomically(path: str, data: bytes, durable: bool = False) -> None:
+    """``path`` replaced by ``data`` whole or not at all (a full filesystem: the error names
+    ``path``, and no temporary file is left)."""
+    tmp = path + ".tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise OSError(exc.errno, exc.strerror, exc.filename or path) from None
+
+
 def rfc3339_now() -> str:
     """Go's time.RFC3339Nano in UTC, as runc's state shows it: trailing zeros trimmed."""
     ns = time.time_ns()
@@ -89,15 +112,7 @@ class StateDir:
         leaves the old one.  ``durable`` also survives a crash of the machine; records of a
         container being created need not (its processes die with the machine too, and
         ``/run`` is a tmpfs on most hosts), exit statuses do."""
-        tmp = self.state_file + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, json.dumps(record).encode())
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.state_file)
+        write_atomically(self.state_file, json.dumps(record).encode(), durable)
 
     def try_remove(self, names) -> bool:
         """The state dir when it holds only files among ``names`` (a container that

@@ -13,15 +13,11 @@ EXIT_FILE = "exit.json"
 
 def write_exit(state_dir: str, pid: int, status: int, when: str) -> None:
     """Atomic and fsync'ed: a status the daemon was told about survives a crash."""
-    path = os.path.join(state_dir, EXIT_FILE)
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, json.dumps({"pid": pid, "exitStatus": status, "exitedAt": when}).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    from corral.oci.state import write_atomically
+
+    write_atomically(os.path.join(state_dir, EXIT_FILE),
+                     json.dumps({"pid": pid, "exitStatus": status, "exitedAt": when}).encode(),
+                     durable=True)
 
 
 def read_exit(state_dir: str) -> dict | None:
@@ -29,5 +25,5 @@ def read_exit(state_dir: str) -> dict | None:
     try:
         with open(os.path.join(state_dir, EXIT_FILE), "rb") as f:
             return json.loads(f.read())
-    except (FileNotFoundError, ValueError):
+    except (OSError, ValueError):  # none, or none readable now (no descriptor left)
         return None

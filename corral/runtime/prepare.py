@@ -358,7 +358,6 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
     plan = plans.plan_for(config, options)
 
     state_dir = StateDir(root, container_id)
-    state_dir.create()
     record = {
         "ociVersion": config.oci_version,
         "id": container_id,
@@ -394,12 +393,14 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
         cgroup_procs=[path + "/cgroup.procs" for path in cgroup.paths.values()]
         if cgroup is not None else [])
     prepared = PreparedContainer(state_dir, config, record, cgroup, plan, slots)
+    if journal is not None:
+        # first (a crash from here on leaves what it names): before the state dir, so that
+        # no state dir is ever left that nobody knows of
+        journal(record)
+    state_dir.create()
     try:
         state_dir.make_fifo()
-        # the cgroup's paths: what a crash from here on leaves
-        if journal is not None:
-            journal(record)
-        else:
+        if journal is None:  # the cgroup's paths: what a crash from here on leaves
             state_dir.write(record)
         if cgroup is not None:
             cgroup.create()  # on failure it removes what it made itself

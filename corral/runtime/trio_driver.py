@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         def expect(self, pid: int) -> None: ...
         def exited(self, pid: int) -> bool: ...
         def forget(self, pid: int) -> None: ...
+        def spawned_by_this_keeper(self, pid: int) -> bool: ...
 
 DEFAULT_DEADLINE = 60.0
 
@@ -50,6 +51,7 @@ async def create_container(prepared: PreparedContainer, keeper: KeeperHandle, *,
     sock = trio.socket.from_stdlib_socket(parent)
     pidfds: list[int] = []  # the intermediate's and the init's: killed on failure
     child = None
+    done = False
     try:
         with trio.move_on_after(deadline if deadline else math.inf):
             try:
@@ -58,6 +60,11 @@ async def create_container(prepared: PreparedContainer, keeper: KeeperHandle, *,
             finally:
                 child_end.close()
             await _drive(machine, prepared, sock, child, keeper, pidfds, track)
+            if not keeper.spawned_by_this_keeper(child):
+                # its processes were a dead keeper's: nobody logs or records them as promised
+                raise CorralError("the keeper process exited during the creation (a new "
+                                  "one is started: retry)")
+            done = True
             if len(pidfds) > 1:  # the init's, for its watcher: it names the init, never a reuse
                 prepared.init_pidfd = pidfds.pop()
             return machine.init_pid
@@ -71,13 +78,16 @@ async def create_container(prepared: PreparedContainer, keeper: KeeperHandle, *,
                 pass
         with trio.CancelScope(shield=True):
             # Waiting for the cgroup to empty and rmdir retries block: not on the event loop.
-            await trio.to_thread.run_sync(prepared.undo_after_failure)
+            try:
+                await trio.to_thread.run_sync(prepared.undo_after_failure)
+            except RuntimeError:  # no thread to be had (a pids limit): on the loop, then
+                prepared.undo_after_failure()
         raise
     finally:
         sock.close()
         for pidfd in pidfds:
             os.close(pidfd)
-        for pid in (child, machine.init_pid if machine.state is not c.State.DONE else None):
+        for pid in (child, machine.init_pid if not done else None):
             if pid:
                 keeper.forget(pid)  # the keeper reaps it; nobody waits for this status
 

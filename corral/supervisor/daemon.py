@@ -129,7 +129,7 @@ async def _serve(root: str, socket_path: str, group: int | None,
     # Inits whose keeper died are reparented here (the keeper is our child), not to pid 1.
     nsenter.prctl(PR_SET_CHILD_SUBREAPER, 1)
     with trio.open_signal_receiver(_signal.SIGTERM, _signal.SIGINT) as signals:
-        async with open_engine(root, daemon=True, **options) as engine:
+        async with open_engine(root, daemon=True, log=log, **options) as engine:
             counts = await engine.adopt()
             listener = bind_socket(socket_path, group)
             try:
@@ -168,9 +168,10 @@ def _announce_ready(socket_path: str) -> None:
 
 async def _reap_orphans(engine, log) -> None:
     """Reaps what is reparented to this subreaper without stealing a child someone waits
-    for: a container init (its keeper died) is reaped and its status recorded; any other
-    zombie child only once it has stayed a zombie for a whole sweep (trio's and the hooks'
-    own children are reaped by their waiters within milliseconds)."""
+    for: a container init or an exec'd process (its keeper died) is reaped, its status
+    recorded and reported as the keeper would have; any other zombie child only once it
+    has stayed a zombie for a whole sweep (trio's and the hooks' own children are reaped by
+    their waiters within milliseconds)."""
     from corral.runtime.foreground import exit_status
 
     seen: set[int] = set()
@@ -181,7 +182,8 @@ async def _reap_orphans(engine, log) -> None:
             await engine.prune()
             zombies = _zombie_children()
             for pid in zombies:
-                if engine.container_of(pid) is not None or pid in seen:
+                if (engine.container_of(pid) is not None or engine.keeper.expects(pid)
+                        or pid in seen):
                     try:
                         _, raw = os.waitpid(pid, os.WNOHANG)
                     except ChildProcessError:
@@ -189,6 +191,7 @@ async def _reap_orphans(engine, log) -> None:
                     status = exit_status(raw)
                     if engine.reap_orphan(pid, status):
                         log("info", f"reaped container init {pid} (its keeper is gone): {status}")
+                    engine.keeper.orphan_exited(pid, status)
             seen = zombies
 
 

@@ -26,9 +26,10 @@ from corral import jsonlite as json
 from corral.errors import (ConfigError, ContainerExists, ContainerNotFound,
                            ContainerStateError, CorralError)
 from corral.oci.state import StateDir, list_ids, rfc3339_now, validate_id
-from corral.procfs import is_alive
+from corral.procfs import is_alive, parent_pid
 from corral.runtime.containers import CREATED, CREATING, PAUSED, RUNNING, STOPPED, Container
 from corral.runtime.exits import read_exit
+from corral.supervisor.descriptors import Descriptors
 from corral.supervisor.event_bus import EventBus
 from corral.supervisor.logs import DEFAULT_KEEP, DEFAULT_MAX_BYTES, STREAMS, LogReader
 from corral.supervisor.watching import MANAGED, Tracked, oom_watch, peak_memory
@@ -71,6 +72,7 @@ class Engine:
         self._background: set[trio.CancelScope] = set()
         # stdio of containers that neither log nor were given any
         self._null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        self.descriptors = Descriptors(self._null)  # a low RLIMIT_NOFILE (descriptors.py)
         self._job_templates: dict = {}  # a job template's config, parsed (_job_config)
         # cgroup parents our creations made (a job's cgroup parent): removed at the end
         # when no container is left in them
@@ -100,6 +102,7 @@ class Engine:
                 os.rmdir(path)  # EBUSY while a container is in it: it stays, as it should
             except OSError:
                 pass
+        self.descriptors.close()
         if self._null >= 0:
             os.close(self._null)
             self._null = -1
@@ -147,6 +150,7 @@ class Engine:
             if not logs and stdio is None:
                 stdio = (self._null, self._null, self._null)
             async with self._creates:
+                self.descriptors.check()  # refused now, rather than undone half-way
                 prepared = prepare(self.root, cid, bundle, detach=True, record_extra=extra,
                                    journal=self.journal or _unjournaled, config=_parsed,
                                    raw=raw, controllers=_controllers,
@@ -155,9 +159,16 @@ class Engine:
                     prepared.add_host_step(*_host_step)
                 log_spec = ({"dir": prepared.state_dir.path, "max_bytes": self.log_max_bytes,
                              "keep": self.log_keep} if logs and stdio is None else None)
-                await create_container(
-                    prepared, self.keeper, stdio=stdio, logs=log_spec, track=True,
-                    deadline=self.create_timeout if timeout is None else timeout)
+                try:
+                    await create_container(
+                        prepared, self.keeper, stdio=stdio, logs=log_spec, track=True,
+                        deadline=self.create_timeout if timeout is None else timeout)
+                except BaseException:
+                    if os.path.lexists(prepared.state_dir.path):
+                        # the undo itself ran out of descriptors: again, with the reserve
+                        with self.descriptors.released():
+                            prepared.undo_after_failure()  # rare: on the loop
+                    raise
         finally:
             self._busy.discard(cid)
             if self.journal is not None:
@@ -417,7 +428,7 @@ class Engine:
                     if tracked is not None:
                         with trio.move_on_after(10):
                             await tracked.exited.wait()
-                if tracked is not None and tracked.managed and self.keeper.alive:
+                if tracked is not None and tracked.managed:
                     await self.keeper.close_logs(container.state_dir.path)
                 # Waiting for stragglers and cgroup rmdir retries block: not on the event
                 # loop.  (It removes the inline bundle or the job's work directory too.)
@@ -447,7 +458,7 @@ class Engine:
         self._busy.add(tracked.id)
         try:
             with trio.CancelScope(shield=True):
-                if tracked.logs and tracked.managed and self.keeper.alive:
+                if tracked.logs and tracked.managed:
                     await self.keeper.close_logs(tracked.state_dir)
                 if cgroup is not None and cgroup.unit is not None:
                     from corral.cgroups import systemd_scope, systemd_trio
@@ -678,9 +689,16 @@ class Engine:
     async def _exit_status(self, tracked: Tracked, watched: bool) -> int | None:
         """From the keeper's report when this engine saw the init exit; from exit.json
         (written before any report) when it had exited already (adopted after a restart)."""
-        if watched and tracked.managed and self.keeper.alive:
-            with trio.move_on_after(2):  # the keeper reports right after it reaps
-                return await self.keeper.wait(tracked.pid)
+        if not tracked.keeper_child:  # reparented to the host's init: nobody reaps it for us
+            record = read_exit(tracked.state_dir)
+            return record["exitStatus"] if record and record.get("pid") == tracked.pid else None
+        if watched and tracked.managed and (self.keeper.alive or self.keeper.replaceable):
+            # the keeper reports right after it reaps (the daemon, a dead keeper's orphans)
+            with trio.move_on_after(2):
+                try:
+                    return await self.keeper.wait(tracked.pid)
+                except CorralError:
+                    pass  # the (embedded) keeper died: exit.json, or unknown
             self.keeper.forget(tracked.pid)
         # No keeper to ask: the status is on disk (written by a keeper before it died, or
         # by the daemon's orphan reaper, which may be a moment behind this watcher).
@@ -699,12 +717,15 @@ class Engine:
         daemon left half-made.  Returns counts for the log."""
         counts = {"running": 0, "exited": 0, "undone": 0}
         exited: list[str] = []
-        # creations a dead daemon had in flight: made before their state.json was
+        # creations a dead daemon had in flight (its client never heard they were made),
+        # with or without their state.json yet: undone, as a failed creation is
         for entry in CreationJournal.read(os.path.join(self.root, SUPERVISOR_DIR, JOURNAL)):
-            cid = entry.get("id")
-            if not isinstance(cid, str) or cid in list_ids(self.root):
-                continue  # it got its pid (and record): adopted below like any other
-            await trio.to_thread.run_sync(_undo_unrecorded, self.root, cid, entry.get("cgroup"))
+            try:
+                validate_id(entry.get("id"))
+            except (ConfigError, TypeError):
+                continue  # not a line of ours
+            cid = entry["id"]
+            await trio.to_thread.run_sync(_undo_in_flight, self.root, cid, entry)
             counts["undone"] += 1
         if self.journal is not None:
             self.journal.clear()
@@ -721,6 +742,10 @@ class Engine:
                 continue  # the command line's own creation, in progress: not ours
             tracked = self._track(cid, container.state_dir.path, record)
             alive = is_alive(tracked.pid, tracked.pid_start)
+            if alive and tracked.managed:
+                # not the keeper's child: its keeper and then its daemon died, and the
+                # init went to the host's init (or another subreaper), which has its status
+                tracked.keeper_child = parent_pid(tracked.pid) == self.keeper.pid
             counts["running" if alive else "exited"] += 1
             if not alive:
                 exited.append(cid)
@@ -802,31 +827,66 @@ class CreationJournal:
         self.path = path
         self.fd = self._open()
         self._in_flight: dict[str, bytes] = {}  # id -> its begin line
+        self._unwritten = b""  # lines a full filesystem had no room for
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        _reserve(fd, 2 * self.MAX_BYTES)
+        return fd
 
     def __call__(self, record: dict) -> None:
-        line = (json.dumps({"id": record["id"], "cgroup": record.get("cgroup")}) + "\n").encode()
-        os.write(self.fd, line)
+        entry = {"id": record["id"], "cgroup": record.get("cgroup")}
+        if record.get("job"):  # its work directory, made before
+            entry["job"] = record["job"]
+        line = (json.dumps(entry) + "\n").encode()
+        self._write(line)
         self._in_flight[record["id"]] = line
 
+    def _write(self, line: bytes, keep: bool = False) -> None:
+        """Appends ``line`` after any end line a full filesystem held back (``keep``: hold
+        this one back too if it cannot be written now)."""
+        data = self._unwritten + line
+        try:
+            written = os.write(self.fd, data)
+        except OSError as exc:
+            if keep:
+                self._unwritten = data
+            raise OSError(exc.errno, exc.strerror, self.path) from None
+        self._unwritten = data[written:]
+
     def end(self, cid: str) -> None:
-        """The creation of ``cid`` is over (a journaled one: else nothing to write)."""
+        """The creation of ``cid`` is over (a journaled one: else nothing to write).  Never
+        raises: an end line the filesystem has no room for is written with the next line
+        (meanwhile a daemon restart would undo the creation: see "Promises under
+        faults")."""
         if self._in_flight.pop(cid, None) is None:
             return
-        os.write(self.fd, (json.dumps({"id": cid, "end": True}) + "\n").encode())
-        if os.lseek(self.fd, 0, os.SEEK_END) > self.MAX_BYTES:
-            tmp = f"{self.path}.tmp"
+        try:
+            self._write((json.dumps({"id": cid, "end": True}) + "\n").encode(), keep=True)
+            if os.lseek(self.fd, 0, os.SEEK_END) > self.MAX_BYTES:
+                self._compact()
+        except OSError:
+            pass  # held back in _unwritten
+
+    def _compact(self) -> None:
+        tmp = f"{self.path}.tmp"
+        try:
             with open(tmp, "wb") as f:
                 f.write(b"".join(self._in_flight.values()))
             os.replace(tmp, self.path)
-            os.close(self.fd)
-            self.fd = self._open()
+        except OSError:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return  # no room to compact: the journal goes on growing into its reserve
+        os.close(self.fd)
+        self.fd = self._open()
 
     def clear(self) -> None:
         """Nothing in flight (``adopt`` has undone what a dead daemon left)."""
         os.ftruncate(self.fd, 0)
+        _reserve(self.fd, 2 * self.MAX_BYTES)
         self._in_flight.clear()
 
     @staticmethod
@@ -854,6 +914,16 @@ class CreationJournal:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Disk blocks for the journal beyond its end (fallocate KEEP_SIZE), so that its lines
+    are written even on a full filesystem (where creations fail further on, and their end
+    lines must be written).  A filesystem without fallocate goes without."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate(fd, 1, ctypes.c_long(0), ctypes.c_long(size))  # 1: FALLOC_FL_KEEP_SIZE
 
 
 async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
@@ -905,17 +975,27 @@ def _kill_quietly(container: Container, sig: int) -> None:
         pass
 
 
-def _undo_unrecorded(root: str, cid: str, cgroup_json: dict | None) -> None:
-    """A creation that never got its state.json: its processes, cgroup and state dir."""
-    if cgroup_json:
-        from corral.cgroups import Cgroup
-
-        cgroup = Cgroup.from_json(cgroup_json)
-        cgroup.kill_all(_signal.SIGKILL)
-        cgroup.destroy()
-    if not os.path.exists(os.path.join(root, cid, "state.json")):
-        StateDir(root, cid).remove()
-        Container(StateDir(root, cid), {"id": cid}).remove_supervisor_files(keep=False)
+def _undo_in_flight(root: str, cid: str, entry: dict) -> None:
+    """A creation a dead daemon had in flight (its journal line comes before its state dir):
+    no state dir, nothing was made; a state dir without state.json, or with a record of
+    ours, is this creation's (the id was busy until the creation's end line): its
+    processes, cgroup and state dir go.  A record not ours is the command line's container
+    (our creation found the id taken): left alone."""
+    state_dir = StateDir(root, cid)
+    journaled = {"id": cid, "cgroup": entry.get("cgroup"), "job": entry.get("job"),
+                 "managed": MANAGED}
+    if not os.path.isdir(state_dir.path):  # but a job's work directory, made before
+        Container(state_dir, journaled).remove_supervisor_files(keep=False)
+        return
+    try:
+        container = Container.load(root, cid)
+    except ContainerNotFound:  # no state.json yet
+        container = Container(state_dir, journaled)
+    if container.record.get("managed") != MANAGED:
+        return
+    if not container.record.get("cgroup"):
+        container.record["cgroup"] = journaled["cgroup"]
+    _undo_half_made(container)
 
 
 def _undo_half_made(container: Container) -> None:
@@ -931,7 +1011,8 @@ def _undo_half_made(container: Container) -> None:
 
 
 @asynccontextmanager
-async def open_engine(root: str, *, daemon: bool = False, **options) -> AsyncIterator[Engine]:
+async def open_engine(root: str, *, daemon: bool = False, log=None,
+                      **options) -> AsyncIterator[Engine]:
     """An engine on ``root``.  ``daemon``: the daemon's shape (one per root, a keeper that
     outlives this process, containers adopted at start); otherwise an embedded keeper that
     ends with the ``async with`` (its containers are the caller's to delete)."""
@@ -940,7 +1021,7 @@ async def open_engine(root: str, *, daemon: bool = False, **options) -> AsyncIte
     os.makedirs(root, 0o711, exist_ok=True)
     lock = DaemonLock(root) if daemon else None
     try:
-        async with (open_keeper(root) if daemon else open_embedded_keeper()) as keeper:
+        async with (open_keeper(root, log) if daemon else open_embedded_keeper()) as keeper:
             async with trio.open_nursery() as nursery:
                 engine = Engine(root, keeper, nursery, **options)
                 if daemon:

@@ -18,12 +18,17 @@ logs, and a restarted daemon connects again.  It exits once it has no daemon, no
 log left.
 
 Control socket (SOCK_SEQPACKET, one JSON object per packet):
-    supervisor -> keeper  {"op": "logs", "dir", "max_bytes", "keep"} + fds [stdout, stderr]
+    supervisor -> keeper  {"op": "logs", "dir", "max_bytes", "keep"[, "streams"]}
+                                + fds [stdout, stderr] (or those of "streams")
                                                     the read ends of a container's pipes
                           {"op": "track", "pid": P, "dir": D}   the init of the container in D
                           {"op": "close_logs", "seq": N, "dir": D}
+                          {"op": "hello"}   a new connection to the spawner, please
+                          {"op": "share_logs", "seq": N}   the log pipes, please
     keeper -> supervisor  {"op": "hello", "pid": P, "version": V} + fd [the spawner]  (on connect)
                           {"op": "logs_closed", "seq": N} |
+                          {"op": "log_pipes", "dir", "max_bytes", "keep", "streams"}
+                                + fds (one per stream) ... {"op": "logs_shared", "seq": N} |
                           {"op": "exited", "pid": P, "status": S}
 The spawner's own framing is executor.c's (spawn_one).
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 import _signal as signal  # the keeper lives long: `signal`, `socket` and `json` would
 import _socket as socket  # cost it ~2 MiB (enum, re, selectors) for nothing it uses
 import array
+import errno
 import os
 import select
 import sys
@@ -43,14 +49,18 @@ from corral import jsonlite as json
 from corral.plan.format import EXECUTOR
 from corral.runtime.foreground import exit_status
 
+STREAMS = ("stdout", "stderr")  # as logs.STREAMS (not imported: the keeper loads it late)
+
 FDS_PER_SPAWN = 4
 MAX_PACKET = 65536
-KEEPER_VERSION = 2
+KEEPER_VERSION = 3  # 3: share_logs, hello on request, logs of some streams
+KEEPER_VERSIONS = (2, 3)  # what a daemon talks to (a keeper that outlived an upgrade)
 SPAWNER_ADD = 0xFFFFFFFF  # a request to the spawner: serve this connection too
 _PENDING_MAX = 1024  # statuses of pids not (yet) tracked: kept briefly for a late "track"
 _PENDING_TTL = 10.0  # seconds: a reused pid never gets an old status
 PR_SET_CHILD_SUBREAPER = 36
 _DRAIN_READS = 16  # 16 reads of 64 KiB: a pipe at the kernel's default pipe-max-size
+RETRY_MS = 1000  # writing an exit status again (a full filesystem)
 
 
 class Keeper:
@@ -64,6 +74,9 @@ class Keeper:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.spawner: socket.socket | None = None
         self.spawner_pid = 0
+        # statuses not on disk yet (a full filesystem): state dir -> (pid, status, when),
+        # written again every RETRY_MS until they are, or their state dir is gone
+        self.unrecorded: dict[str, tuple[int, int, str]] = {}
 
     # ---- the loop ----
 
@@ -81,6 +94,8 @@ class Keeper:
         while True:
             # Without a daemon, look now and then whether the keeper's work is done.
             timeout = None if self.control is not None or self.listener is None else 5000
+            if self.unrecorded:
+                timeout = RETRY_MS
             for fd, _events in self.poller.poll(timeout):
                 if fd == self.wake_r:
                     _drain(self.wake_r)
@@ -98,6 +113,8 @@ class Keeper:
                 elif fd in self.logs:
                     self._relay(fd)
             self._reap()
+            if self.unrecorded:
+                self._record_again()
             if self.listener is not None and self._idle():
                 try:  # no daemon will find a dead keeper's socket
                     os.unlink(self.listener.getsockname())
@@ -108,7 +125,7 @@ class Keeper:
 
     def _idle(self) -> bool:
         """Nobody to serve and nothing to keep: the keeper's work is done."""
-        if self.control is not None or self.logs:
+        if self.control is not None or self.logs or self.unrecorded:
             return False
         try:
             with open(f"/proc/self/task/{os.getpid()}/children") as f:
@@ -200,6 +217,15 @@ class Keeper:
             for fd in fds:
                 os.close(fd)
             self._track(int(msg["pid"]), str(msg["dir"]))
+        elif op == "share_logs":
+            for fd in fds:
+                os.close(fd)
+            self._share_logs()
+            self._send({"op": "logs_shared", "seq": msg.get("seq")})
+        elif op == "hello":  # the daemon lost its spawner connection: another one
+            for fd in fds:
+                os.close(fd)
+            self._hello()
         elif op == "close_logs":
             for fd in fds:
                 os.close(fd)
@@ -227,11 +253,12 @@ class Keeper:
         ``stdout.log`` and ``stderr.log`` from now on, whoever else is there."""
         from corral.supervisor.logs import LogFile
 
-        if len(fds) != 2:
+        streams = msg.get("streams", STREAMS)
+        if len(fds) != len(streams) or not set(streams) <= set(STREAMS):
             for fd in fds:
                 os.close(fd)
             return
-        for fd, stream in zip(fds, ("stdout", "stderr")):
+        for fd, stream in zip(fds, streams):
             try:
                 log = LogFile(str(msg["dir"]), stream, int(msg["max_bytes"]), int(msg["keep"]))
             except (OSError, KeyError, ValueError):
@@ -241,6 +268,18 @@ class Keeper:
             self.poller.register(fd, select.POLLIN)
 
     # ---- logs ----
+
+    def _share_logs(self) -> None:
+        """The log pipes' read ends, for a daemon that connects: it keeps them for the
+        keeper that would replace this one if it died."""
+        by_dir: dict[str, list] = {}
+        for fd, log in self.logs.items():
+            by_dir.setdefault(log.state_dir, []).append((log.stream, fd, log))
+        for state_dir, entries in by_dir.items():
+            log = entries[0][2]
+            self._send({"op": "log_pipes", "dir": state_dir, "max_bytes": log.max_bytes,
+                        "keep": log.keep, "streams": [stream for stream, _, _ in entries]},
+                       [fd for _, fd, _ in entries])
 
     def _relay(self, fd: int) -> None:
         log = self.logs[fd]
@@ -316,14 +355,23 @@ class Keeper:
                 self.pending[pid] = (status, time.monotonic())
             self._send({"op": "exited", "pid": pid, "status": status})
 
-    def _record(self, pid: int, state_dir: str, status: int) -> None:
+    def _record(self, pid: int, state_dir: str, status: int, when: str | None = None) -> None:
         from corral.oci.state import rfc3339_now
         from corral.runtime.exits import write_exit
 
+        when = when or rfc3339_now()
         try:
-            write_exit(state_dir, pid, status, rfc3339_now())
-        except OSError:
-            pass  # deleted meanwhile (delete --force): nobody will ask
+            write_exit(state_dir, pid, status, when)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM):
+                self.unrecorded[state_dir] = (pid, status, when)  # again, when there is room
+            # else deleted meanwhile (delete --force): nobody will ask
+
+    def _record_again(self) -> None:
+        for state_dir, (pid, status, when) in list(self.unrecorded.items()):
+            del self.unrecorded[state_dir]
+            if os.path.isdir(state_dir):
+                self._record(pid, state_dir, status, when)
 
 
 def keeper_main(control_fd: int, listen: bool = False) -> None:

@@ -7,6 +7,7 @@ The daemon reads the files, following them across rotations, for ``logs``.
 
 from __future__ import annotations
 
+import errno
 import os
 
 STREAMS = ("stdout", "stderr")
@@ -34,6 +35,8 @@ class LogFile:
         self.keep = max(keep, 0)
         self.fd = -1
         self.size = 0
+        self.dropped = 0  # bytes lost to a full filesystem, not said yet
+        self._unwritten = 0
 
     def _open(self) -> None:
         self.fd = os.open(log_path(self.state_dir, self.stream),
@@ -41,6 +44,22 @@ class LogFile:
         self.size = os.fstat(self.fd).st_size
 
     def write(self, data: bytes) -> None:
+        """Appends ``data``; on a full filesystem it is dropped (the container writes on,
+        never blocked or killed by a pipe nobody reads) and a line saying how much was lost
+        comes first once there is room again."""
+        try:
+            if self.dropped:
+                self._write(b"[corral: %d bytes of %s dropped: no space left on device]\n"
+                            % (self.dropped, self.stream.encode()))
+                self.dropped = 0
+            self._unwritten = len(data)
+            self._write(data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.dropped += self._unwritten if self.dropped == 0 else len(data)
+
+    def _write(self, data: bytes) -> None:
         if self.fd < 0 and data:
             self._open()
         while data:
@@ -50,6 +69,7 @@ class LogFile:
                 continue
             written = os.write(self.fd, data[:room])
             self.size += written
+            self._unwritten -= written
             data = data[written:]
 
     def _rotate(self) -> None:

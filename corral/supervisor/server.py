@@ -107,6 +107,21 @@ class _Stuck(Exception):
     found it so (every other task of the connection is cancelled)."""
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line naming the cause: the path, and for a resource the daemon ran out of,
+    which one (the errno's text alone does not say whose limit it was)."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    text = f"{where}{exc.strerror or exc}"
+    if exc.errno == errno.EMFILE:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return f"the daemon is out of file descriptors (RLIMIT_NOFILE {soft}): {text}"
+    if exc.errno == errno.ENFILE:
+        return f"the system is out of file descriptors (fs.file-max): {text}"
+    return text
+
+
 class Connection:
     def __init__(self, engine: Engine, sock, log: Logger, group: int | None,
                  request_timeout: float, send_timeout: float = SEND_TIMEOUT) -> None:
@@ -306,11 +321,14 @@ class Connection:
             except CorralError as exc:
                 await self._error(rid, type(exc).__name__, str(exc))
             except OSError as exc:
-                where = f"{exc.filename}: " if exc.filename else ""
-                await self._error(rid, "OSError", f"{where}{exc.strerror or exc}")
+                await self._error(rid, "OSError", describe_os_error(exc))
             except Exception as exc:  # noqa: BLE001 - a bug must not take the daemon down
-                self.log("error", f"{method}: internal error: {exc!r}")
-                await self._error(rid, "InternalError", f"{method}: {exc!r}")
+                if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+                    await self._error(rid, "OSError", f"the daemon could not start a thread "
+                                                      f"(a pids limit is reached): {exc}")
+                else:
+                    self.log("error", f"{method}: internal error: {exc!r}")
+                    await self._error(rid, "InternalError", f"{method}: {exc!r}")
             else:
                 self._own(method, params)
                 if self._client_closed and self._owned:

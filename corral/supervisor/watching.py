@@ -15,13 +15,16 @@ class Tracked:
 
     __slots__ = ("id", "state_dir", "record", "pid", "pid_start", "managed", "exit_status",
                  "exited", "job", "timed_out", "peak_memory", "started_at",
-                 "exited_at", "logs")
+                 "exited_at", "logs", "keeper_child")
 
     def __init__(self, cid: str, state_dir: str, record: dict) -> None:
         self.id = cid
         self.state_dir = state_dir
         self.record = record
         self.logs = True  # its stdout and stderr are logged by the keeper
+        # its init is our keeper's child (or was, and is the daemon's now): someone will
+        # report its status; else (adopted after both died) nobody can
+        self.keeper_child = True
         self.pid = record.get("pid") or 0
         self.pid_start = record.get("pid_start")
         self.managed = record.get("managed") == MANAGED
