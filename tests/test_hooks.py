@@ -58,9 +58,12 @@ def test_every_hook_at_its_moment(corral, make_bundle, tmp_path):
     host = open("/proc/sys/kernel/hostname").read().strip()
     assert [e[1] for e in got] == [host, host, "inside"]  # createContainer: the container's
     assert got[1][2] == "bar" and got[0][2] == ""
+    expected = {"ociVersion": b.config["ociVersion"], "id": b.id, "status": "created",
+                "pid": pid, "bundle": b.path, "annotations": {"a": "b"}}
     for _, _, _, state in got:
-        assert state == {"ociVersion": b.config["ociVersion"], "id": b.id, "status": "created",
-                         "pid": pid, "bundle": b.path, "annotations": {"a": "b"}}
+        assert state == expected
+    # runc's bytes: Go's compact encoding, in the spec's field order
+    assert open(log).read().splitlines()[1] == json.dumps(expected, separators=(",", ":"))
     assert not os.path.exists(os.path.join(b.rootfs, "hook.log"))  # not started yet
 
     corral("start", b.id)

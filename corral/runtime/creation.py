@@ -21,6 +21,7 @@ from corral import jsonlite as json
 from corral.errors import ChildError, CorralError, ProtocolError
 from corral.record import Record, factory
 from corral.runtime import protocol as p
+from corral.runtime.hooks import oci_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,11 +49,7 @@ class ContainerState(Record):
     annotations: dict = factory(dict)
 
     def json(self, status: str, pid: int) -> bytes:
-        state = {"ociVersion": self.oci_version, "id": self.id, "status": status, "pid": pid,
-                 "bundle": self.bundle}
-        if self.annotations:
-            state["annotations"] = self.annotations
-        return json.dumps(state).encode()
+        return oci_state(self.oci_version, self.id, self.bundle, status, pid, self.annotations)
 
 
 # ---- actions: what the driver must do, in order ---------------------------------------------

@@ -38,12 +38,13 @@ class HookError(CorralError):
 
 def oci_state(oci_version: str, container_id: str, bundle: str, status: str, pid: int,
               annotations: dict | None = None) -> bytes:
-    """The state JSON a hook reads on stdin (runtime-spec runtime.md#state)."""
+    """The state JSON a hook reads on stdin (runtime-spec runtime.md#state), in runc's
+    bytes: Go's compact encoding, a map's keys sorted."""
     state = {"ociVersion": oci_version, "id": container_id, "status": status, "pid": pid,
              "bundle": bundle}
     if annotations:
-        state["annotations"] = annotations
-    return json.dumps(state).encode()
+        state["annotations"] = dict(sorted(annotations.items()))
+    return json.go_dumps(state).encode()
 
 
 def hooks_to_json(hooks) -> list[dict]:
