@@ -110,6 +110,15 @@ class Daemon:
         self.proc.stderr.close()
         return code
 
+    def delete_all_and_stop(self) -> None:
+        """Deletes every container through the API, then stops the daemon (if it runs)."""
+        if self.proc.poll() is None:
+            c = self.client()
+            for state in c.call("list"):
+                c.call("delete", id=state["id"], force=True)
+            c.close()
+            assert self.stop() == 0
+
     def config(self, rootfs: str, args: list[str], cid: str, **process) -> dict:
         """An inline config over a shared read-only rootfs (no bundle copy per container)."""
         config = base_config(args, cid)

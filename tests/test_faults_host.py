@@ -288,12 +288,7 @@ def test_state_root_full(tmp_path, rootfs_template, _no_leaks):
 def _stop_tmpfs_daemon(d: TmpfsDaemon, keeper: int) -> None:
     from tests.supervisor_fixture import wait_gone
 
-    if d.proc.poll() is None:
-        c = d.client()
-        for state in c.call("list"):
-            c.call("delete", id=state["id"], force=True)
-        c.close()
-        assert d.stop() == 0
+    d.delete_all_and_stop()
     wait_gone(keeper)
     assert os.listdir(d.root) == []  # the tmpfs went with its namespace
 

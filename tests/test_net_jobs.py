@@ -83,12 +83,7 @@ def shutdown(d: NetDaemon) -> None:
     """Deletes every container through the API, stops the daemon (which removes its unused
     bridges) and its keeper; then nothing of corral's networks may remain in the host."""
     keeper = d.keeper_pid()
-    if d.proc.poll() is None:
-        c = d.client()
-        for state in c.call("list"):
-            c.call("delete", id=state["id"], force=True)
-        c.close()
-        assert d.stop() == 0
+    d.delete_all_and_stop()
     wait_gone(keeper)
     assert d.host.links() == {"lo"}
     assert not d.table_exists()
