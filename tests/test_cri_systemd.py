@@ -95,6 +95,12 @@ def procs(box: Box, hierarchy: str, group: str) -> list[str]:
     return box.sh(f"cat /sys/fs/cgroup/{hierarchy}{group}/cgroup.procs").stdout.split()
 
 
+def cgroup_paths(box: Box, pid: str) -> set[str]:
+    """The process's path in every hierarchy (one path when placed as runc does)."""
+    lines = box.sh(f"cat /proc/{pid}/cgroup").stdout.splitlines()
+    return {line.split(":", 2)[2] for line in lines}
+
+
 def test_cri_pod_in_systemd_scopes(box_cri):
     cri, box = box_cri, box_cri.box
     pod, pod_config, parent = cri.run_pod("p1")
@@ -107,10 +113,12 @@ def test_cri_pod_in_systemd_scopes(box_cri):
     assert pod_unit == {"ActiveState": "active", "ControlGroup": pod_group,
                         "Slice": "corral-cri-poduid1.slice"}, pod_unit
     assert procs(box, "systemd", pod_group) == [sandbox_pid]
+    assert cgroup_paths(box, sandbox_pid) == {pod_group}
 
     script = "echo hello; trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done"
     c1 = cri.create(pod, pod_config, "c1", ["/bin/sh", "-c", script],
-                    {"cpu_shares": 512, "memory_limit_in_bytes": 64 * MIB})
+                    {"cpu_shares": 512, "cpu_period": 100000, "cpu_quota": 50000,
+                     "memory_limit_in_bytes": 64 * MIB})
     cri.ok("start", c1)
     cri.wait_state(c1, "CONTAINER_RUNNING")
     cri.wait_log(c1, "hello")
@@ -118,9 +126,12 @@ def test_cri_pod_in_systemd_scopes(box_cri):
     unit = scope(c1)
     group = f"{parent}/{unit}"
     props = box.show(unit, "ActiveState", "ControlGroup", "MemoryLimit", "CPUShares",
-                     "Delegate")
+                     "CPUQuotaPerSecUSec", "Delegate")
     assert props == {"ActiveState": "active", "ControlGroup": group,
-                     "MemoryLimit": str(64 * MIB), "CPUShares": "512", "Delegate": "yes"}, props
+                     "MemoryLimit": str(64 * MIB), "CPUShares": "512",
+                     "CPUQuotaPerSecUSec": "500ms", "Delegate": "yes"}, props
+    # every hierarchy at the scope's path, those systemd does not manage too (runc's way)
+    assert cgroup_paths(box, pid) == {group}
     for hierarchy in ("systemd", "memory", "cpu", "pids"):  # (and the loop's sleep)
         assert pid in procs(box, hierarchy, group), hierarchy
     assert box.sh(f"cat /sys/fs/cgroup/memory{group}/memory.limit_in_bytes").stdout.strip() \
@@ -157,3 +168,41 @@ def test_cri_pod_in_systemd_scopes(box_cri):
     assert box.sh(f"ls -d /sys/fs/cgroup/*{pod_group} 2>/dev/null", check=False).stdout == ""
     assert box.sh(f"ls {WORKDIR}/runc/k8s.io").stdout == ""
     assert cri.ok("pods", "--quiet") == ""
+
+
+def test_cri_systemd_oom_kill_and_a_second_container_of_the_pod(box_cri):
+    """The scope's MemoryLimit OOM-kills (the shim sees it in the scope's cgroup); a second
+    container has a scope of its own in the pod's slice and the sandbox's namespaces."""
+    cri, box = box_cri, box_cri.box
+    pod, pod_config, parent = cri.run_pod("p2")
+    sandbox_pid = cri.inspect("inspectp", pod)["info"]["pid"]
+    # dd's 64 MiB buffer is over the 16 MiB limit; it waits for the go (see test_cri.py)
+    hog = ("echo start; until [ -e /tmp/go ]; do sleep 0.05; done;"
+           " exec dd if=/dev/zero of=/dev/null bs=64M count=1")
+    cid = cri.create(pod, pod_config, "hog", ["/bin/sh", "-c", hog],
+                     {"memory_limit_in_bytes": 16 * MIB})
+    cri.ok("start", cid)
+    assert box.show(scope(cid), "MemoryLimit") == {"MemoryLimit": str(16 * MIB)}
+    other = cri.create(pod, pod_config, "other", ["/bin/sh", "-c", "echo two; exec sleep 300"])
+    cri.ok("start", other)
+    cri.wait_log(other, "two")
+    other_pid = cri.inspect("inspect", other)["info"]["pid"]
+    assert box.show(scope(other), "ControlGroup", "ActiveState") == {
+        "ControlGroup": f"{parent}/{scope(other)}", "ActiveState": "active"}
+    links = box.sh(f"for p in {sandbox_pid} {other_pid}; do readlink /proc/$p/ns/pid"
+                   f" /proc/$p/ns/ipc /proc/$p/ns/mnt; done").stdout.split()
+    assert links[:2] == links[3:5] and links[2] != links[5], links  # pid, ipc shared
+
+    cri.ok("exec", "--sync", cid, "touch", "/tmp/go")
+    status = cri.wait_state(cid, "CONTAINER_EXITED")
+    assert (status["exitCode"], status["reason"]) == (137, "OOMKilled"), status
+    assert cri.ok("logs", cid) == "start\n"
+    cri.ok("rm", cid)
+    assert box.show(scope(cid), "LoadState") == {"LoadState": "not-found"}
+    cri.ok("stopp", pod)  # the pod's stop kills the running container
+    assert cri.status(other)["state"] == "CONTAINER_EXITED"
+    cri.ok("rmp", pod)
+    for unit in (scope(other), scope(pod)):
+        assert box.show(unit, "LoadState") == {"LoadState": "not-found"}, unit
+    # the pod's slice (the kubelet's to remove) is left with no cgroup under it
+    assert box.sh(f"find /sys/fs/cgroup/*{parent} -mindepth 1 -type d").stdout == ""
