@@ -67,14 +67,14 @@ def box_cri(corral, tmp_path):
         (host_w / "crictl.yaml").write_text("debug: false\n")
         archives = write_images(str(host_w))
         # A service of its own, as containerd.service is on a node
-        box.sh(f"systemd-run --unit={SERVICE} -p StandardOutput=file:{WORKDIR}/containerd.log"
-               f" -p StandardError=file:{WORKDIR}/containerd.log"
+        box.sh(f"systemd-run --unit={SERVICE} -p StandardOutput=append:{WORKDIR}/containerd.log"
+               f" -p StandardError=append:{WORKDIR}/containerd.log"
                f" containerd --config {WORKDIR}/config.toml")
         c = BoxCri(box, str(host_w))
         try:
             box.sh(f"i=0; until {CRICTL_IN_BOX} -r unix://{WORKDIR}/containerd.sock info"
-                   f" >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 300 ] || exit 1;"
-                   f" systemctl is-active -q {SERVICE} || exit 1; sleep 0.1; done", timeout=60)
+                   f" >/dev/null 2>&1; do i=$((i+1)); [ $i -lt 900 ] || exit 1;"
+                   f" systemctl is-active -q {SERVICE} || exit 1; sleep 0.1; done", timeout=150)
             for archive in archives:
                 c.ctr("images", "import", f"{WORKDIR}/{archive}")
             yield c
