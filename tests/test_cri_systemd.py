@@ -29,6 +29,7 @@ WORKDIR = "/inner/cri"  # the test's tmp_path/inner/cri, as the container sees i
 SERVICE = "corral-cri-containerd.service"
 # What a kubelet with the systemd driver passes for a pod: its slice, by full path.
 POD_SLICE = "/corral.slice/corral-cri.slice/corral-cri-pod{uid}.slice"
+POD_MEMORY = 256 * MIB
 
 
 class BoxCri(Crictl):
@@ -42,10 +43,17 @@ class BoxCri(Crictl):
         return self.box.sh(shlex.join(argv), check=False, timeout=timeout)
 
     def run_pod(self, name: str) -> tuple[str, str, str]:
-        """A host-network pod in its own slice.  Returns (pod id, pod config, slice)."""
+        """A host-network pod in its own slice, which is started first with the pod's
+        memory limit, as the kubelet starts it.  Returns (pod id, pod config, slice path)."""
         self.pods += 1
         uid = f"uid{self.pods}"
         parent = POD_SLICE.format(uid=uid)
+        unit = parent.rsplit("/", 1)[1]
+        self.box.sh(f"busctl call org.freedesktop.systemd1 /org/freedesktop/systemd1"
+                    f" org.freedesktop.systemd1.Manager StartTransientUnit 'ssa(sv)a(sa(sv))'"
+                    f" {unit} replace 1 MemoryLimit t {POD_MEMORY} 0 && i=0;"
+                    f" until systemctl is-active -q {unit}; do i=$((i+1));"
+                    f" [ $i -lt 600 ] || exit 1; sleep 0.1; done", timeout=90)
         self.box.sh(f"mkdir -p {WORKDIR}/logs/{name}")
         config = self.write_json(f"pod-{name}.json", {
             "metadata": {"name": name, "namespace": "default", "uid": uid, "attempt": 0},
@@ -114,6 +122,10 @@ def test_cri_pod_in_systemd_scopes(box_cri):
                         "Slice": "corral-cri-poduid1.slice"}, pod_unit
     assert procs(box, "systemd", pod_group) == [sandbox_pid]
     assert cgroup_paths(box, sandbox_pid) == {pod_group}
+    pod_slice = parent.rsplit("/", 1)[1]
+    assert box.show(pod_slice, "MemoryLimit") == {"MemoryLimit": str(POD_MEMORY)}
+    assert box.sh(f"cat /sys/fs/cgroup/memory{parent}/memory.limit_in_bytes").stdout.strip() \
+        == str(POD_MEMORY)  # the kubelet's pod limit, above the containers' own
 
     script = "echo hello; trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done"
     c1 = cri.create(pod, pod_config, "c1", ["/bin/sh", "-c", script],
@@ -168,6 +180,14 @@ def test_cri_pod_in_systemd_scopes(box_cri):
     assert box.sh(f"ls -d /sys/fs/cgroup/*{pod_group} 2>/dev/null", check=False).stdout == ""
     assert box.sh(f"ls {WORKDIR}/runc/k8s.io").stdout == ""
     assert cri.ok("pods", "--quiet") == ""
+    # The kubelet's removal of the pod: it stops the slice (systemd removes its directories)
+    # and removes the slice's directories in the hierarchies systemd does not manage
+    # (freezer, cpuset...: made by the runtime, runc too, for its scopes, and not its own
+    # to remove); they are empty.
+    box.sh(f"systemctl stop {pod_slice}")
+    assert box.show(pod_slice, "ActiveState") == {"ActiveState": "inactive"}
+    box.sh(f"for d in $(ls -d /sys/fs/cgroup/*{parent} 2>/dev/null); do rmdir $d; done")
+    assert box.sh(f"ls -d /sys/fs/cgroup/*{parent} 2>/dev/null", check=False).stdout == ""
 
 
 def test_cri_systemd_oom_kill_and_a_second_container_of_the_pod(box_cri):
