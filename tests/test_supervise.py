@@ -308,11 +308,15 @@ def test_signal_forwarding(daemon):
     run(c, daemon, "sig", ["sh", "-c", "trap 'echo got USR1; exit 0' USR1; echo ready; "
                                        "while :; do sleep 0.1; done"])
     _wait_log(c, "sig", "ready")
+    assert c.call("kill", id="sig", signal=0) == {}  # runc's check: delivers nothing
+    with pytest.raises(ApiError, match="params.signal"):
+        c.call("stop", id="sig", signal=0)  # only kill takes 0
     c.call("kill", id="sig", signal="USR1")
     assert c.call("wait", id="sig")["exitStatus"] == 0
     assert "got USR1" in _log_text(c, "sig")
-    with pytest.raises(ApiError, match="container not running"):
-        c.call("kill", id="sig", signal=15)
+    for sig in (15, 0):
+        with pytest.raises(ApiError, match="container not running"):
+            c.call("kill", id="sig", signal=sig)
     c.call("delete", id="sig")
 
 

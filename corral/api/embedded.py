@@ -28,7 +28,7 @@ class EngineBackend:
         return await self.engine.wait_result(cid)
 
     async def kill(self, cid: str, signal: int | str, all_processes: bool) -> None:
-        self.engine.kill(cid, signal_number(signal), all_processes)
+        self.engine.kill(cid, signal_number(signal, zero=True), all_processes)
 
     async def stop(self, cid: str, grace: float) -> int | None:
         return await self.engine.stop(cid, grace)

@@ -53,16 +53,17 @@ def _strings(params: dict, name: str, default=()) -> list[str]:
     return value
 
 
-def _signal_param(params: dict, default: int) -> int:
-    return signal_number(_param(params, "signal", (str, int), default), "params.signal")
+def _signal_param(params: dict, default: int, zero: bool = False) -> int:
+    return signal_number(_param(params, "signal", (str, int), default), "params.signal", zero)
 
 
-def signal_number(value: str | int, field: str = "signal") -> int:
-    """A signal by number, or by name with or without SIG (any case)."""
+def signal_number(value: str | int, field: str = "signal", zero: bool = False) -> int:
+    """A signal by number, or by name with or without SIG (any case).  ``zero``: 0 too, for
+    ``kill`` (runc sends it: a check that the init is there, delivering nothing)."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ConfigError(field, f"{value!r} is not a signal")
     if isinstance(value, int):
-        if 0 < value < _signal.NSIG:
+        if (0 if zero else 1) <= value < _signal.NSIG:
             return value
         raise ConfigError(field, f"{value} is not a signal number")
     name = value.upper()
@@ -124,7 +125,7 @@ async def m_run(engine: Engine, params: dict, emit: Emit) -> dict:
 
 
 async def m_kill(engine: Engine, params: dict, emit: Emit) -> dict:
-    engine.kill(_param(params, "id", str), _signal_param(params, _signal.SIGTERM),
+    engine.kill(_param(params, "id", str), _signal_param(params, _signal.SIGTERM, zero=True),
                 _param(params, "all", bool, False))
     return {}
 
