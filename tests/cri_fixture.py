@@ -46,18 +46,25 @@ SKIP_UNLESS_CRI = [
 # No CAP_SYS_RESOURCE on these hosts: restrict_oom_score_adj keeps the sandbox's -998 within
 # what containerd itself may set.  default_runtime_name is corral too, so nothing falls back
 # to runc unnoticed.
-_CONFIG = """\
+def private_containerd_config(workdir: str, top: str = "") -> str:
+    """A containerd of its own: root, state and every socket under ``workdir``, metrics off;
+    ``top`` holds more top-level keys (before the tables)."""
+    return f"""\
 version = 2
-root = "{w}/root"
-state = "{w}/state"
-[grpc]
-  address = "{w}/containerd.sock"
+root = "{workdir}/root"
+state = "{workdir}/state"
+{top}[grpc]
+  address = "{workdir}/containerd.sock"
 [ttrpc]
-  address = "{w}/containerd.sock.ttrpc"
+  address = "{workdir}/containerd.sock.ttrpc"
 [debug]
-  address = "{w}/debug.sock"
+  address = "{workdir}/debug.sock"
 [metrics]
   address = ""
+"""
+
+
+_CRI_PLUGIN = """\
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{pause}"
   stream_server_address = "127.0.0.1"
@@ -107,8 +114,9 @@ def write_image_archive(path: str, rootfs: str, tag: str, entrypoint: list[str] 
 def containerd_config(workdir: str, corral: str, systemd_cgroup: bool = False) -> str:
     """containerd's config.toml: everything under ``workdir``, the runtime handler
     ``corral`` (runc v2 shim, ``BinaryName`` = ``corral``) with the cgroup driver given."""
-    return _CONFIG.format(w=workdir, pause=PAUSE_IMAGE, corral=corral, cni_bin=CNI_BIN,
-                          systemd="true" if systemd_cgroup else "false")
+    return private_containerd_config(workdir) + _CRI_PLUGIN.format(
+        w=workdir, pause=PAUSE_IMAGE, corral=corral, cni_bin=CNI_BIN,
+        systemd="true" if systemd_cgroup else "false")
 
 
 def write_images(workdir: str) -> list[str]:

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from corral.images import build_rootfs
+from tests.cri_fixture import private_containerd_config
 from tests.conftest import (CGROUP_PARENT, CORRAL, remove_cgroups, remove_empty_dirs,
                             run_capturing, stop_daemon, unmount_under)
 
@@ -25,20 +26,6 @@ pytestmark = pytest.mark.skipif(
 
 RUN_CONTAINERD = "/run/containerd"  # the shims' sockets (/run/containerd/s) are always here
 
-CONFIG = """\
-version = 2
-root = "{w}/root"
-state = "{w}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{w}/containerd.sock"
-[ttrpc]
-  address = "{w}/containerd.sock.ttrpc"
-[debug]
-  address = "{w}/debug.sock"
-[metrics]
-  address = ""
-"""
 
 
 class Ctr:
@@ -78,7 +65,8 @@ def ctr(_no_leaks):
     had_run_dir = os.path.exists(RUN_CONTAINERD)
     workdir = tempfile.mkdtemp(prefix="corral-ctrd-")  # socket paths stay short
     with open(os.path.join(workdir, "config.toml"), "w") as f:
-        f.write(CONFIG.format(w=workdir))
+        f.write(private_containerd_config(
+            workdir, top='disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'))
     log = open(os.path.join(workdir, "containerd.log"), "w")
     daemon = subprocess.Popen(["containerd", "--config", os.path.join(workdir, "config.toml")],
                               stdin=subprocess.DEVNULL, stdout=log, stderr=log)
