@@ -1837,7 +1837,9 @@ static int do_mask(struct run *r, struct args *a)
         return errno == ENOENT || errno == ENOTDIR ? 0 : fail(r, errno, "%s", what);
     int tree;
     if (S_ISDIR(st.st_mode)) {
-        /* one empty read-only tmpfs for the container's masks, a copy of it on each */
+        /* one empty read-only tmpfs for the container's masks: the first masked directory
+         * gets the tmpfs itself, the others a copy of it (copied once it is attached:
+         * kernels before 6.15 refuse to copy a detached mount) */
         if (r->mask_fs < 0) {
             int fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC);
             if (fs < 0)
@@ -1847,12 +1849,19 @@ static int do_mask(struct run *r, struct args *a)
                 close(fs);
                 return fail(r, err, "%s: tmpfs", what);
             }
-            r->mask_fs = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY |
-                                      MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+            int mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY |
+                                   MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
             int err = errno;
             close(fs);
-            if (r->mask_fs < 0)
+            if (mnt < 0)
                 return fail(r, err, "%s: fsmount", what);
+            if (move_onto(mnt, path) < 0) {
+                err = errno;
+                close(mnt);
+                return fail(r, err, "%s", what);
+            }
+            r->mask_fs = mnt;
+            return 0;
         }
         tree = (int)syscall(SYS_open_tree, r->mask_fs, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC |
                             AT_EMPTY_PATH);
