@@ -41,28 +41,32 @@ class Cluster:
         self.procs: list[subprocess.Popen] = []
         base = os.path.join(ws.dir, "dask")
         os.makedirs(base)
-        scheduler_file = os.path.join(base, "scheduler.json")
-        self._spawn(base, "scheduler", [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
-                                        "--no-dashboard", "--scheduler-file", scheduler_file])
-        for name in ("node-a", "node-b"):
-            daemon = Daemon(ws, name, ("--cgroup-parent", f"{ws.parent}/{name}"))
-            self.daemons.append(daemon)
+        try:
+            scheduler_file = os.path.join(base, "scheduler.json")
+            self._spawn(base, "scheduler", [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                            "--no-dashboard", "--scheduler-file", scheduler_file])
             self._wait(lambda: os.path.exists(scheduler_file), "the scheduler's file")
-            self._spawn(base, name, [
-                DASK, "worker", "--scheduler-file", scheduler_file, "--name", name,
-                "--nthreads", str(slots_per_node), "--no-nanny", "--no-dashboard",
-                "--local-directory", os.path.join(base, name), "--preload", "corral.dask.node"],
-                CORRAL_SOCKET=daemon.socket)
-        with open(scheduler_file) as f:
-            self.address = json.load(f)["address"]
-        import distributed
+            for name in ("node-a", "node-b"):
+                daemon = Daemon(ws, name, ("--cgroup-parent", f"{ws.parent}/{name}"))
+                self.daemons.append(daemon)
+                self._spawn(base, name, [
+                    DASK, "worker", "--scheduler-file", scheduler_file, "--name", name,
+                    "--nthreads", str(slots_per_node), "--no-nanny", "--no-dashboard",
+                    "--local-directory", os.path.join(base, name), "--preload", "corral.dask.node"],
+                    CORRAL_SOCKET=daemon.socket)
+            with open(scheduler_file) as f:
+                self.address = json.load(f)["address"]
+            import distributed
 
-        with distributed.Client(self.address, timeout=START_TIMEOUT) as client:
-            def slots() -> float:
-                workers = client.scheduler_info(n_workers=-1)["workers"]
-                return sum(w["resources"].get("corral-slots", 0) for w in workers.values())
+            with distributed.Client(self.address, timeout=START_TIMEOUT) as client:
+                def slots() -> float:
+                    workers = client.scheduler_info(n_workers=-1)["workers"]
+                    return sum(w["resources"].get("corral-slots", 0) for w in workers.values())
 
-            self._wait(lambda: slots() == 2 * slots_per_node, "both workers' corral slots")
+                self._wait(lambda: slots() == 2 * slots_per_node, "both workers' corral slots")
+        except BaseException:
+            self.close()  # what started so far (close copes with a part)
+            raise
 
     def _spawn(self, base: str, name: str, argv: list[str], **env: str) -> None:
         with open(os.path.join(base, f"{name}.log"), "wb") as log:

@@ -61,9 +61,9 @@ class Workspace:
         # Every runtime's state root: a tmpfs, as /run is on a production host, when the
         # suite runs in a mount namespace of its own (suite.main); else the disk's /tmp.
         self.state = os.path.join(self.dir, "state")
-        os.mkdir(self.state)
         self.state_on_tmpfs = os.environ.get(PRIVATE_MOUNTS) == "1"
         try:
+            os.mkdir(self.state)
             if self.state_on_tmpfs:
                 subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0711", "corral-bench",
                                 self.state], check=True, capture_output=True, text=True)

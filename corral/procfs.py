@@ -46,7 +46,7 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
     """mountinfo writes space, tab, newline and backslash as 3-digit octal escapes."""
     if "\\" not in field:
         return field
@@ -71,7 +71,7 @@ def mountinfo(path: str = "/proc/self/mountinfo") -> list[tuple[str, str, str]]:
     for line in lines:
         fields = line.split(" ")
         sep = fields.index("-", 6)
-        out.append((_unescape(fields[4]), _unescape(fields[3]), fields[sep + 1]))
+        out.append((unescape(fields[4]), unescape(fields[3]), fields[sep + 1]))
     return out
 
 

@@ -193,9 +193,8 @@ class RemoteBackend:
         self.delete_on_close = delete_on_close
 
     async def run_job(self, cid: str, job: Job) -> dict:
-        if self.delete_on_close:
-            return await self.conn.call("run", id=cid, job=job.to_dict(), delete_on_close=True)
-        return await self.conn.call("run", id=cid, job=job.to_dict())
+        owned = {"delete_on_close": True} if self.delete_on_close else {}
+        return await self.conn.call("run", id=cid, job=job.to_dict(), **owned)
 
     async def wait(self, cid: str) -> dict:
         return await self.conn.call("wait", id=cid)

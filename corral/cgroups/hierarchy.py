@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from ..errors import CgroupError, ConfigError
+from ..procfs import unescape
 from .files import read_raw
 
 TYPE_CHECKING = False  # typing costs ms on the command line's start-up path
@@ -78,21 +79,6 @@ class Layout:
         return f"Layout(mode={self.mode!r}, v1={self.v1!r}, unified={self.unified!r})"
 
 
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as 3-digit octal escapes."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def _v1_key(super_options: str) -> str:
     names = [o for o in super_options.split(",")
              if o not in _NOT_CONTROLLERS and not o.startswith("release_agent=")]
@@ -110,7 +96,7 @@ def parse_mountinfo(text: str) -> Layout:
             continue
         fields = line.split(" ")
         sep = fields.index("-", 6)
-        fstype, root, point = fields[sep + 1], _unescape(fields[3]), _unescape(fields[4])
+        fstype, root, point = fields[sep + 1], unescape(fields[3]), unescape(fields[4])
         if fstype == "cgroup2" and unified is None:
             unified, roots[UNIFIED] = point, root
         elif fstype == "cgroup":

@@ -188,10 +188,11 @@ class DaskCluster:
                     node, lambda event, node=node: self._soon(self._on_worker_event, node,
                                                               event[1]))
             self._running[key] = node
-            starts = self._starts.setdefault(key, [])
-            starts.append(node)
-            if len(starts) > 1:
-                self._lost(key, starts[-2])
+            if key in self._attempts:  # (not a late start of an attempt already ended)
+                starts = self._starts.setdefault(key, [])
+                starts.append(node)
+                if len(starts) > 1:
+                    self._lost(key, starts[-2])
         elif msg.get("event") == "ended":
             self._running.pop(key, None)
         self._changed.set()

@@ -116,19 +116,21 @@ async def run_attempt(job: Job, name: str, key: str, topic: str | None) -> dict[
     if topic is not None:
         worker.log_event(topic, {"event": "started", "key": key, "node": node})
     try:
-        result = await _run_while_wanted(worker, socket, job, name, key)
-    except (CorralError, OSError) as exc:
-        message = (str(exc) or type(exc).__name__) if isinstance(exc, CorralError) \
-            else f"{type(exc).__name__}: {exc}"
-        kind = getattr(exc, "type", type(exc).__name__) if isinstance(exc, CorralError) \
-            else "OSError"
-        wire: dict[str, Any] = {"error": {"type": kind, "message": message}}
-    else:
-        wire = {"result": None if result is None else _capped(result.to_dict())}
-    wire.update(duration=time.monotonic() - started, node=node)
-    if topic is not None:
-        worker.log_event(topic, {"event": "ended", "key": key, "node": node})
-    return wire
+        try:
+            result = await _run_while_wanted(worker, socket, job, name, key)
+        except (CorralError, OSError) as exc:
+            message = (str(exc) or type(exc).__name__) if isinstance(exc, CorralError) \
+                else f"{type(exc).__name__}: {exc}"
+            kind = getattr(exc, "type", type(exc).__name__) if isinstance(exc, CorralError) \
+                else "OSError"
+            wire: dict[str, Any] = {"error": {"type": kind, "message": message}}
+        else:
+            wire = {"result": None if result is None else _capped(result.to_dict())}
+        wire.update(duration=time.monotonic() - started, node=node)
+        return wire
+    finally:  # however it ends (cancelled too): the submitter waits for this at Ctrl-C
+        if topic is not None:
+            worker.log_event(topic, {"event": "ended", "key": key, "node": node})
 
 
 async def _run_while_wanted(worker, socket: str, job: Job, name: str,

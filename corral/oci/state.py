@@ -29,6 +29,17 @@ FIFO_NAME = "exec.fifo"
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
+def hook_state(oci_version: str, container_id: str, bundle: str, status: str, pid: int,
+               annotations: dict | None = None) -> bytes:
+    """The state JSON a hook reads on stdin (runtime-spec runtime.md#state), in runc's
+    bytes: Go's compact encoding, a map's keys sorted."""
+    state = {"ociVersion": oci_version, "id": container_id, "status": status, "pid": pid,
+             "bundle": bundle}
+    if annotations:
+        state["annotations"] = dict(sorted(annotations.items()))
+    return json.go_dumps(state).encode()
+
+
 def validate_id(container_id: str) -> str:
     if not container_id:
         raise ConfigError("container id", "must not be empty")

@@ -196,14 +196,13 @@ class _Compiler:
         regs: dict = {"binds": {}}
         # A non-dumpable process's /proc/self files are root's: a non-root runtime writes
         # its oom score first (nothing of the container exists yet to see it dumpable).
-        oom = proc.oom_score_adj is not None
+        oom = None if proc.oom_score_adj is None else (
+            "/proc/self/oom_score_adj", 0, str(proc.oom_score_adj).encode(), "process.oomScoreAdj")
         if oom and o.rootless:
-            t.add("WRITE", "/proc/self/oom_score_adj", 0, str(proc.oom_score_adj).encode(),
-                  "process.oomScoreAdj")
+            t.add("WRITE", *oom)
         t.add("DUMPABLE", 0)
         if oom and not o.rootless:
-            t.add("WRITE", "/proc/self/oom_score_adj", 0, str(proc.oom_score_adj).encode(),
-                  "process.oomScoreAdj")
+            t.add("WRITE", *oom)
         affinity = proc.exec_cpu_affinity
         if affinity is not None and affinity.initial is not None:
             t.add("AFFINITY", _cpu_mask(affinity.initial),

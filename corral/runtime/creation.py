@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from corral import jsonlite as json
 from corral.errors import ChildError, CorralError, ProtocolError
+from corral.oci.state import hook_state
 from corral.record import Record, factory
 from corral.runtime import protocol as p
-from corral.runtime.hooks import oci_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class ContainerState(Record):
     annotations: dict = factory(dict)
 
     def json(self, status: str, pid: int) -> bytes:
-        return oci_state(self.oci_version, self.id, self.bundle, status, pid, self.annotations)
+        return hook_state(self.oci_version, self.id, self.bundle, status, pid, self.annotations)
 
 
 # ---- actions: what the driver must do, in order ---------------------------------------------

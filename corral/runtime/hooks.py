@@ -14,7 +14,6 @@ posix_spawn with a chdir action (os.posix_spawn has none).
 
 from __future__ import annotations
 
-from corral import jsonlite as json
 import os
 import select
 import _signal as signal  # `signal` itself imports enum
@@ -22,6 +21,7 @@ import time
 
 from corral import nsenter
 from corral.errors import CorralError
+from corral.oci.state import hook_state
 
 #: Config field name of each kind, as the spec spells it, by the Hooks record's field.
 KINDS = {
@@ -36,24 +36,13 @@ class HookError(CorralError):
     pass
 
 
-def oci_state(oci_version: str, container_id: str, bundle: str, status: str, pid: int,
-              annotations: dict | None = None) -> bytes:
-    """The state JSON a hook reads on stdin (runtime-spec runtime.md#state), in runc's
-    bytes: Go's compact encoding, a map's keys sorted."""
-    state = {"ociVersion": oci_version, "id": container_id, "status": status, "pid": pid,
-             "bundle": bundle}
-    if annotations:
-        state["annotations"] = dict(sorted(annotations.items()))
-    return json.go_dumps(state).encode()
-
-
 def hooks_to_json(hooks) -> list[dict]:
     return [{"path": h.path, "args": list(h.args), "env": list(h.env), "timeout": h.timeout}
             for h in hooks]
 
 
 def state_from_record(record: dict, status: str, pid: int) -> bytes:
-    return oci_state(record["ociVersion"], record["id"], record["bundle"], status, pid,
+    return hook_state(record["ociVersion"], record["id"], record["bundle"], status, pid,
                      record.get("annotations"))
 
 

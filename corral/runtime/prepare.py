@@ -329,9 +329,10 @@ def prepare(root: str, container_id: str, bundle: str | None, *, no_pivot: bool 
     if preserve_fds < 0:
         raise ConfigError("--preserve-fds", "must not be negative")
     layout = detect()
-    from corral.cgroups.resources import check_unified
+    if config.linux.resources.unified:  # (resources.py is not needed before then)
+        from corral.cgroups.resources import check_unified
 
-    check_unified(layout.mode, config.linux.resources)
+        check_unified(layout.mode, config.linux.resources)
     for warning in config.linux.resources.warnings:  # ignored fields, as runc warns of them
         sys.stderr.write(f"corral: warning: {warning}\n")
     cgroup = Cgroup.for_container(layout, config.linux.cgroups_path, container_id,

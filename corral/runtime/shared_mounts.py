@@ -11,6 +11,8 @@ from __future__ import annotations
 import errno
 import os
 
+from corral.procfs import unescape
+
 MOUNTINFO = "/proc/self/mountinfo"
 
 
@@ -21,8 +23,7 @@ def _below(rootfs: str) -> list[tuple[int, str]]:
     with open(MOUNTINFO) as f:
         for line in f:
             fields = line.split(" ", 5)
-            point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace(
-                "\\012", "\n").replace("\\134", "\\")
+            point = unescape(fields[4])
             if point.startswith(prefix):
                 out.append((int(fields[0]), point))
     return out

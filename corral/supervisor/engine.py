@@ -164,6 +164,8 @@ class Engine:
                         prepared, self.keeper, stdio=stdio, logs=log_spec, track=True,
                         deadline=self.create_timeout if timeout is None else timeout)
                 except BaseException:
+                    if log_spec is not None:
+                        self.keeper.drop_log_copies(log_spec["dir"])
                     if os.path.lexists(prepared.state_dir.path):
                         # the undo itself ran out of descriptors: again, with the reserve
                         with self.descriptors.released():
@@ -722,7 +724,7 @@ class Engine:
         for entry in CreationJournal.read(os.path.join(self.root, SUPERVISOR_DIR, JOURNAL)):
             try:
                 validate_id(entry.get("id"))
-            except (ConfigError, TypeError):
+            except ConfigError:
                 continue  # not a line of ours
             cid = entry["id"]
             await trio.to_thread.run_sync(_undo_in_flight, self.root, cid, entry)

@@ -49,7 +49,6 @@ from corral import jsonlite as json
 from corral.plan.format import EXECUTOR
 from corral.runtime.foreground import exit_status
 
-STREAMS = ("stdout", "stderr")  # as logs.STREAMS (not imported: the keeper loads it late)
 
 FDS_PER_SPAWN = 4
 MAX_PACKET = 65536
@@ -251,7 +250,7 @@ class Keeper:
     def _add_logs(self, msg: dict, fds: list[int]) -> None:
         """A container's stdout and stderr pipes (their read ends), copied into its
         ``stdout.log`` and ``stderr.log`` from now on, whoever else is there."""
-        from corral.supervisor.logs import LogFile
+        from corral.supervisor.logs import STREAMS, LogFile
 
         streams = msg.get("streams", STREAMS)
         if len(fds) != len(streams) or not set(streams) <= set(STREAMS):

@@ -75,7 +75,7 @@ class KeeperHandle:
                 made += [err_r, err_w]
                 await self._send_control({"op": "logs", **logs}, [out_r, err_r])
                 if self.replaceable:
-                    self._keep_log_copies(logs, out_r, err_r)
+                    self._store_log_copies(dict(logs), [os.dup(out_r), os.dup(err_r)])
                 if self._null < 0:
                     self._null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
                 stdio = (self._null, out_w, err_w)
@@ -111,9 +111,6 @@ class KeeperHandle:
         self._spawned.add(pid)
         return pid, pidfd
 
-    def _keep_log_copies(self, logs: dict, out_r: int, err_r: int) -> None:
-        self._store_log_copies(dict(logs), [os.dup(out_r), os.dup(err_r)])
-
     def _store_log_copies(self, spec: dict, fds: list[int]) -> None:
         old = self._log_copies.pop(spec["dir"], None)
         if old is not None:
@@ -144,8 +141,8 @@ class KeeperHandle:
                     # the spawner hung up on us (it lives on, or the keeper says hello
                     # with its successor): ask the keeper for another connection
                     try:
-                        await self._control.send(json.dumps({"op": "hello"}).encode())
-                    except (OSError, trio.ClosedResourceError):
+                        await self._send_control({"op": "hello"})
+                    except CorralError:
                         pass  # the keeper is gone: its replacement says hello
 
     async def _read_spawner(self, spawner: trio.socket.SocketType) -> None:
@@ -210,16 +207,21 @@ class KeeperHandle:
     async def close_logs(self, state_dir: str) -> None:
         """Returns once the keeper has stopped writing logs into ``state_dir`` (at once
         without a keeper: nobody writes there)."""
-        copies = self._log_copies.pop(state_dir, None)
-        if copies is not None:
-            for fd in copies[1]:
-                os.close(fd)
+        self.drop_log_copies(state_dir)
         if self._dead:
             return
         try:
             await self._request({"op": "close_logs", "dir": state_dir}, [])
         except CorralError:
             pass  # it died meanwhile: it writes nothing more (nor its successor: no copy)
+
+    def drop_log_copies(self, state_dir: str) -> None:
+        """Forgets the copies of ``state_dir``'s log pipes (a creation that failed: nothing
+        of it is handed to a next keeper)."""
+        copies = self._log_copies.pop(state_dir, None)
+        if copies is not None:
+            for fd in copies[1]:
+                os.close(fd)
 
     def expects(self, pid: int) -> bool:
         """Whether someone will wait for ``pid``'s status (the orphan reaper's question)."""

@@ -362,7 +362,7 @@ class Connection:
                     await self.engine.delete(cid, True)
                 except CorralError:
                     pass  # gone already
-                except OSError as exc:
+                except Exception as exc:  # noqa: BLE001 - nothing here may end the daemon
                     self.log("error", f"delete {cid} (its client closed): {exc}")
                 else:
                     self.log("info", f"deleted {cid}: the client that ran it closed")
