@@ -18,7 +18,7 @@ from corral.plan.mounts import (
     MS_BIND, MS_NODEV, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT,
     MS_SHARED, MS_SLAVE, MS_STRICTATIME, MountOptions, parse_mount_options,
 )
-from corral.procfs import _unescape
+from corral.procfs import unescape
 from tests.conftest import CORRAL, run_capturing
 
 
@@ -71,9 +71,9 @@ def test_parse_unsupported(option):
     assert "mounts[2].options" in str(info.value)
 
 
-def test_mountinfo_unescape():
-    assert _unescape(r"/a\040b\134c") == "/a b\\c"
-    assert _unescape(r"/a\04") == r"/a\04"
+def test_mountinfounescape():
+    assert unescape(r"/a\040b\134c") == "/a b\\c"
+    assert unescape(r"/a\04") == r"/a\04"
 
 
 # --- real kernel -------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def parse_mountinfo(text: str) -> dict:
     for line in text.splitlines():
         fields = line.split()
         sep = fields.index("-")
-        table[_unescape(fields[4])] = {
+        table[unescape(fields[4])] = {
             "opts": fields[5].split(","), "optional": fields[6:sep], "fstype": fields[sep + 1],
             "super": fields[sep + 3].split(",")}
     return table
